@@ -1,0 +1,339 @@
+"""``hubstock build``: a fresh lock becomes an immutable, verified build on the root.
+
+The build id comes from the locked packages, so building the same lock again is a
+no-op. Every archive is checked against the lock's sha256 before anything is
+installed (rattler does not check ``file://`` URLs); py-rattler installs from the
+package cache under the root (hard links on the same filesystem); uv installs the
+pip part with ``--require-hashes --no-deps``; everything is byte-compiled with
+checked hashes so a read-only build starts without writing; group and other
+write bits are removed; provenance is recorded; the completion marker is written
+last. A build directory without the marker is an interrupted build: it is
+removed before the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+from . import __version__
+from .envspec import EnvSpec
+from .errors import BuildError, CommandError, IntegrityError
+from .layout import (
+    MARKER,
+    PROVENANCE,
+    Root,
+    atomic_symlink,
+    atomic_write,
+    empty_trash,
+    now_iso,
+    read_json,
+    remove_tree,
+)
+from .lockfile import build_id, packages_for, require_fresh_lock
+from .proc import run
+from .progress import Progress
+from .settings import Site
+from .tools import uv_command, uv_env
+
+if TYPE_CHECKING:
+    from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile
+    from rattler import RepoDataRecord
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    env: str
+    build_id: str
+    prefix: Path
+    built: bool  # False when it was already complete
+
+
+def host_platform() -> str:
+    from rattler import Platform
+
+    return str(Platform.current())
+
+
+def is_complete(prefix: Path, bid: str | None = None) -> bool:
+    """A build counts only once its marker exists and names it."""
+    try:
+        text = (prefix / MARKER).read_text().strip()
+    except OSError:
+        return False
+    return bid is None or text == bid
+
+
+def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
+    """Make sure the build of ``spec``'s fresh lock exists and is complete."""
+    lock = require_fresh_lock(site, spec)
+    platform = host_platform()
+    bid = build_id(lock, platform)
+    root = Root(site.root)
+    prefix = root.build(spec.name, bid)
+    if is_complete(prefix, bid) and _current_is(root, spec.name, bid):
+        progress.step(f"[{spec.name}] build {bid} is up to date")
+        return BuildResult(spec.name, bid, prefix, built=False)
+    with root.locked(on_wait=progress.step):
+        empty_trash(root.trash)
+        if not is_complete(prefix, bid):
+            if prefix.exists():
+                progress.step(f"[{spec.name}] removing the interrupted build {bid}")
+                remove_tree(prefix, root.trash)
+            _build(site, root, spec, lock, platform, bid, prefix, progress)
+            root.audit("build", env=spec.name, build=bid)
+            built = True
+        else:
+            built = False
+        atomic_symlink(bid, root.env_current(spec.name))
+    progress.step(f"[{spec.name}] build {bid} is complete")
+    return BuildResult(spec.name, bid, prefix, built=built)
+
+
+def _current_is(root: Root, env: str, bid: str) -> bool:
+    try:
+        return os.readlink(root.env_current(env)) == bid
+    except OSError:
+        return False
+
+
+def _build(
+    site: Site,
+    root: Root,
+    spec: EnvSpec,
+    lock: Lockfile,
+    platform: str,
+    bid: str,
+    prefix: Path,
+    progress: Progress,
+) -> None:
+    entries = packages_for(lock, platform)
+    conda = [p for p in entries if p.manager == "conda"]
+    pip = [p for p in entries if p.manager == "pip"]
+    root.env(spec.name).mkdir(parents=True, exist_ok=True)
+    os.chmod(root.env(spec.name), 0o755)
+
+    progress.step(f"[{spec.name}] verifying {len(conda)} package archive(s) against the lock")
+    archives = [_verified_archive(root, spec.name, p) for p in conda]
+    records = asyncio.run(_records(conda, archives))
+
+    progress.step(f"[{spec.name}] installing {len(records)} conda package(s) into {prefix}")
+    _install_conda(root, records, prefix, platform, progress)
+    if pip:
+        progress.step(f"[{spec.name}] installing {len(pip)} pip package(s) with uv")
+        _install_pip(site, spec.name, pip, prefix)
+    progress.step(f"[{spec.name}] byte-compiling")
+    _compile(spec.name, prefix)
+    _make_read_only(prefix)
+    provenance = {
+        "build_id": bid,
+        "env": spec.name,
+        "platform": platform,
+        "lock_content_hash": dict(lock.metadata.content_hash),
+        "lock_platform_hash": lock.metadata.content_hash.get(platform),
+        "packages": [
+            {
+                "manager": p.manager,
+                "name": p.name,
+                "version": p.version,
+                "build": p.build,
+                "url": p.url,
+                "sha256": p.hash.sha256,
+            }
+            for p in entries
+        ],
+        "created": now_iso(),
+        "builder": f"hubstock {__version__}",
+    }
+    import json
+
+    atomic_write(prefix / PROVENANCE, json.dumps(provenance, indent=1, sort_keys=True) + "\n")
+    atomic_write(prefix / MARKER, bid + "\n")  # last: from now on the build counts
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verified_archive(root: Root, env: str, p: LockedDependency) -> Path:
+    """A local copy of ``p``'s archive whose sha256 matches the lock."""
+    u = urlparse(p.url)
+    fn = p.url.rsplit("/", 1)[-1]
+    if u.scheme == "file":
+        path = Path(unquote(u.path))
+        if not path.is_file():
+            raise BuildError(
+                f"package {p.name} {p.version} of env {env!r}: {path} no longer exists; restore "
+                "the channel or lock again with `nox -s lock`."
+            )
+    else:
+        path = root.downloads / fn
+        if not (path.is_file() and _sha256(path) == p.hash.sha256):
+            _download(p.url, path, env, p.name)
+    got = _sha256(path)
+    if got != p.hash.sha256:
+        raise IntegrityError(
+            f"package {p.name} {p.version} of env {env!r} does not match its lock: {p.url} has "
+            f"sha256 {got[:16]}..., the lock says {p.hash.sha256[:16]}...; the archive changed "
+            "after locking, so restore the original or lock again with `nox -s lock`."
+        )
+    return path
+
+
+def _download(url: str, dest: Path, env: str, name: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            shutil.copyfileobj(resp, out, 1 << 20)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise BuildError(
+            f"package {name} of env {env!r} could not be downloaded from {url} ({e}); check the "
+            "network or the channel."
+        ) from None
+
+
+async def _records(entries: list[LockedDependency], archives: list[Path]) -> list[RepoDataRecord]:
+    """Install records made from the archives themselves (they keep ``noarch``)."""
+    from rattler import RepoDataRecord
+
+    records = []
+    for p, path in zip(entries, archives, strict=True):
+        r = await RepoDataRecord.from_package_archive(path)
+        r.url = path.as_uri()  # install the copy that was just verified
+        r.channel = p.url.rsplit("/", 2)[0]
+        records.append(r)
+    return records
+
+
+def _install_conda(root: Root, records: list, prefix: Path, platform: str, progress: Progress) -> None:
+    from rattler import Platform, install
+    from rattler.exceptions import InstallerError, LinkError, TransactionError
+
+    try:
+        asyncio.run(
+            install(
+                records,
+                target_prefix=prefix,
+                cache_dir=root.pkgs,
+                platform=Platform(platform),
+                show_progress=progress.bars,
+                execute_link_scripts=False,
+            )
+        )
+    except (InstallerError, LinkError, TransactionError, OSError) as e:
+        raise BuildError(
+            f"installing the conda packages into {prefix} failed: {str(e).splitlines()[0]}; "
+            "check free space and permissions on the root.",
+            detail=str(e),
+        ) from None
+
+
+def _install_pip(site: Site, env: str, pip: list[LockedDependency], prefix: Path) -> None:
+    python = prefix / "bin" / "python"
+    reqs = "".join(f"{p.name} @ {p.url} --hash=sha256:{p.hash.sha256}\n" for p in pip)
+    with tempfile.TemporaryDirectory(prefix="hubstock-pip-") as tmp:
+        req_file = Path(tmp, "requirements.txt")
+        req_file.write_text(reqs)
+        argv = [
+            *uv_command(),
+            "pip",
+            "install",
+            "--no-config",
+            "--quiet",
+            "--python",
+            str(python),
+            "--require-hashes",
+            "--no-deps",
+            "--no-index",
+            "--reinstall",
+            "-r",
+            str(req_file),
+        ]
+        try:
+            run(argv, what=f"installing the pip part of env {env!r}", env=uv_env(site))
+        except CommandError as e:
+            raise BuildError(
+                f"uv could not install the pip packages of env {env!r}: "
+                f"{_last_error_line(e.output)}; lock again with `nox -s lock` if the lock is old.",
+                detail=e.output,
+            ) from None
+
+
+def _last_error_line(output: str) -> str:
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errs = [ln for ln in lines if "error" in ln.lower() or "hash" in ln.lower()]
+    return (errs or lines or ["no output"])[0][:300]
+
+
+def _compile(env: str, prefix: Path) -> None:
+    """Byte-compile every python file of the build with checked-hash pycs.
+
+    Extraction changes mtimes, so only hash-checked pycs stay valid; files whose
+    prefix was rewritten at install time are compiled here, after install.
+    """
+    python = prefix / "bin" / "python"
+    if not python.exists():
+        return
+    libs = sorted(p for p in (prefix / "lib").glob("python3*") if p.is_dir())
+    if not libs:
+        return
+    run(
+        [
+            str(python),
+            "-I",
+            "-m",
+            "compileall",
+            "-q",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "checked-hash",
+            *map(str, libs),
+        ],
+        what=f"byte-compiling env {env!r}",
+        check=False,  # a package's stray py2 test file must not fail the build
+        env={"PYTHONDONTWRITEBYTECODE": ""},
+    )
+
+
+def _make_read_only(prefix: Path) -> None:
+    """No group or other write anywhere; everything readable by all users.
+
+    Files hard-linked from the package cache share their mode with it, and that
+    is intended: the cache must not be writable by users either.
+    """
+    for dirpath, dirnames, filenames in os.walk(prefix):
+        for name in (*dirnames, *filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            mode = stat.S_IMODE(st.st_mode)
+            want = (mode & ~0o022) | 0o444
+            if stat.S_ISDIR(st.st_mode) or mode & 0o100:
+                want |= 0o111
+            if want != mode:
+                os.chmod(p, want)
+    os.chmod(prefix, 0o755)
+
+
+def read_provenance(prefix: Path) -> dict | None:
+    return read_json(prefix / PROVENANCE)

@@ -1,0 +1,118 @@
+"""The ``hubstock`` command.
+
+    hubstock [--site DIR] [--root DIR] lock [ENV...] [--check] [--update]
+                                       build [ENV...]
+                                       status [--json]
+
+``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags. A failure prints
+one sentence on stderr and exits non-zero; ``-v`` adds the underlying output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import HubstockError
+from .progress import Progress
+from .settings import Site, load_site
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hubstock",
+        description="Locked environments and stock kernels for a batch-scheduled JupyterHub.",
+    )
+    p.add_argument("--site", help="the site repository (default: $HUBSTOCK_SITE or the current directory)")
+    p.add_argument("--root", help="the shared root (default: $HUBSTOCK_ROOT or 'root' in hubstock.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show progress and commands' output")
+    p.add_argument("-q", "--quiet", action="store_true", help="show no progress, only errors")
+    p.add_argument("--version", action="version", version=f"hubstock {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lk = sub.add_parser("lock", help="solve envs/<env>/environment.yml into conda-lock.yml")
+    lk.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
+    mode = lk.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="exit 1 if any lock is missing or stale")
+    mode.add_argument("--update", action="store_true", help="solve again even where the lock is fresh")
+
+    bd = sub.add_parser("build", help="build the locked environments on the root")
+    bd.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
+
+    st = sub.add_parser("status", help="show locks, builds and what is published")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .envspec import load_env_spec
+    from .lockfile import lock_status
+    from .locking import lock_env
+
+    bad = []
+    for name in site.check_env_names(args.envs):
+        spec = load_env_spec(site, name)
+        state = lock_status(site, spec).state
+        if args.check:
+            if state != "fresh":
+                bad.append(f"envs/{name}/conda-lock.yml is {state}")
+            continue
+        if state == "fresh" and not args.update:
+            progress.step(f"[{name}] lock is up to date")
+            continue
+        lock_env(site, spec, progress)
+        progress.step(f"[{name}] wrote envs/{name}/conda-lock.yml")
+    if bad:
+        print(f"hubstock: {'; '.join(bad)}; run `nox -s lock` and commit the locks.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .building import ensure_build
+    from .envspec import load_env_spec
+
+    specs = [load_env_spec(site, name) for name in site.check_env_names(args.envs)]
+    if not specs:
+        raise HubstockError(f"the site {site.dir} has no environments: add envs/<env>/environment.yml.")
+    for spec in specs:
+        result = ensure_build(site, spec, progress)
+        print(f"{spec.name}: {result.build_id} ({'built' if result.built else 'up to date'})")
+    return 0
+
+
+def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .status import collect_status, format_status
+
+    doc = collect_status(site)
+    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    return 0
+
+
+COMMANDS = {"lock": cmd_lock, "build": cmd_build, "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="hubstock: %(message)s")
+    logging.getLogger("hubstock").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    progress = Progress(enabled=False if args.quiet else (True if args.verbose else None))
+    try:
+        site = load_site(args.site, args.root)
+        return COMMANDS[args.command](site, args, progress)
+    except HubstockError as e:
+        print(f"hubstock: {e}", file=sys.stderr)
+        if args.verbose and e.detail:
+            print(e.detail.rstrip(), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("hubstock: interrupted; nothing half-done counts, run the command again.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The site: its repository (``hubstock.toml``, ``envs/``, ``kernels/``...) and its settings.
+
+``hubstock.toml`` is a pydantic model that forbids unknown keys, so a typo is an
+error naming the key. Paths are resolved when a site is loaded, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import SiteError
+
+SETTINGS_FILE = "hubstock.toml"
+#: where the shared root goes when nothing else says (git-ignored in the site repo)
+EMBEDDED_ROOT = ".hubstock-root"
+KNOWN_PLATFORMS = (
+    "linux-64",
+    "linux-aarch64",
+    "linux-ppc64le",
+    "osx-64",
+    "osx-arm64",
+    "win-64",
+)
+ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VirtualPackages(_Model):
+    """The virtual packages of the *compute nodes*, used when solving.
+
+    The locking machine's own glibc or GPU driver do not matter: a lock must fit
+    the nodes where the servers and kernels run.
+    """
+
+    glibc: str = Field("2.28", description="glibc version of the compute nodes, e.g. '2.28'")
+    linux: str = Field("5.10", description="Linux kernel version of the compute nodes")
+    cuda: str | None = Field(
+        None,
+        description="highest CUDA version the nodes' driver supports, e.g. '12.4'; "
+        "unset when the nodes have no NVIDIA GPU",
+    )
+
+    @field_validator("glibc", "linux", "cuda")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        if v is not None and not _VERSION_RE.match(v):
+            raise ValueError(f"{v!r} is not a version like '2.28'")
+        return v
+
+
+class Settings(_Model):
+    """The schema of ``hubstock.toml``."""
+
+    root: Path | None = Field(
+        None,
+        description="shared storage path that holds builds, generations and the package "
+        "cache, e.g. '/software/hubstock'; relative paths are relative to the site",
+    )
+    channels: list[str] = Field(
+        default_factory=lambda: ["conda-forge"],
+        description="channels used for environments whose spec names none",
+    )
+    platforms: list[str] = Field(
+        default_factory=lambda: ["linux-64"], description="platforms every lock covers"
+    )
+    virtual_packages: VirtualPackages = Field(default_factory=VirtualPackages)
+
+    @field_validator("platforms")
+    @classmethod
+    def _platforms(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one platform is needed, e.g. ['linux-64']")
+        for p in v:
+            if p not in KNOWN_PLATFORMS:
+                raise ValueError(f"unknown platform {p!r}; use one of {', '.join(KNOWN_PLATFORMS)}")
+        return sorted(set(v), key=v.index)
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one channel is needed, e.g. ['conda-forge']")
+        return v
+
+
+def describe_validation_error(source: str, err: ValidationError) -> str:
+    """One sentence for the first problem pydantic found in ``source``."""
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return f"{source}: unknown key {where!r}; check its spelling (see the README for the keys)."
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{source}: {where}: {msg}; fix the value and run again."
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate ``hubstock.toml`` (all defaults when it does not exist)."""
+    if not path.exists():
+        return Settings()
+    try:
+        data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise SiteError(f"{path}: not valid TOML ({e}); fix the file.") from None
+    except OSError as e:
+        raise SiteError(f"{path}: cannot be read ({e.strerror}).") from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        raise SiteError(describe_validation_error(str(path), e)) from None
+
+
+@dataclass(frozen=True)
+class Site:
+    """A site repository and the shared root it builds into."""
+
+    dir: Path
+    settings: Settings
+    root: Path
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.dir / "envs"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.dir / "kernels"
+
+    @property
+    def extensions_dir(self) -> Path:
+        return self.dir / "extensions"
+
+    def env_names(self) -> list[str]:
+        """Every environment of the site: ``envs/<name>/environment.yml``."""
+        if not self.envs_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.envs_dir.iterdir() if (p / "environment.yml").is_file())
+
+    def check_env_names(self, names: list[str]) -> list[str]:
+        """``names`` if all exist (all envs when empty), else a :class:`SiteError`."""
+        known = self.env_names()
+        if not names:
+            return known
+        for name in names:
+            if name not in known:
+                have = ", ".join(known) or "none"
+                raise SiteError(
+                    f"no environment named {name!r}: {self.envs_dir / name / 'environment.yml'} "
+                    f"does not exist (the site has: {have})."
+                )
+        return list(dict.fromkeys(names))
+
+
+def load_site(
+    site_dir: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] | None = None
+) -> Site:
+    """Load the site at ``site_dir`` (or ``$HUBSTOCK_SITE``, or the current directory).
+
+    The root is, in order: ``root``, ``$HUBSTOCK_ROOT``, ``root`` in hubstock.toml
+    (relative to the site), and the embedded default ``<site>/.hubstock-root``.
+    """
+    sdir = Path(site_dir or os.environ.get("HUBSTOCK_SITE") or os.getcwd()).absolute()
+    if not sdir.is_dir():
+        raise SiteError(f"site directory {sdir} does not exist; pass --site or set HUBSTOCK_SITE.")
+    settings_path = sdir / SETTINGS_FILE
+    if not settings_path.exists() and not (sdir / "envs").is_dir():
+        raise SiteError(
+            f"{sdir} is not a hubstock site (no {SETTINGS_FILE} and no envs/); "
+            "run from the site repository or pass --site DIR."
+        )
+    settings = load_settings(settings_path)
+    chosen = root or os.environ.get("HUBSTOCK_ROOT") or settings.root
+    root_path = (sdir / chosen) if chosen else sdir / EMBEDDED_ROOT
+    return Site(dir=sdir, settings=settings, root=Path(os.path.abspath(root_path)))
