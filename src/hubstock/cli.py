@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -114,5 +115,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def entry() -> None:
+    """The console script: ``main()``, then a hard exit.
+
+    py-rattler's runtime can abort the interpreter while it shuts down, after all
+    work is done; leaving with ``os._exit`` keeps the exit code the one ``main`` chose.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

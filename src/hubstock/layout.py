@@ -198,19 +198,15 @@ def empty_trash(trash: Path) -> None:
 
 
 def _rmtree_writable(path: Path) -> None:
-    def onexc(func: Callable[..., Any], p: str, exc: BaseException) -> None:
-        # a read-only directory (a finished build) must be made writable to empty it
-        if isinstance(exc, PermissionError):
-            parent = os.path.dirname(p)
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IWUSR)
-            func(p)
-        elif not isinstance(exc, FileNotFoundError):
-            raise exc
-
     if path.is_symlink() or path.is_file():
         path.unlink()
-    else:
-        shutil.rmtree(path, onexc=onexc)
+        return
+    # a finished build is read-only: make its directories writable to empty them
+    for dirpath, _dirs, _files in os.walk(path):
+        mode = stat.S_IMODE(os.lstat(dirpath).st_mode)
+        if not mode & stat.S_IWUSR:
+            os.chmod(dirpath, mode | stat.S_IWUSR)
+    shutil.rmtree(path)
 
 
 def read_json(path: Path) -> Any | None:

@@ -140,10 +140,11 @@ async def _solve_in(gateway, channels, spec: EnvSpec, platform: str, vpkgs) -> l
 
 
 def _solver_summary(message: str) -> str:
-    lines = [ln.strip(" │├└─") for ln in message.splitlines() if ln.strip(" │├└─")]
-    useful = [ln for ln in lines if not ln.lower().startswith("cannot solve the request")]
-    text = "; ".join(useful[:4]) or _first_line(message)
-    return re.sub(r"\s+", " ", text).rstrip(".")
+    """rattler's explanation tree as one line: 'a 1.0 would require b >=2, for which ...'."""
+    text = " ".join(ln.strip(" │├└─") for ln in message.splitlines())
+    text = re.sub(r"^Cannot solve the request because of:\s*", "", text.strip())
+    text = re.sub(r"\s+", " ", text).rstrip(".")
+    return text if len(text) <= 400 else text[:400] + "..."
 
 
 def _first_line(s: str) -> str:

@@ -1,0 +1,95 @@
+"""Admin and developer tasks for hubstock and this site.
+
+nox -s lock          lock envs/*/environment.yml into conda-lock.yml
+nox -s build-envs    build the locked environments on the shared root
+nox -s tests         run the test suite (installs what the tests need)
+nox -s lint          ruff
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "tests"]
+
+#: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
+TEST_DEBIAN_PACKAGES: list[str] = []
+
+
+def _missing_debian_packages(names: list[str]) -> list[str]:
+    missing = []
+    for name in names:
+        res = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True, check=False
+        )
+        if "install ok installed" not in res.stdout:
+            missing.append(name)
+    return missing
+
+
+def _ensure_debian_packages(session: nox.Session, names: list[str]) -> None:
+    """Install missing Debian packages when root; say what is missing otherwise."""
+    if not names or not shutil.which("dpkg-query"):
+        return
+    missing = _missing_debian_packages(names)
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        msg = f"missing Debian packages {' '.join(missing)}: install them (apt-get install) or run as root"
+        if os.environ.get("CI"):
+            session.error(msg)
+        session.warn(msg + "; the tests that need them will be skipped")
+        return
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    session.run("apt-get", "update", "-qq", external=True, env=env)
+    session.run(
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=300",
+        *missing,
+        external=True,
+        env=env,
+    )
+
+
+def _hubstock(session: nox.Session, *args: str) -> None:
+    session.install("-e", ".")
+    session.run("hubstock", *args)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Lock every environment spec (or the ones named after --) into its conda-lock.yml."""
+    _hubstock(session, "lock", *session.posargs)
+
+
+@nox.session(name="build-envs")
+def build_envs(session: nox.Session) -> None:
+    """Build the locked environments on the shared root (HUBSTOCK_ROOT or hubstock.toml)."""
+    _hubstock(session, "build", *session.posargs)
+    session.run("hubstock", "status")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite; installs its Python and (as root) Debian prerequisites."""
+    _ensure_debian_packages(session, TEST_DEBIAN_PACKAGES)
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check style and common mistakes with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")

@@ -1,0 +1,117 @@
+"""Fixtures for hubstock's tests.
+
+What each fixture gives:
+
+- ``channel`` (session): a real local conda channel built offline by
+  ``tests/support/channel.py`` (python repackaged from this interpreter plus small
+  synthetic packages), cached between runs; read-only: copy it before changing it.
+- ``channel_url`` (session): its ``file://`` URL.
+- ``world_tmp``: a fresh directory that every user can read (pytest's own tmp is
+  mode 700, and some tests run programs as an ordinary user); removed afterwards.
+- ``make_site``: ``make_site(envs={"name": "environment.yml text"}, settings="toml text")``
+  writes a site repository under ``world_tmp`` whose root is ``<world_tmp>/root``
+  and returns its :class:`hubstock.settings.Site` (for invalid settings, the site
+  as it would be with defaults, so the test can run the CLI on it).
+- ``hubstock``: runs the real ``hubstock`` command in a subprocess
+  (``hubstock(site, "build", ...)``) and returns the CompletedProcess.
+- ``as_nobody``: the argv prefix that runs a command as uid/gid 65534 (needs root).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from hubstock.errors import SiteError
+from hubstock.settings import Settings, Site, load_site
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.channel import cached_channel, file_url  # noqa: E402
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_uv_cache() -> Iterator[None]:
+    """One uv cache for the whole run, kept between runs: PyPI is fetched once."""
+    cache = Path(os.environ.get("HUBSTOCK_TEST_CACHE") or Path.home() / ".cache" / "hubstock-tests") / "uv"
+    cache.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("UV_CACHE_DIR")
+    os.environ["UV_CACHE_DIR"] = str(cache)
+    yield
+    if old is None:
+        os.environ.pop("UV_CACHE_DIR", None)
+    else:
+        os.environ["UV_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def channel() -> Path:
+    return cached_channel()
+
+
+@pytest.fixture(scope="session")
+def channel_url(channel: Path) -> str:
+    return file_url(channel)
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="hubstock-test-"))
+    d.chmod(0o755)
+    yield d
+    subprocess.run(["chmod", "-R", "u+w", str(d)], check=False)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def make_site(world_tmp: Path, channel_url: str) -> Callable[..., Site]:
+    def make(envs: dict[str, str], settings: str | None = None, name: str = "site") -> Site:
+        sdir = world_tmp / name
+        for env, text in envs.items():
+            (sdir / "envs" / env).mkdir(parents=True, exist_ok=True)
+            (sdir / "envs" / env / "environment.yml").write_text(textwrap.dedent(text))
+        sdir.mkdir(parents=True, exist_ok=True)
+        if settings is None:
+            settings = f'root = "{world_tmp / "root"}"\nchannels = ["{channel_url}"]\n'
+        (sdir / "hubstock.toml").write_text(textwrap.dedent(settings))
+        try:
+            return load_site(sdir)
+        except SiteError:  # a test of bad settings: the site as it would be
+            return Site(dir=sdir, settings=Settings(), root=world_tmp / "root")
+
+    return make
+
+
+@pytest.fixture
+def hubstock() -> Callable[..., subprocess.CompletedProcess[str]]:
+    def run(site: Site | Path, *args: str, check: bool = False, **kw) -> subprocess.CompletedProcess[str]:
+        sdir = site.dir if isinstance(site, Site) else site
+        proc = subprocess.run(
+            [sys.executable, "-m", "hubstock", "--site", str(sdir), *args],
+            capture_output=True,
+            text=True,
+            **kw,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"hubstock {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def as_nobody() -> list[str]:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("CI runs as root; tests that switch users need root")
+        pytest.skip("needs root to run a command as another user")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
