@@ -74,8 +74,16 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(name="build-envs")
 def build_envs(session: nox.Session) -> None:
-    """Build the locked environments on the shared root (HUBSTOCK_ROOT or hubstock.toml)."""
+    """Build the locked environments on the shared root, then publish the kernels."""
     _hubstock(session, "build", *session.posargs)
+    session.run("hubstock", "publish")
+    session.run("hubstock", "status")
+
+
+@nox.session(name="publish-kernels")
+def publish_kernels(session: nox.Session) -> None:
+    """Smoke-test the kernels on their builds and publish them as a new generation."""
+    _hubstock(session, "publish")
     session.run("hubstock", "status")
 
 

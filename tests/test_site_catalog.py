@@ -22,3 +22,18 @@ def test_the_catalog_parses():
     kernel = load_env_spec(site, "python")
     assert {"ipykernel", "numpy", "scipy", "pandas"} <= set(kernel.spec_names)
     assert server.channels == kernel.channels == ["conda-forge"]
+
+
+def test_the_catalog_kernels_and_extensions_load():
+    from hubstock.extensions import load_extensions
+    from hubstock.kernels import load_kernel_templates
+
+    site = load_site(REPO, root=REPO / ".hubstock-root")
+    kernels = {t.name: t for t in load_kernel_templates(site)}
+    assert kernels["python"].env == "python" and kernels["r"].env == "r"
+    assert "IRkernel::main()" in kernels["r"].spec["argv"]
+    assert any(p.name == "logo-64x64.png" for p in kernels["python"].resources)
+    ext = load_extensions(site.extensions_dir)
+    assert ext.page_config["disabledExtensions"]
+    assert site.settings.publish.default_kernel == "python"
+    assert site.settings.server.forbidden == ["nbgrader"]

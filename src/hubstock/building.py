@@ -40,6 +40,7 @@ from .layout import (
     remove_tree,
 )
 from .lockfile import build_id, packages_for, require_fresh_lock
+from .policy import check_server_packages
 from .proc import run
 from .progress import Progress
 from .settings import Site
@@ -78,6 +79,7 @@ def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
     lock = require_fresh_lock(site, spec)
     platform = host_platform()
     bid = build_id(lock, platform)
+    check_server_packages(site, spec.name, (p.name for p in packages_for(lock, platform)))
     root = Root(site.root)
     prefix = root.build(spec.name, bid)
     if is_complete(prefix, bid) and _current_is(root, spec.name, bid):

@@ -2,7 +2,10 @@
 
     hubstock [--site DIR] [--root DIR] lock [ENV...] [--check] [--update]
                                        build [ENV...]
+                                       publish
                                        status [--json]
+                                       rollback [GEN]
+                                       gc [--keep N] [--dry-run]
 
 ``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags. A failure prints
 one sentence on stderr and exits non-zero; ``-v`` adds the underlying output.
@@ -43,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
 
     bd = sub.add_parser("build", help="build the locked environments on the root")
     bd.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
+
+    sub.add_parser("publish", help="smoke-test the kernels and publish them as a new generation")
+
+    rb = sub.add_parser("rollback", help="make an earlier generation current again")
+    rb.add_argument("generation", nargs="?", metavar="GEN", help="generation (default: the previous one)")
+
+    gcp = sub.add_parser("gc", help="remove old generations, unused builds and cached packages")
+    gcp.add_argument("--keep", type=int, metavar="N", help="generations to keep (default: [gc] keep)")
+    gcp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
 
     st = sub.add_parser("status", help="show locks, builds and what is published")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -94,7 +106,48 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
-COMMANDS = {"lock": cmd_lock, "build": cmd_build, "status": cmd_status}
+def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .publishing import publish
+
+    result = publish(site, progress)
+    print(f"generation {result.generation} ({'published' if result.changed else 'unchanged'})")
+    return 0
+
+
+def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .publishing import rollback
+
+    print(f"generation {rollback(site, args.generation, progress)} is current")
+    return 0
+
+
+def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .gc import gc
+
+    keep = args.keep if args.keep is not None else site.settings.gc.keep
+    if keep < 1:
+        raise HubstockError(f"--keep {keep}: at least the current generation is kept; use 1 or more.")
+    plan = gc(site, keep, args.dry_run, progress)
+    verb = "would remove" if args.dry_run else "removed"
+    for g in plan.generations:
+        print(f"{verb} generation {g}")
+    for b in plan.builds:
+        print(f"{verb} build {b}")
+    print(
+        f"{verb} {len(plan.packages)} cached package(s); kept generations: "
+        f"{', '.join(plan.kept_generations) or 'none'}; kept builds: {len(plan.kept_builds)}"
+    )
+    return 0
+
+
+COMMANDS = {
+    "lock": cmd_lock,
+    "build": cmd_build,
+    "publish": cmd_publish,
+    "status": cmd_status,
+    "rollback": cmd_rollback,
+    "gc": cmd_gc,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](site, args, progress)
     except HubstockError as e:
         print(f"hubstock: {e}", file=sys.stderr)
-        if args.verbose and e.detail:
+        if e.detail and (args.verbose or e.show_detail):
             print(e.detail.rstrip(), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -13,6 +13,8 @@ class HubstockError(Exception):
     """Base class: a failure with a message meant for a person."""
 
     exit_code = 1
+    #: whether the CLI shows ``detail`` without -v (a kernel's own error output)
+    show_detail = False
 
     def __init__(self, message: str, *, detail: str = "") -> None:
         super().__init__(message)
@@ -52,6 +54,8 @@ class BuildError(HubstockError):
 
 class PublishError(HubstockError):
     """Publishing kernels failed; the current generation was left as it was."""
+
+    show_detail = True
 
 
 class CommandError(HubstockError):

@@ -59,6 +59,46 @@ class VirtualPackages(_Model):
         return v
 
 
+class ServerSettings(_Model):
+    """The single-user server environment and its package policy."""
+
+    env: str = Field("server", description="the env that runs jupyterhub-singleuser, e.g. 'server'")
+    required: list[str] = Field(
+        default_factory=lambda: ["jupyterlab", "batchspawner"],
+        description="packages the server env must contain (conda or pip names)",
+    )
+    forbidden: list[str] = Field(
+        default_factory=lambda: ["nbgrader"], description="packages the server env must not contain"
+    )
+
+
+class PublishSettings(_Model):
+    """How kernels are published."""
+
+    default_kernel: str | None = Field(
+        None, description="kernel opened by default, e.g. 'python'; unset: the first stock kernel"
+    )
+    keep_previous_builds: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="builds a kernel ran on before that stay published under pinned names, "
+        "so old notebooks still run where they were written",
+    )
+    smoke_timeout: float = Field(
+        120, gt=0, description="seconds a kernel may take to start and run its check"
+    )
+
+
+class GcSettings(_Model):
+    """What ``hubstock gc`` keeps."""
+
+    keep: int = Field(3, ge=1, description="published generations to keep, newest first")
+    session_max_age_hours: float = Field(
+        168, gt=0, description="a session record older than this no longer protects what it uses"
+    )
+
+
 class Settings(_Model):
     """The schema of ``hubstock.toml``."""
 
@@ -75,6 +115,9 @@ class Settings(_Model):
         default_factory=lambda: ["linux-64"], description="platforms every lock covers"
     )
     virtual_packages: VirtualPackages = Field(default_factory=VirtualPackages)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
+    gc: GcSettings = Field(default_factory=GcSettings)
 
     @field_validator("platforms")
     @classmethod

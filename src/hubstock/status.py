@@ -64,7 +64,9 @@ def published(root: Root) -> dict[str, Any]:
         {k: kern.get(k) for k in ("name", "display_name", "env", "build")}
         for kern in manifest.get("kernels", [])
     ]
-    return {"generation": os.path.basename(gen), "kernels": kernels}
+    from .publishing import generations
+
+    return {"generation": os.path.basename(gen), "kernels": kernels, "generations": generations(root)}
 
 
 def format_status(doc: dict[str, Any]) -> str:

@@ -1,0 +1,115 @@
+"""``hubstock gc``: remove old generations, unused builds and unused cached packages.
+
+Kept: the newest ``keep`` generations, the current one, and every generation a
+live session uses; every build those name, each env's newest build
+(``$ROOT/envs/<env>/current``, built but maybe not yet published), and every build a
+live session names. Everything else under ``envs/`` and ``generations/`` goes,
+interrupted builds included, and so do package-cache entries no kept build uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .building import read_provenance
+from .layout import Root, empty_trash, remove_tree
+from .progress import Progress
+from .publishing import GEN_RE, current_generation, generations, read_manifest
+from .sessions import live_sessions
+from .settings import Site
+
+
+@dataclass
+class GcPlan:
+    generations: list[str] = field(default_factory=list)
+    builds: list[str] = field(default_factory=list)  # "<env>/<build-id>"
+    packages: list[str] = field(default_factory=list)  # cache entries
+    kept_generations: list[str] = field(default_factory=list)
+    kept_builds: list[str] = field(default_factory=list)
+
+    def paths(self, root: Root) -> list[Path]:
+        out = [root.generations / g for g in self.generations]
+        out += [root.envs / b for b in self.builds]
+        for p in self.packages:
+            out += [root.pkgs / p, root.pkgs / f"{p}.lock", root.downloads / p]
+        return out
+
+
+def plan_gc(site: Site, keep: int) -> GcPlan:
+    root = Root(site.root)
+    plan = GcPlan()
+    gens = generations(root)
+    cur = current_generation(root)
+    sessions = live_sessions(root, site.settings.gc.session_max_age_hours)
+    keep_gens = set(gens[-keep:]) | {g for g in [cur] if g} | {s.generation for s in sessions}
+    plan.kept_generations = [g for g in gens if g in keep_gens]
+    plan.generations = [g for g in gens if g not in keep_gens]
+    if root.generations.is_dir():  # staging leftovers of interrupted publishes
+        plan.generations += sorted(
+            p.name for p in root.generations.iterdir() if p.name.startswith(".staging-")
+        )
+    if root.generations.is_dir():  # numbered but never finished (no manifest)
+        plan.generations += sorted(
+            p.name for p in root.generations.iterdir() if GEN_RE.match(p.name) and p.name not in gens
+        )
+
+    keep_builds: set[str] = set()
+    for g in plan.kept_generations:
+        m = read_manifest(root, g) or {}
+        for k in m.get("kernels", []):
+            keep_builds.add(f"{k['env']}/{k['build']}")
+        if m.get("server"):
+            keep_builds.add(f"{m['server']['env']}/{m['server']['build']}")
+    for s in sessions:
+        keep_builds |= {f"{env}/{bid}" for env, bid in s.builds.items()}
+    all_builds = []
+    if root.envs.is_dir():
+        for env_dir in sorted(p for p in root.envs.iterdir() if p.is_dir()):
+            with contextlib.suppress(OSError):
+                keep_builds.add(f"{env_dir.name}/{os.readlink(env_dir / 'current')}")
+            all_builds += [
+                f"{env_dir.name}/{b.name}"
+                for b in sorted(env_dir.iterdir())
+                if b.is_dir() and not b.is_symlink() and not b.name.startswith(".")
+            ]
+    plan.kept_builds = [b for b in all_builds if b in keep_builds]
+    plan.builds = [b for b in all_builds if b not in keep_builds]
+
+    used: set[str] = set()
+    for b in plan.kept_builds:
+        prov = read_provenance(root.envs / b) or {}
+        for p in prov.get("packages", []):
+            if p.get("manager") == "conda":
+                fn = p["url"].rsplit("/", 1)[-1]
+                used.add(fn)
+                used.add(_strip_ext(fn))
+    if root.pkgs.is_dir():
+        entries = {p.name for p in root.pkgs.iterdir() if p.is_dir() and p.name not in ("downloads",)}
+        if root.downloads.is_dir():
+            entries |= {p.name for p in root.downloads.iterdir() if p.is_file()}
+        plan.packages = sorted(e for e in entries if e not in used and not e.startswith("."))
+    return plan
+
+
+def _strip_ext(fn: str) -> str:
+    for ext in (".conda", ".tar.bz2"):
+        if fn.endswith(ext):
+            return fn[: -len(ext)]
+    return fn
+
+
+def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
+    root = Root(site.root)
+    with root.locked(on_wait=progress.step):
+        plan = plan_gc(site, keep)
+        if dry_run:
+            return plan
+        for p in plan.paths(root):
+            if p.exists() or p.is_symlink():
+                remove_tree(p, root.trash)
+        empty_trash(root.trash)
+        root.audit("gc", generations=plan.generations, builds=plan.builds, packages=len(plan.packages))
+    return plan

@@ -1,0 +1,31 @@
+"""The server environment's package policy: required and forbidden packages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from packaging.utils import canonicalize_name
+
+from .errors import BuildError
+from .settings import Site
+
+
+def check_server_packages(site: Site, env: str, names: Iterable[str]) -> None:
+    """Refuse a server environment that lacks a required package or has a forbidden one."""
+    policy = site.settings.server
+    if env != policy.env:
+        return
+    have = {canonicalize_name(n) for n in names}
+    for bad in policy.forbidden:
+        if canonicalize_name(bad) in have:
+            raise BuildError(
+                f"the server env {env!r} contains {bad!r}, which the site forbids "
+                f"([server] forbidden in hubstock.toml); remove it from envs/{env}/environment.yml "
+                "and lock again."
+            )
+    for need in policy.required:
+        if canonicalize_name(need) not in have:
+            raise BuildError(
+                f"the server env {env!r} lacks {need!r}, which the site requires "
+                f"([server] required in hubstock.toml); add it to envs/{env}/environment.yml and lock again."
+            )

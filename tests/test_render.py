@@ -1,0 +1,108 @@
+"""The pure renderers, tested by value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hubstock.errors import SiteError
+from hubstock.extensions import render_server_config
+from hubstock.kernels import BuildRef, load_kernel_templates, render_kernelspec
+from hubstock.settings import Settings, Site
+
+BUILD = BuildRef(
+    env="py", build_id="0123456789abcdef", prefix=Path("/sw/envs/py/0123456789abcdef"), lock_hash="h1"
+)
+
+
+def test_render_kernelspec_fills_the_prefix_and_records_the_build():
+    spec = {
+        "argv": ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python",
+        "language": "python",
+        "interrupt_mode": "message",
+        "env": {"PATH": "{env_prefix}/bin:${PATH}"},
+        "metadata": {"debugger": True, "hubstock": {"env": "py", "check": "import x"}},
+    }
+    assert render_kernelspec(spec, BUILD) == {
+        "argv": [
+            "/sw/envs/py/0123456789abcdef/bin/python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": "Python",
+        "language": "python",
+        "interrupt_mode": "message",
+        "env": {"PATH": "/sw/envs/py/0123456789abcdef/bin:${PATH}"},
+        "metadata": {
+            "debugger": True,
+            "hubstock": {"env": "py", "check": "import x", "build": "0123456789abcdef", "lock_hash": "h1"},
+        },
+    }
+    assert spec["argv"][0] == "{env_prefix}/bin/python"  # the template is not changed
+
+
+def test_the_server_config_shows_stock_and_user_kernels_only(tmp_path, monkeypatch):
+    from traitlets.config.loader import PyFileConfigLoader
+
+    text = render_server_config(["stock", "r"], "stock", "/sw/generations/0001/share/jupyter/lab/settings")
+    cfg_file = tmp_path / "jupyter_server_config.py"
+    cfg_file.write_text(text)
+    user_kernels = tmp_path / "data" / "kernels"
+    (user_kernels / "mine").mkdir(parents=True)
+    (user_kernels / "mine" / "kernel.json").write_text("{}")
+    (user_kernels / "empty").mkdir()
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    cfg = PyFileConfigLoader(cfg_file.name, path=str(tmp_path)).load_config()
+    assert cfg.KernelSpecManager.allowed_kernelspecs == {"stock", "r", "mine"}
+    assert cfg.KernelSpecManager.ensure_native_kernel is False
+    assert cfg.MappingKernelManager.default_kernel_name == "stock"
+    assert cfg.LabApp.app_settings_dir == "/sw/generations/0001/share/jupyter/lab/settings"
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "message"),
+    [
+        ("Py", {}, "lowercase"),
+        ("py", "not json", "not valid JSON"),
+        (
+            "py",
+            {"argv": ["x"], "display_name": "P", "metadata": {"hubstock": {"env": "e"}}},
+            "{connection_file}",
+        ),
+        ("py", {"argv": ["x", "{connection_file}"], "display_name": "P"}, "metadata.hubstock.env"),
+        (
+            "py",
+            {
+                "argv": ["x", "{connection_file}"],
+                "display_name": "P",
+                "metadata": {"hubstock": {"env": "zz"}},
+            },
+            "'zz', which is not an environment",
+        ),
+        (
+            "py",
+            {
+                "argv": ["x", "{connection_file}"],
+                "display_name": "P",
+                "metadata": {"hubstock": {"env": "e", "chek": "1"}},
+            },
+            "metadata.hubstock.chek",
+        ),
+    ],
+)
+def test_bad_kernel_templates_are_named(tmp_path, name, spec, message):
+    site = Site(dir=tmp_path, settings=Settings(), root=tmp_path / "root")
+    (tmp_path / "envs" / "e").mkdir(parents=True)
+    (tmp_path / "envs" / "e" / "environment.yml").write_text("dependencies: [python]\n")
+    (tmp_path / "kernels" / name).mkdir(parents=True)
+    (tmp_path / "kernels" / name / "kernel.json").write_text(
+        spec if isinstance(spec, str) else json.dumps(spec)
+    )
+    with pytest.raises(SiteError, match=f"kernels/{name}") as e:
+        load_kernel_templates(site)
+    assert message in str(e.value)
