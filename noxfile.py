@@ -18,7 +18,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
-TEST_DEBIAN_PACKAGES: list[str] = []
+TEST_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
 
 
 def _missing_debian_packages(names: list[str]) -> list[str]:

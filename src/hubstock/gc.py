@@ -64,7 +64,7 @@ def plan_gc(site: Site, keep: int) -> GcPlan:
         if m.get("server"):
             keep_builds.add(f"{m['server']['env']}/{m['server']['build']}")
     for s in sessions:
-        keep_builds |= {f"{env}/{bid}" for env, bid in s.builds.items()}
+        keep_builds |= set(s.builds)
     all_builds = []
     if root.envs.is_dir():
         for env_dir in sorted(p for p in root.envs.iterdir() if p.is_dir()):

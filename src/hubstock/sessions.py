@@ -7,7 +7,7 @@ over (a hub that died without stopping its servers) and protects nothing.
 
     $ROOT/sessions/<user>.<server>.json
     {"user": "alice", "server": "", "generation": "0003",
-     "builds": {"server": "3eff17743d23e45c", "python": "..."},
+     "builds": ["server/3eff17743d23e45c", "python/..."],
      "job_id": "1234", "started": "2026-11-25T21:00:00+00:00"}
 """
 
@@ -30,7 +30,7 @@ class Session:
     user: str
     server: str
     generation: str
-    builds: dict[str, str] = field(default_factory=dict)
+    builds: list[str] = field(default_factory=list)  # '<env>/<build-id>'
     job_id: str | None = None
     started: str | None = None
 
@@ -80,7 +80,7 @@ def live_sessions(root: Root, max_age_hours: float) -> list[Session]:
                 user=str(data.get("user", "")),
                 server=str(data.get("server", "")),
                 generation=data["generation"],
-                builds={str(k): str(v) for k, v in (data.get("builds") or {}).items()},
+                builds=[str(b) for b in (data.get("builds") or []) if isinstance(b, str)],
                 job_id=data.get("job_id"),
                 started=data.get("started"),
             )

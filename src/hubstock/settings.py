@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -99,6 +99,90 @@ class GcSettings(_Model):
     )
 
 
+class QueueSettings(_Model):
+    """One queue (PBS) or partition (Slurm) users may choose, with its limits."""
+
+    name: str = Field(description="the scheduler's queue or partition name, e.g. 'interactive'")
+    description: str = Field("", description="shown in the spawn form, e.g. 'Short sessions'")
+    max_cpus: int = Field(ge=1, description="most CPUs a server may ask for here, e.g. 8")
+    max_memory: str = Field(description="most memory, e.g. '32G'")
+    max_gpus: int = Field(0, ge=0, description="most GPUs, e.g. 0")
+    max_walltime: str = Field(description="longest walltime, e.g. '08:00:00'")
+
+
+class SpawnDefaults(_Model):
+    """What a spawn asks for when the user names nothing."""
+
+    queue: str | None = Field(None, description="default queue (default: the first one)")
+    cpus: int = Field(1, ge=1)
+    memory: str = "4G"
+    gpus: int = Field(0, ge=0)
+    walltime: str = "01:00:00"
+
+
+class SpawnerSettings(_Model):
+    """How user servers are started: the scheduler, its commands and the site's limits."""
+
+    scheduler: Literal["slurm", "pbs", "torque", "local"] = Field(
+        "slurm",
+        description="'slurm'; 'pbs' (PBS Pro / OpenPBS); 'torque' (Torque-compatible commands, such as "
+        "Slurm's slurm-wlm-torque wrappers); 'local' (no scheduler: servers run on the hub node, for trials)",
+    )
+    exec_prefix: str = Field(
+        "sudo -E -u {username}", description="how the hub runs the submit commands as the user"
+    )
+    submit_cmd: str | None = Field(None, description="override the submit command, e.g. 'qsub'")
+    prologue: str = Field("", description="shell lines run in the job before the server starts")
+    environment: dict[str, str] = Field(
+        default_factory=dict,
+        description="extra environment for the job, e.g. {SLURM_CONF = '/etc/slurm/slurm.conf'}",
+    )
+    start_timeout: int = Field(300, gt=0, description="seconds a job may take to start, queueing included")
+    http_timeout: int = Field(120, gt=0, description="seconds the server may take to answer once running")
+    srun: str = Field(
+        "srun", description="Slurm only: prefix that runs the server as a job step ('' for none)"
+    )
+    queues: list[QueueSettings] = Field(
+        default_factory=lambda: [
+            QueueSettings(name="batch", max_cpus=4, max_memory="16G", max_walltime="08:00:00")
+        ]
+    )
+    defaults: SpawnDefaults = Field(default_factory=SpawnDefaults)
+
+
+class HubSettings(_Model):
+    """The hub node: networking, security, login and state."""
+
+    ip: str = Field("0.0.0.0", description="address the proxy listens on for users")
+    port: int = Field(8000, gt=0, lt=65536, description="port the proxy listens on for users")
+    hub_ip: str = Field("0.0.0.0", description="address the hub's API listens on (servers reach it)")
+    hub_port: int = Field(8081, gt=0, lt=65536)
+    hub_connect_ip: str = Field(
+        "", description="address compute nodes use to reach the hub, e.g. the hub node's cluster-network name"
+    )
+    proxy_api_ip: str = "127.0.0.1"
+    proxy_api_port: int = Field(8001, gt=0, lt=65536)
+    proxy_command: list[str] = Field(default_factory=lambda: ["configurable-http-proxy"])
+    proxy_external: bool = Field(
+        False,
+        description="the proxy runs as its own service (spawner/systemd), so a hub restart keeps users on",
+    )
+    state_dir: Path = Field(
+        Path("/var/lib/hubstock-hub"),
+        description="the hub's private state: database, cookie secret, proxy token (mode 0700)",
+    )
+    ssl_cert: Path | None = Field(
+        None, description="TLS certificate for the public port, e.g. /etc/ssl/hub.pem"
+    )
+    ssl_key: Path | None = Field(None, description="its key (mode 0600), e.g. /etc/ssl/private/hub.key")
+    db_url: str | None = Field(None, description="database URL (default: SQLite in state_dir)")
+    authenticator: Literal["pam", "dummy"] = Field("pam", description="'pam'; 'dummy' only for demos")
+    allowed_group: str | None = Field(None, description="only members of this Unix group may log in")
+    admin_users: list[str] = Field(default_factory=list)
+    idle_timeout: int = Field(3600, ge=0, description="seconds before an idle server is stopped; 0: never")
+    default_url: str = "/lab"
+
+
 class Settings(_Model):
     """The schema of ``hubstock.toml``."""
 
@@ -118,6 +202,8 @@ class Settings(_Model):
     server: ServerSettings = Field(default_factory=ServerSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     gc: GcSettings = Field(default_factory=GcSettings)
+    hub: HubSettings = Field(default_factory=HubSettings)
+    spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
 
     @field_validator("platforms")
     @classmethod

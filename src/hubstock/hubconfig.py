@@ -1,0 +1,165 @@
+"""Apply a site's ``hubstock.toml`` to JupyterHub's configuration object.
+
+The site's ``spawner/jupyterhub_config.py`` is just::
+
+    from hubstock.hubconfig import apply_site
+    apply_site(get_config(), site_dir=...)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import SiteError
+from .settings import Site, load_site
+
+SPAWNER_CLASSES = {
+    "slurm": "hubstock.spawner.SlurmSpawner",
+    "pbs": "hubstock.spawner.PBSSpawner",
+    "torque": "hubstock.spawner.PBSSpawner",
+    "local": "jupyterhub.spawner.LocalProcessSpawner",
+}
+
+
+def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
+    """The secret in ``path``, created (mode 0600) if missing; refused if others can read it."""
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise SiteError(f"{path} is readable by others (mode {mode:o}); run `chmod 600 {path}`.")
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str | None = None) -> Site:
+    """Configure the hub from the site: networking, security, login, spawner, hooks, culler."""
+    site = load_site(site_dir, root)
+    hub = site.settings.hub
+    state = hub.state_dir if hub.state_dir.is_absolute() else site.dir / hub.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+
+    # networking
+    c.JupyterHub.ip = hub.ip
+    c.JupyterHub.port = hub.port
+    c.JupyterHub.hub_ip = hub.hub_ip
+    c.JupyterHub.hub_port = hub.hub_port
+    if hub.hub_connect_ip:
+        c.JupyterHub.hub_connect_ip = hub.hub_connect_ip
+    c.ConfigurableHTTPProxy.api_url = f"http://{hub.proxy_api_ip}:{hub.proxy_api_port}"
+    c.ConfigurableHTTPProxy.command = list(hub.proxy_command)
+    c.ConfigurableHTTPProxy.should_start = not hub.proxy_external
+    c.ConfigurableHTTPProxy.pid_file = str(state / "proxy.pid")
+
+    # security: secrets live in files with mode 0600, never in the repository or a batch script
+    c.JupyterHub.cookie_secret_file = str(state / "jupyterhub_cookie_secret")
+    c.ConfigurableHTTPProxy.auth_token = ensure_secret_file(state / "proxy_auth_token")
+    if hub.ssl_cert or hub.ssl_key:
+        if not (hub.ssl_cert and hub.ssl_key):
+            raise SiteError("hubstock.toml: [hub] ssl_cert and ssl_key go together; set both or neither.")
+        key_mode = stat.S_IMODE(hub.ssl_key.stat().st_mode) if hub.ssl_key.exists() else 0
+        if not hub.ssl_key.exists() or key_mode & 0o077:
+            raise SiteError(f"[hub] ssl_key {hub.ssl_key} must exist with mode 0600; run `chmod 600` on it.")
+        c.JupyterHub.ssl_cert = str(hub.ssl_cert)
+        c.JupyterHub.ssl_key = str(hub.ssl_key)
+    c.JupyterHub.db_url = hub.db_url or f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+
+    # login
+    if hub.authenticator == "pam":
+        c.JupyterHub.authenticator_class = "pam"
+        if hub.allowed_group:
+            c.PAMAuthenticator.allowed_groups = {hub.allowed_group}
+        else:
+            c.Authenticator.allow_all = True  # every user of the cluster
+    else:
+        c.JupyterHub.authenticator_class = "dummy"
+        c.DummyAuthenticator.password = ensure_secret_file(state / "demo_password", 9)
+        c.Authenticator.allow_all = True
+    if hub.admin_users:
+        c.Authenticator.admin_users = set(hub.admin_users)
+
+    _apply_spawner(c, site)
+    _apply_hooks(c, site)
+    if hub.idle_timeout:
+        culler = [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_timeout}"]
+        c.JupyterHub.services.append({"name": "idle-culler", "command": culler})
+        c.JupyterHub.load_roles.append(
+            {
+                "name": "idle-culler",
+                "services": ["idle-culler"],
+                "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            }
+        )
+    return site
+
+
+def _apply_spawner(c: Any, site: Site) -> None:
+    sp = site.settings.spawner
+    hub = site.settings.hub
+    c.JupyterHub.spawner_class = SPAWNER_CLASSES[sp.scheduler]
+    c.Spawner.default_url = hub.default_url
+    c.Spawner.environment = dict(sp.environment)
+    c.Spawner.start_timeout = sp.start_timeout
+    c.Spawner.http_timeout = sp.http_timeout
+    if sp.scheduler == "local":
+        return
+    cls = c.SlurmSpawner if sp.scheduler == "slurm" else c.PBSSpawner
+    template = site.dir / "spawner" / ("slurm.sh" if sp.scheduler == "slurm" else "pbs.sh")
+    if template.exists():
+        cls.batch_script = template.read_text()
+    if sp.scheduler != "slurm":
+        cls.flavour = "pro" if sp.scheduler == "pbs" else "torque"
+    else:
+        cls.req_srun = sp.srun
+    cls.exec_prefix = sp.exec_prefix
+    if sp.submit_cmd:
+        cls.batch_submit_cmd = sp.submit_cmd.replace("{site}", str(site.dir))
+    cls.req_prologue = sp.prologue
+    cls.queues = [q.model_dump() for q in sp.queues]
+    d = sp.defaults
+    cls.default_queue = d.queue or sp.queues[0].name
+    cls.default_cpus = d.cpus
+    cls.default_memory = d.memory
+    cls.default_gpus = d.gpus
+    cls.default_walltime = d.walltime
+    # fail now, at hub start, on limits that do not fit together
+    from .resources import Limits
+
+    try:
+        Limits.from_config(
+            cls.queues,
+            {
+                "queue": cls.default_queue,
+                "cpus": d.cpus,
+                "memory": d.memory,
+                "gpus": d.gpus,
+                "walltime": d.walltime,
+            },
+        )
+    except ValueError as e:
+        raise SiteError(f"hubstock.toml: [spawner] limits: {e}") from None
+
+
+def _apply_hooks(c: Any, site: Site) -> None:
+    path = site.dir / "hooks" / "pre_spawn.py"
+    if not path.exists():
+        raise SiteError(f"{path} is missing: the hub needs the site's pre-spawn hook (see the README).")
+    spec = importlib.util.spec_from_file_location("hubstock_site_hooks", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pre_spawn, post_stop = module.make_hooks(site)
+    c.Spawner.pre_spawn_hook = pre_spawn
+    c.Spawner.post_stop_hook = post_stop

@@ -1,0 +1,272 @@
+"""A real JupyterHub for the tests: configurable-http-proxy from npm, started and stopped by PID.
+
+``ensure_chp(cache)`` installs the npm configurable-http-proxy once into a cache
+directory. ``Hub`` runs ``jupyterhub -f <site>/spawner/jupyterhub_config.py`` as a
+child process (the site's own configuration, as an admin would run it), waits
+for ``/hub/health``, and talks to its REST API.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+CHP_VERSION = "5.3.0"
+
+
+class HubError(RuntimeError):
+    pass
+
+
+def ensure_chp(cache_root: Path) -> Path:
+    """The ``configurable-http-proxy`` executable, installed with npm into ``cache_root`` once."""
+    dest = cache_root / f"chp-{CHP_VERSION}"
+    exe = dest / "node_modules" / ".bin" / "configurable-http-proxy"
+    if exe.exists():
+        return exe
+    npm = shutil.which("npm")
+    if not npm:
+        raise HubError(
+            "npm is not installed: `apt-get install nodejs npm` (configurable-http-proxy needs it)"
+        )
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / ".chp.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not exe.exists():
+            tmp = cache_root / f".chp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            res = subprocess.run(
+                [
+                    npm,
+                    "install",
+                    "--silent",
+                    "--no-audit",
+                    "--no-fund",
+                    "--prefix",
+                    str(tmp),
+                    f"configurable-http-proxy@{CHP_VERSION}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            if res.returncode != 0:
+                raise HubError(f"npm install configurable-http-proxy failed:\n{res.stdout}\n{res.stderr}")
+            os.rename(tmp, dest)
+    return exe
+
+
+class Hub:
+    """One JupyterHub process for a site, with helpers for its REST API."""
+
+    def __init__(self, site_dir: Path, port: int, env: dict[str, str], log_path: Path) -> None:
+        self.site_dir = site_dir
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Hub:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub",
+                "-f",
+                str(self.site_dir / "spawner" / "jupyterhub_config.py"),
+            ],
+            cwd=self.site_dir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise HubError(f"the hub exited ({self.proc.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/hub/health", timeout=2):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise HubError(f"the hub did not answer within {timeout} s:\n{self.log_tail()}") from None
+                time.sleep(0.2)
+
+    def stop(self, timeout: float = 90) -> None:
+        """SIGTERM the hub (it stops its servers and the proxy it started), then wait."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def request(
+        self, method: str, path: str, *, token: str | None = None, body: Any = None, timeout: float = 30
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if token:
+            req.add_header("Authorization", f"token {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                raw = resp.read()
+                status = resp.status
+        except urllib.error.HTTPError as e:
+            raw, status = e.read(), e.code
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def login(self, user: str, password: str) -> bool:
+        """Log in on the hub's login page (as a browser would); True when the hub accepted it."""
+        import http.cookiejar
+        import re
+        import urllib.parse
+
+        jar = http.cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        with opener.open(self.url + "/hub/login", timeout=30) as resp:
+            page = resp.read().decode()
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page)
+        form = {"username": user, "password": password, **({"_xsrf": xsrf.group(1)} if xsrf else {})}
+        data = urllib.parse.urlencode(form).encode()
+        try:
+            with opener.open(self.url + "/hub/login?next=/hub/home", data=data, timeout=60) as resp:
+                final, body = resp.url, resp.read().decode()
+        except urllib.error.HTTPError as e:
+            final, body = e.url, e.read().decode()
+        return "/hub/login" not in final and "Invalid username or password" not in body
+
+    def token_for(self, user: str, password: str) -> tuple[int, str | None]:
+        """Log in with the password (the first login creates the user), then ask the REST API
+        for a token with the same password: (status, token)."""
+        self.login(user, password)
+        status, body = self.request(
+            "POST",
+            f"/hub/api/users/{user}/tokens",
+            body={
+                "auth": {"username": user, "password": password},
+                "note": "hubstock tests",
+                "expires_in": 3600,
+            },
+        )
+        return status, (body or {}).get("token") if isinstance(body, dict) else None
+
+    def wait_for_server(self, user: str, token: str, timeout: float = 180) -> dict[str, Any]:
+        """The user's model once the default server is ready; fails fast when the spawn fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, model = self.request("GET", f"/hub/api/users/{user}", token=token)
+            assert status == 200, (status, model)
+            server = model.get("servers", {}).get("", {})
+            if server.get("ready"):
+                return model
+            if not server or (not server.get("pending") and not server.get("ready")):
+                raise HubError(f"the server of {user} did not start: {model}\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise HubError(f"the server of {user} was not ready within {timeout} s\n{self.log_tail()}")
+            time.sleep(0.5)
+
+    def wait_stopped(self, user: str, token: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _, model = self.request("GET", f"/hub/api/users/{user}", token=token)
+            if not model.get("servers"):
+                return
+            time.sleep(0.5)
+        raise HubError(f"the server of {user} did not stop within {timeout} s\n{self.log_tail()}")
+
+
+def run_code(hub: Hub, user: str, token: str, kernel: str, code: str, timeout: float = 120) -> str:
+    """Start ``kernel`` through the user's server, run ``code`` over the kernel websocket, return stdout."""
+    import asyncio
+    import uuid
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    status, model = hub.request("POST", f"/user/{user}/api/kernels", token=token, body={"name": kernel})
+    if status != 201:
+        raise HubError(f"starting kernel {kernel!r} failed: {status} {model}")
+    kid = model["id"]
+
+    async def talk() -> str:
+        ws_url = hub.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kid}/channels"
+        conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
+        msg_id = uuid.uuid4().hex
+        await conn.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": user,
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "channel": "shell",
+                    "content": {
+                        "code": code,
+                        "silent": False,
+                        "store_history": False,
+                        "user_expressions": {},
+                        "allow_stdin": False,
+                        "stop_on_error": True,
+                    },
+                }
+            )
+        )
+        out, errors = [], []
+        replied = idle = False
+        while not (replied and idle):  # output arrives on iopub, possibly after the shell reply
+            raw = await conn.read_message()
+            if raw is None:
+                raise HubError("the kernel websocket closed")
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+            elif msg["msg_type"] == "execute_reply":
+                replied = True
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        conn.close()
+        if errors:
+            raise HubError("; ".join(errors))
+        return "".join(out)
+
+    try:
+        return asyncio.run(asyncio.wait_for(talk(), timeout))
+    finally:
+        hub.request("DELETE", f"/user/{user}/api/kernels/{kid}", token=token)
