@@ -197,10 +197,13 @@ def _token(hub: Hub, user: str) -> str:
     return token
 
 
-def _start(hub: Hub, user: str, token: str, options: dict | None = None) -> dict:
+def _start(hub: Hub, user: str, token: str, options: dict | None = None) -> list[str]:
+    """Start the user's server; return its progress messages."""
     status, body = hub.request("POST", f"/hub/api/users/{user}/server", token=token, body=options or {})
     assert status in (201, 202), (status, body, hub.log_tail())
-    return hub.wait_for_server(user, token)
+    messages = hub.progress(user, token) if status == 202 else []
+    hub.wait_for_server(user, token)
+    return messages
 
 
 def _stop(hub: Hub, rig: SlurmRig, user: str, token: str) -> None:
@@ -221,9 +224,12 @@ def test_pam_login(hub):
 
 def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, site):
     token = _token(hub, "hsalice")
-    _start(hub, "hsalice", token)
+    messages = _start(hub, "hsalice", token)
     running = rig.run(["squeue", "-h", "-o", "%i %u %T %P"]).stdout.split()
     assert running[1:] == ["hsalice", "RUNNING", "debug"], running
+    # the user is told what is happening: the job, where it runs (or that it is queued)
+    assert any(f"Job {running[0]} is running on localhost" in m or f"Job {running[0]} is queued" in m
+               for m in messages), messages
 
     status, specs = hub.request("GET", "/user/hsalice/api/kernelspecs", token=token)
     assert status == 200

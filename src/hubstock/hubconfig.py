@@ -74,6 +74,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
         c.JupyterHub.ssl_cert = str(hub.ssl_cert)
         c.JupyterHub.ssl_key = str(hub.ssl_key)
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{state / 'jupyterhub.sqlite'}"
+    c.JupyterHub.tornado_settings = {"slow_spawn_timeout": hub.slow_spawn_timeout}
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
 
     # login

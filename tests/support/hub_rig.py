@@ -193,6 +193,22 @@ class Hub:
                 raise HubError(f"the server of {user} was not ready within {timeout} s\n{self.log_tail()}")
             time.sleep(0.5)
 
+    def progress(self, user: str, token: str, timeout: float = 180) -> list[str]:
+        """The spawn's progress messages (JupyterHub's event stream) until the server is ready."""
+        req = urllib.request.Request(self.url + f"/hub/api/users/{user}/server/progress")
+        req.add_header("Authorization", f"token {token}")
+        messages = []
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            for raw in resp:
+                line = raw.decode().strip()
+                if not line.startswith("data:"):
+                    continue
+                event = json.loads(line[5:])
+                messages.append(event.get("message", ""))
+                if event.get("ready") or event.get("failed"):
+                    break
+        return messages
+
     def wait_stopped(self, user: str, token: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

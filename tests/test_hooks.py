@@ -1,0 +1,96 @@
+"""The pre-spawn and post-stop hooks, on a real root with fake spawners (no hub needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from hubstock.hooks import SpawnException, post_stop_hook, pre_spawn_hook
+from hubstock.layout import MARKER, Root, atomic_symlink
+from hubstock.sessions import live_sessions
+
+
+class FakeSpawner(SimpleNamespace):
+    pass
+
+
+def _spawner() -> FakeSpawner:
+    return FakeSpawner(
+        user=SimpleNamespace(name="alice"), name="", cmd=["jupyterhub-singleuser"],
+        batchspawner_singleuser_cmd="batchspawner-singleuser",
+        environment={"SLURM_CONF": "/etc/slurm/slurm.conf"}, user_options={"queue": "debug"},
+    )
+
+
+def _publish(root: Root, gen: str = "0001", server_ok: bool = True) -> Path:
+    server = root.build("server", "s1")
+    (server / "bin").mkdir(parents=True, exist_ok=True)
+    (server / "bin" / "jupyterhub-singleuser").write_text("#!/bin/sh\n")
+    if server_ok:
+        (server / MARKER).write_text("s1\n")
+    g = root.generations / gen
+    (g / "share" / "jupyter" / "kernels" / "stock").mkdir(parents=True)
+    (g / "manifest.json").write_text(json.dumps({
+        "generation": gen,
+        "server": {"env": "server", "build": "s1", "prefix": str(server)},
+        "kernels": [{"name": "stock", "env": "py", "build": "p1"},
+                    {"name": "stock-p0", "env": "py", "build": "p0", "pinned_of": "stock"}],
+    }))
+    atomic_symlink(f"generations/{gen}", root.current)
+    return g
+
+
+def test_the_hook_pins_the_session_to_the_current_generation(tmp_path):
+    root = Root(tmp_path / "root")
+    gen_dir = _publish(root)
+    sp = _spawner()
+    pre_spawn_hook(sp, root.path)
+    server_bin = root.build("server", "s1") / "bin"
+    assert sp.cmd == [str(server_bin / "jupyterhub-singleuser")]
+    assert sp.batchspawner_singleuser_cmd == str(server_bin / "batchspawner-singleuser")
+    assert sp.environment == {
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "PATH": f"{server_bin}:/usr/local/bin:/usr/bin:/bin",
+        "JUPYTER_PATH": str(gen_dir / "share" / "jupyter"),
+        "JUPYTER_CONFIG_PATH": str(gen_dir / "etc" / "jupyter"),
+        "HUBSTOCK_GENERATION": "0001",
+    }
+    (session,) = live_sessions(root, 1)
+    assert session.generation == "0001" and session.job_id is None
+    assert session.builds == ["py/p0", "py/p1", "server/s1"]
+    sp.hubstock_on_submit("4242")
+    assert live_sessions(root, 1)[0].job_id == "4242"
+
+    # a later publish does not change what this session was given
+    _publish(root, "0002")
+    assert sp.environment["JUPYTER_PATH"] == str(gen_dir / "share" / "jupyter")
+
+    post_stop_hook(sp, root.path)
+    assert live_sessions(root, 1) == []
+    actions = [json.loads(line)["action"] for line in root.audit_log.read_text().splitlines()]
+    assert actions == ["spawn", "submitted", "stop"]
+
+
+def test_nothing_published_gives_a_clear_message(tmp_path):
+    with pytest.raises(SpawnException) as e:
+        pre_spawn_hook(_spawner(), tmp_path / "root")
+    assert "No notebook environment has been published" in e.value.jupyterhub_message
+    assert not (tmp_path / "root" / "sessions").exists()
+
+
+@pytest.mark.parametrize("damage", ["no-manifest", "incomplete-server", "no-kernels"])
+def test_a_broken_generation_gives_a_clear_message(tmp_path, damage):
+    root = Root(tmp_path / "root")
+    gen_dir = _publish(root, server_ok=damage != "incomplete-server")
+    if damage == "no-manifest":
+        os.remove(gen_dir / "manifest.json")
+    if damage == "no-kernels":
+        os.rename(gen_dir / "share", gen_dir / "share.moved")
+    with pytest.raises(SpawnException) as e:
+        pre_spawn_hook(_spawner(), root.path)
+    msg = e.value.jupyterhub_message
+    assert "(generation 0001) is broken" in msg and "hubstock rollback" in msg
