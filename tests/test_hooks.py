@@ -20,9 +20,12 @@ class FakeSpawner(SimpleNamespace):
 
 def _spawner() -> FakeSpawner:
     return FakeSpawner(
-        user=SimpleNamespace(name="alice"), name="", cmd=["jupyterhub-singleuser"],
+        user=SimpleNamespace(name="alice"),
+        name="",
+        cmd=["jupyterhub-singleuser"],
         batchspawner_singleuser_cmd="batchspawner-singleuser",
-        environment={"SLURM_CONF": "/etc/slurm/slurm.conf"}, user_options={"queue": "debug"},
+        environment={"SLURM_CONF": "/etc/slurm/slurm.conf"},
+        user_options={"queue": "debug"},
     )
 
 
@@ -34,12 +37,18 @@ def _publish(root: Root, gen: str = "0001", server_ok: bool = True) -> Path:
         (server / MARKER).write_text("s1\n")
     g = root.generations / gen
     (g / "share" / "jupyter" / "kernels" / "stock").mkdir(parents=True)
-    (g / "manifest.json").write_text(json.dumps({
-        "generation": gen,
-        "server": {"env": "server", "build": "s1", "prefix": str(server)},
-        "kernels": [{"name": "stock", "env": "py", "build": "p1"},
-                    {"name": "stock-p0", "env": "py", "build": "p0", "pinned_of": "stock"}],
-    }))
+    (g / "manifest.json").write_text(
+        json.dumps(
+            {
+                "generation": gen,
+                "server": {"env": "server", "build": "s1", "prefix": str(server)},
+                "kernels": [
+                    {"name": "stock", "env": "py", "build": "p1"},
+                    {"name": "stock-p0", "env": "py", "build": "p0", "pinned_of": "stock"},
+                ],
+            }
+        )
+    )
     atomic_symlink(f"generations/{gen}", root.current)
     return g
 

@@ -68,6 +68,7 @@ def test_the_server_config_shows_stock_and_user_kernels_only(tmp_path, monkeypat
     ("name", "spec", "message"),
     [
         ("Py", {}, "lowercase"),
+        ("python", {}, "reserved by Jupyter"),
         ("py", "not json", "not valid JSON"),
         (
             "py",

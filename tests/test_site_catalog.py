@@ -30,10 +30,10 @@ def test_the_catalog_kernels_and_extensions_load():
 
     site = load_site(REPO, root=REPO / ".hubstock-root")
     kernels = {t.name: t for t in load_kernel_templates(site)}
-    assert kernels["python"].env == "python" and kernels["r"].env == "r"
+    assert kernels["python-stock"].env == "python" and kernels["r"].env == "r"
     assert "IRkernel::main()" in kernels["r"].spec["argv"]
-    assert any(p.name == "logo-64x64.png" for p in kernels["python"].resources)
+    assert any(p.name == "logo-64x64.png" for p in kernels["python-stock"].resources)
     ext = load_extensions(site.extensions_dir)
     assert ext.page_config["disabledExtensions"]
-    assert site.settings.publish.default_kernel == "python"
+    assert site.settings.publish.default_kernel == "python-stock"
     assert site.settings.server.forbidden == ["nbgrader"]

@@ -22,6 +22,8 @@ from .errors import PublishError, SiteError
 from .settings import Site
 
 KERNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: names jupyter_client takes over: it starts its own native kernel (the server's python3) for them
+RESERVED_NAMES = {"python", "python2", "python3"}
 PLACEHOLDER = "{env_prefix}"
 #: code run when a template names no check, by language
 DEFAULT_CHECK = {"python": "import sys; print(sys.prefix)", "r": "cat(R.home())"}
@@ -83,6 +85,11 @@ def load_kernel_templates(site: Site) -> list[KernelTemplate]:
         if not KERNEL_NAME_RE.match(d.name):
             raise SiteError(
                 f"kernels/{d.name}: kernel names use lowercase letters, digits, '.', '_' and '-'; rename it."
+            )
+        if d.name in RESERVED_NAMES:
+            raise SiteError(
+                f"kernels/{d.name}: the name {d.name!r} is reserved by Jupyter, which would start the server's "
+                f"own python3 instead; rename the folder, e.g. to kernels/{d.name}-stock."
             )
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))

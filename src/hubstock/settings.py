@@ -181,8 +181,10 @@ class HubSettings(_Model):
     admin_users: list[str] = Field(default_factory=list)
     idle_timeout: int = Field(3600, ge=0, description="seconds before an idle server is stopped; 0: never")
     slow_spawn_timeout: float = Field(
-        0, ge=0, description="seconds a spawn request waits before showing the progress page; 0: at once "
-        "(a batch job may wait in the queue, so users see where it is straight away)"
+        10,
+        ge=0,
+        description="seconds a spawn request waits before showing the progress page; refused "
+        "options are answered within it (so a REST client gets its 400), queued jobs then show their progress",
     )
     default_url: str = "/lab"
 

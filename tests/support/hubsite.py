@@ -1,0 +1,172 @@
+"""A whole hubstock site on one machine: used by the hub and browser tests and by `nox -s demo`.
+
+``build_site`` writes a site repository (this repository's ``spawner/``,
+``hooks/`` and ``extensions/``, a server env, a stock Python kernel env) whose
+channel is the offline test channel, then locks, builds and publishes it with the
+real ``hubstock`` command. ``hub_settings`` renders its ``hubstock.toml`` for a
+given scheduler and ports; ``start_hub`` runs JupyterHub on it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jupyterhub
+
+from .channel import file_url
+from .hub_rig import Hub, ensure_chp
+
+REPO = Path(__file__).resolve().parents[2]
+KERNEL_NAME = "python-stock"
+KERNEL_DISPLAY_NAME = "Python 3 (stock)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_cache() -> Path:
+    return Path(os.environ.get("HUBSTOCK_TEST_CACHE") or Path.home() / ".cache" / "hubstock-tests")
+
+
+def cli(site: Path, *args: str) -> str:
+    """Run the real ``hubstock`` command on ``site``; raise with its output if it fails."""
+    res = subprocess.run(
+        [sys.executable, "-m", "hubstock", "--site", str(site), *args], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"hubstock {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
+    return res.stdout
+
+
+def py_env(demo_c: str) -> str:
+    return f"dependencies:\n  - python\n  - demo-c {demo_c}\n  - pip:\n    - ipykernel\n"
+
+
+def build_site(site: Path, root: Path, channel: Path) -> Path:
+    """Write, lock, build and publish a site with a server env and a stock Python kernel (idempotent)."""
+    for part in ("spawner", "hooks", "extensions"):
+        if not (site / part).exists():
+            shutil.copytree(REPO / part, site / part)
+    server = site / "envs" / "server" / "environment.yml"
+    if not server.exists():
+        server.parent.mkdir(parents=True)
+        server.write_text(
+            "dependencies:\n  - python\n  - pip:\n"
+            f"    - jupyterhub=={jupyterhub.__version__}\n    - jupyterlab\n    - batchspawner==1.3.0\n"
+        )
+    py = site / "envs" / "python" / "environment.yml"
+    if not py.exists():
+        py.parent.mkdir(parents=True)
+        py.write_text(py_env("0.1"))
+    kernel = site / "kernels" / KERNEL_NAME / "kernel.json"
+    if not kernel.exists():
+        kernel.parent.mkdir(parents=True)
+        kernel.write_text(
+            json.dumps(
+                {
+                    "argv": [
+                        "{env_prefix}/bin/python",
+                        "-m",
+                        "ipykernel_launcher",
+                        "-f",
+                        "{connection_file}",
+                    ],
+                    "display_name": KERNEL_DISPLAY_NAME,
+                    "language": "python",
+                    "env": {"STOCK_BUILD": "{env_prefix}"},
+                    "metadata": {"hubstock": {"env": "python", "check": "import demo_c"}},
+                }
+            )
+        )
+    toml = site / "hubstock.toml"
+    if not toml.exists():
+        toml.write_text(base_settings(root, channel))
+    cli(site, "lock")
+    cli(site, "build")
+    cli(site, "publish")
+    return site
+
+
+def base_settings(root: Path, channel: Path) -> str:
+    return f'root = "{root}"\nchannels = ["{file_url(channel)}"]\n'
+
+
+def hub_settings(
+    root: Path,
+    channel: Path,
+    state_dir: Path,
+    scheduler: str,
+    ports: list[int],
+    slurm_conf: Path | None = None,
+    authenticator: str = "pam",
+) -> str:
+    """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque or local."""
+    chp = ensure_chp(test_cache())
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    lines = [
+        base_settings(root, channel),
+        "[hub]",
+        'ip = "127.0.0.1"',
+        f"port = {ports[0]}",
+        'hub_ip = "127.0.0.1"',
+        f"hub_port = {ports[1]}",
+        f"proxy_api_port = {ports[2]}",
+        f'proxy_command = ["{chp}"]',
+        f'state_dir = "{state_dir}"',
+        f'authenticator = "{authenticator}"',
+        "idle_timeout = 0",
+        "",
+        "[spawner]",
+        f'scheduler = "{scheduler}"',
+        f'exec_prefix = "{runuser} -u {{username}} --"',
+        "start_timeout = 120",
+        "http_timeout = 120",
+    ]
+    if scheduler == "torque":
+        lines.append('submit_cmd = "{site}/spawner/qsub-stdin"')
+    if slurm_conf:
+        lines.append(f'environment = {{SLURM_CONF = "{slurm_conf}"}}')
+    lines += [
+        "",
+        "[[spawner.queues]]",
+        'name = "debug"',
+        'description = "Short sessions"',
+        "max_cpus = 2",
+        'max_memory = "2G"',
+        'max_walltime = "01:00:00"',
+        "",
+        "[[spawner.queues]]",
+        'name = "batch"',
+        "max_cpus = 1",
+        'max_memory = "1G"',
+        'max_walltime = "00:30:00"',
+        "",
+        "[spawner.defaults]",
+        'queue = "debug"',
+        'memory = "1G"',
+        'walltime = "00:30:00"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def start_hub(site: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None) -> Hub:
+    """JupyterHub on ``site`` (its hubstock.toml already written), answering on ``port``."""
+    # batchspawner runs the status and cancel commands with the hub's own environment:
+    # on a real hub node SLURM_CONF is set for the service (or /etc/slurm is used)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+        **(extra_env or {}),
+    }
+    env.pop("HUBSTOCK_ROOT", None)
+    env.pop("HUBSTOCK_SITE", None)
+    return Hub(site, port, env, log_path).start()
