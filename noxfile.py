@@ -18,7 +18,14 @@ nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
-TEST_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
+TEST_DEBIAN_PACKAGES: list[str] = [
+    "slurmctld",
+    "slurmd",
+    "slurm-client",
+    "munge",
+    "slurm-wlm-torque",  # the hub tests' scheduler
+    "chromium",  # the browser tests (driven by Playwright; never a browser download)
+]
 
 
 def _missing_debian_packages(names: list[str]) -> list[str]:
