@@ -15,6 +15,12 @@ What each fixture gives:
 - ``hubstock``: runs the real ``hubstock`` command in a subprocess
   (``hubstock(site, "build", ...)``) and returns the CompletedProcess.
 - ``as_nobody``: the argv prefix that runs a command as uid/gid 65534 (needs root).
+- ``hub_workdir`` (session): a world-readable folder for the hub and browser tests
+  (kept when ``HUBSTOCK_KEEP_TEST_DIRS`` is set, to read the hub's and jobs' logs).
+- ``slurm_rig`` (session): a private single-node Slurm with its PBS commands, started
+  and stopped by PID (``tests/support/slurm_rig.py``); needs root.
+- ``hub_site`` (session): a published site with a server env and a stock Python kernel
+  (``tests/support/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from hubstock.errors import SiteError
 from hubstock.settings import Settings, Site, load_site
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support import need_root  # noqa: E402
 from tests.support.channel import cached_channel, file_url  # noqa: E402
 
 IN_CI = bool(os.environ.get("CI"))
@@ -106,6 +113,33 @@ def hubstock() -> Callable[..., subprocess.CompletedProcess[str]]:
         return proc
 
     return run
+
+
+@pytest.fixture(scope="session")
+def hub_workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="hubstock-hub-"))
+    d.chmod(0o755)
+    yield d
+    if not os.environ.get("HUBSTOCK_KEEP_TEST_DIRS"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_rig(hub_workdir: Path):
+    from tests.support.slurm_rig import SlurmRig, require_binaries
+
+    need_root("the hub tests")
+    require_binaries()
+    rig = SlurmRig(hub_workdir / "slurm").start()
+    yield rig
+    rig.stop()
+
+
+@pytest.fixture(scope="session")
+def hub_site(hub_workdir: Path, channel: Path) -> Path:
+    from tests.support.hubsite import build_site
+
+    return build_site(hub_workdir / "site", hub_workdir / "root", channel)
 
 
 @pytest.fixture

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from tests.support import need_root
 from tests.support.hub_rig import Hub, run_code
 from tests.support.hubsite import KERNEL_NAME as KERNEL
-from tests.support.hubsite import build_site, cli, free_port, hub_settings, py_env, start_hub
-from tests.support.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
+from tests.support.hubsite import cli, free_port, hub_settings, py_env, start_hub
+from tests.support.slurm_rig import SlurmRig, create_user, remove_user
 
 from hubstock.layout import Root
 
@@ -40,36 +39,11 @@ STOCK_CODE = (
 )
 
 
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        if os.environ.get("CI"):
-            pytest.fail("the hub tests need root (CI runs as root)")
-        pytest.skip("the hub tests need root")
-
-
 @pytest.fixture(scope="module")
-def workdir():
-    d = Path(tempfile.mkdtemp(prefix="hubstock-hub-"))
-    d.chmod(0o755)
-    yield d
-    if not os.environ.get("HUBSTOCK_KEEP_TEST_DIRS"):  # keep them to read the hub's and jobs' logs
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def rig(workdir):
-    _need_root()
-    require_binaries()
-    r = SlurmRig(workdir / "slurm").start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
-def users(workdir):
-    _need_root()
-    homes = workdir / "homes"
-    homes.mkdir(mode=0o755)
+def users(hub_workdir):
+    need_root("the hub tests")
+    homes = hub_workdir / "homes"
+    homes.mkdir(mode=0o755, exist_ok=True)
     for name, pw in USERS.items():
         create_user(name, pw, homes)
     yield USERS
@@ -78,13 +52,18 @@ def users(workdir):
 
 
 @pytest.fixture(scope="module")
-def site(workdir, channel):
-    """A site repository: the repo's spawner/, hooks/ and extensions/, a server env and a stock kernel, published."""
-    return build_site(workdir / "site", workdir / "root", channel)
+def site(hub_site):
+    return hub_site
+
+
+@pytest.fixture(scope="module")
+def rig(slurm_rig):
+    return slurm_rig
 
 
 @pytest.fixture(scope="module", params=["slurm", "torque"])
-def hub(request, workdir, site, channel, rig, users):
+def hub(request, hub_workdir, site, channel, rig, users):
+    workdir = hub_workdir
     scheduler = request.param
     ports = [free_port() for _ in range(3)]
     (site / "hubstock.toml").write_text(

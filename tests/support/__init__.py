@@ -1,0 +1,13 @@
+"""Test support: real parts the tests (and `nox -s demo`) start and stop themselves."""
+
+import os
+
+import pytest
+
+
+def need_root(what: str) -> None:
+    """Fail in CI (which runs as root), skip elsewhere, when not root."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} need root (CI runs as root)")
+        pytest.skip(f"{what} need root")
