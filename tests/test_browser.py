@@ -21,18 +21,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from hubstock.layout import Root
 from tests.support import need_root
 from tests.support.hubsite import free_port, hub_settings, start_hub
 from tests.support.slurm_rig import create_user, remove_user
+
+from hubstock.layout import Root
 
 pytestmark = pytest.mark.browser
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 NEW_USER = f"hsnew{secrets.token_hex(2)}"
 PASSWORD = "First-Login-99"
@@ -69,8 +75,9 @@ def new_user(hub_workdir):
 def hub(hub_workdir, hub_site, channel, slurm_rig, new_user):
     ports = [free_port() for _ in range(3)]
     (hub_site / "hubstock.toml").write_text(
-        hub_settings(hub_workdir / "root", channel, hub_workdir / "state-browser", "slurm", ports,
-                     slurm_rig.slurm_conf)
+        hub_settings(
+            hub_workdir / "root", channel, hub_workdir / "state-browser", "slurm", ports, slurm_rig.slurm_conf
+        )
     )
     h = start_hub(hub_site, ports[0], hub_workdir / "hub-browser.log", extra_env=slurm_rig.env)
     yield h
@@ -106,7 +113,9 @@ def showing_the_page(page, artifacts: Path, step: str, hub=None) -> Iterator[Non
         with contextlib.suppress(Exception):
             text = page.locator("body").inner_text()[:2000]
         log = hub.log_tail(30) if hub else ""
-        pytest.fail(f"{step} failed at {page.url}: {e}\n--- the page says:\n{text}\n--- screenshot: {shot}\n{log}")
+        pytest.fail(
+            f"{step} failed at {page.url}: {e}\n--- the page says:\n{text}\n--- screenshot: {shot}\n{log}"
+        )
 
 
 def test_a_new_user_logs_in_and_gets_jupyterlab_with_the_stock_kernels(page, hub, hub_site, artifacts):
@@ -132,8 +141,11 @@ def test_a_new_user_logs_in_and_gets_jupyterlab_with_the_stock_kernels(page, hub
 
     with showing_the_page(page, artifacts, "spawn", hub):
         shell = page.locator("#jp-main-dock-panel")
-        failure = (page.get_by_text("Spawn failed").or_(page.locator("div.error"))
-                   .or_(page.get_by_role("heading", name="Server not running")))
+        failure = (
+            page.get_by_text("Spawn failed")
+            .or_(page.locator("div.error"))
+            .or_(page.get_by_role("heading", name="Server not running"))
+        )
         expect(shell.or_(failure)).to_be_visible(timeout=180_000)
         assert not failure.is_visible(), page.locator("body").inner_text()[:2000]
         assert f"/user/{NEW_USER}/lab" in page.url
@@ -149,11 +161,14 @@ def test_a_new_user_logs_in_and_gets_jupyterlab_with_the_stock_kernels(page, hub
 
         def section(title):
             return page.locator(".jp-Launcher-section").filter(
-                has=page.locator(".jp-Launcher-sectionTitle", has_text=title))
+                has=page.locator(".jp-Launcher-sectionTitle", has_text=title)
+            )
 
         expect(section("Notebook").locator(".jp-LauncherCard").first).to_be_visible()
         page.screenshot(path=str(artifacts / "launcher.png"))
-        labels = sorted(t.strip() for t in section("Notebook").locator(".jp-LauncherCard-label").all_inner_texts())
+        labels = sorted(
+            t.strip() for t in section("Notebook").locator(".jp-LauncherCard-label").all_inner_texts()
+        )
         assert labels == stock  # exactly the stock kernels: not the server env's own Python 3
         # the site's disabled extension is absent, the file browser (a control) is there
         expect(page.locator('.jp-SideBar [data-id="filebrowser"]')).to_have_count(1)
@@ -164,13 +179,16 @@ def test_a_new_user_logs_in_and_gets_jupyterlab_with_the_stock_kernels(page, hub
     with showing_the_page(page, artifacts, "notebook", hub):
         section("Notebook").locator(f'.jp-LauncherCard[title="{kernel["display_name"]}"]').click()
         nb = page.locator(".jp-NotebookPanel:visible")
-        expect(nb.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute("data-status", "idle", timeout=120_000)
+        expect(nb.locator(".jp-Notebook-ExecutionIndicator")).to_have_attribute(
+            "data-status", "idle", timeout=120_000
+        )
         cell = nb.locator(".jp-Cell").first
         # the site's default setting (extensions/overrides.json): line numbers in code cells
         expect(cell.locator(".cm-lineNumbers")).to_be_visible()
         cell.locator(".cm-content").click()
         page.keyboard.type("import sys, getpass; print(sys.prefix, getpass.getuser())")
         page.keyboard.press("Shift+Enter")
-        expect(cell.locator(".jp-OutputArea-output")).to_have_text(re.compile(rf"^{re.escape(build)} {NEW_USER}\s*$"),
-                                                                   timeout=120_000)
+        expect(cell.locator(".jp-OutputArea-output")).to_have_text(
+            re.compile(rf"^{re.escape(build)} {NEW_USER}\s*$"), timeout=120_000
+        )
         page.screenshot(path=str(artifacts / "notebook.png"))
