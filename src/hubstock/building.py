@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -156,8 +157,6 @@ def _build(
         "created": now_iso(),
         "builder": f"hubstock {__version__}",
     }
-    import json
-
     atomic_write(prefix / PROVENANCE, json.dumps(provenance, indent=1, sort_keys=True) + "\n")
     atomic_write(prefix / MARKER, bid + "\n")  # last: from now on the build counts
 

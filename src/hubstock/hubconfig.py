@@ -24,6 +24,7 @@ SPAWNER_CLASSES = {
     "pbs": "hubstock.spawner.PBSSpawner",
     "torque": "hubstock.spawner.PBSSpawner",
     "local": "jupyterhub.spawner.LocalProcessSpawner",
+    "simple": "jupyterhub.spawner.SimpleLocalProcessSpawner",
 }
 
 
@@ -91,7 +92,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
     if hub.admin_users:
         c.Authenticator.admin_users = set(hub.admin_users)
 
-    _apply_spawner(c, site)
+    _apply_spawner(c, site, state)
     _apply_hooks(c, site)
     if hub.idle_timeout:
         culler = [sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={hub.idle_timeout}"]
@@ -106,7 +107,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
     return site
 
 
-def _apply_spawner(c: Any, site: Site) -> None:
+def _apply_spawner(c: Any, site: Site, state: Path) -> None:
     sp = site.settings.spawner
     hub = site.settings.hub
     c.JupyterHub.spawner_class = SPAWNER_CLASSES[sp.scheduler]
@@ -114,7 +115,15 @@ def _apply_spawner(c: Any, site: Site) -> None:
     c.Spawner.environment = dict(sp.environment)
     c.Spawner.start_timeout = sp.start_timeout
     c.Spawner.http_timeout = sp.http_timeout
-    if sp.scheduler == "local":
+    if sp.scheduler == "simple":
+        # every server runs as the hub's own user: never root (that would give every login root)
+        if os.geteuid() == 0:
+            raise SiteError(
+                "hubstock.toml: [spawner] scheduler 'simple' runs every server as the hub's own user, "
+                "so the hub must not run as root; use 'local', 'slurm', 'pbs' or 'torque' as root."
+            )
+        c.SimpleLocalProcessSpawner.home_dir_template = str(state / "homes" / "{username}")
+    if sp.scheduler in ("local", "simple"):
         return
     cls = c.SlurmSpawner if sp.scheduler == "slurm" else c.PBSSpawner
     template = site.dir / "spawner" / ("slurm.sh" if sp.scheduler == "slurm" else "pbs.sh")

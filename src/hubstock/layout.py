@@ -21,15 +21,12 @@ import json
 import os
 import shutil
 import stat
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from .errors import HubstockError
 
 MARKER = ".hubstock-complete"
 PROVENANCE = ".hubstock-build.json"
@@ -215,16 +212,3 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-class RootBusy(HubstockError):
-    pass

@@ -123,10 +123,12 @@ class SpawnDefaults(_Model):
 class SpawnerSettings(_Model):
     """How user servers are started: the scheduler, its commands and the site's limits."""
 
-    scheduler: Literal["slurm", "pbs", "torque", "local"] = Field(
+    scheduler: Literal["slurm", "pbs", "torque", "local", "simple"] = Field(
         "slurm",
         description="'slurm'; 'pbs' (PBS Pro / OpenPBS); 'torque' (Torque-compatible commands, such as "
-        "Slurm's slurm-wlm-torque wrappers); 'local' (no scheduler: servers run on the hub node, for trials)",
+        "Slurm's slurm-wlm-torque wrappers); 'local' (no scheduler: the hub, running as root, starts each "
+        "server on the hub node as its user, for trials); 'simple' (no scheduler and no users: every server "
+        "runs as the hub's own non-root user on the hub node, with no isolation, for demos only)",
     )
     exec_prefix: str = Field(
         "sudo -E -u {username}", description="how the hub runs the submit commands as the user"
