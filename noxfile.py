@@ -3,6 +3,7 @@
 nox -s lock          lock envs/*/environment.yml into conda-lock.yml
 nox -s build-envs    build the locked environments on the shared root
 nox -s tests         run the test suite (installs what the tests need)
+nox -s demo          build an offline demo site and run the whole hub on 127.0.0.1
 nox -s lint          ruff
 """
 
@@ -17,13 +18,12 @@ import nox
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
+#: Debian packages of the private single-node Slurm with its PBS commands (tests/support/slurm_rig.py):
+#: the hub tests' scheduler, and the demo's when run as root
+SLURM_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
 TEST_DEBIAN_PACKAGES: list[str] = [
-    "slurmctld",
-    "slurmd",
-    "slurm-client",
-    "munge",
-    "slurm-wlm-torque",  # the hub tests' scheduler
+    *SLURM_DEBIAN_PACKAGES,
     "chromium",  # the browser tests (driven by Playwright; never a browser download)
 ]
 
@@ -103,8 +103,29 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session
+def demo(session: nox.Session) -> None:
+    """Build an offline demo site and run the whole hub on 127.0.0.1 (Ctrl-C stops it)."""
+    if os.geteuid() == 0:  # as root the servers are Slurm jobs of a PAM user; otherwise local processes
+        needed = SLURM_DEBIAN_PACKAGES + ([] if shutil.which("npm") else ["nodejs", "npm"])
+        _ensure_debian_packages(session, needed)
+    session.install("-e", ".[test]")
+    # Ctrl-C reaches the demo too: give it the time to stop the hub, its servers and Slurm
+    session.run("python", "-m", "tests.support.demo", *session.posargs, interrupt_timeout=None)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Check style and common mistakes with ruff."""
     session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmark suite (see BENCHMARKS.md): a table, and .bench/results.json."""
+    if os.geteuid() == 0:  # spawn_to_ready runs the hub on the private Slurm rig
+        needed = [p for p in TEST_DEBIAN_PACKAGES if p != "chromium"]
+        _ensure_debian_packages(session, needed + ([] if shutil.which("npm") else ["nodejs", "npm"]))
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "bench.run", *session.posargs)

@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jupyterhub
@@ -27,10 +28,17 @@ KERNEL_NAME = "python-stock"
 KERNEL_DISPLAY_NAME = "Python 3 (stock)"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(near: int = 0) -> int:
+    """A free TCP port on 127.0.0.1: any one, or ``near`` itself if free, else the next free one above it."""
+    for port in range(near, 65536) if near else [0]:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the proxy binds it
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free TCP port from {near} up")
 
 
 def test_cache() -> Path:
@@ -51,8 +59,11 @@ def py_env(demo_c: str) -> str:
     return f"dependencies:\n  - python\n  - demo-c {demo_c}\n  - pip:\n    - ipykernel\n"
 
 
-def build_site(site: Path, root: Path, channel: Path) -> Path:
-    """Write, lock, build and publish a site with a server env and a stock Python kernel (idempotent)."""
+def build_site(site: Path, root: Path, channel: Path, report: Callable[[str], None] | None = None) -> Path:
+    """Write, lock, build and publish a site with a server env and a stock Python kernel (idempotent).
+
+    ``report`` gets each line ``hubstock build`` and ``publish`` print (``server: <id> (built)``,
+    ``generation 0001 (unchanged)``...)."""
     for part in ("spawner", "hooks", "extensions"):
         if not (site / part).exists():
             shutil.copytree(REPO / part, site / part)
@@ -91,8 +102,10 @@ def build_site(site: Path, root: Path, channel: Path) -> Path:
     if not toml.exists():
         toml.write_text(base_settings(root, channel))
     cli(site, "lock")
-    cli(site, "build")
-    cli(site, "publish")
+    for step in ("build", "publish"):
+        for line in cli(site, step).splitlines():
+            if report and line.strip():
+                report(line.strip())
     return site
 
 
@@ -109,7 +122,7 @@ def hub_settings(
     slurm_conf: Path | None = None,
     authenticator: str = "pam",
 ) -> str:
-    """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque or local."""
+    """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, local or simple."""
     chp = ensure_chp(test_cache())
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
     lines = [
@@ -158,8 +171,11 @@ def hub_settings(
     return "\n".join(lines) + "\n"
 
 
-def start_hub(site: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None) -> Hub:
-    """JupyterHub on ``site`` (its hubstock.toml already written), answering on ``port``."""
+def start_hub(
+    site: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None, *, start: bool = True
+) -> Hub:
+    """JupyterHub on ``site`` (its hubstock.toml already written), answering on ``port``;
+    with ``start=False`` the caller starts it (and so always has the Hub to stop)."""
     # batchspawner runs the status and cancel commands with the hub's own environment:
     # on a real hub node SLURM_CONF is set for the service (or /etc/slurm is used)
     env = {
@@ -169,4 +185,5 @@ def start_hub(site: Path, port: int, log_path: Path, extra_env: dict[str, str] |
     }
     env.pop("HUBSTOCK_ROOT", None)
     env.pop("HUBSTOCK_SITE", None)
-    return Hub(site, port, env, log_path).start()
+    hub = Hub(site, port, env, log_path)
+    return hub.start() if start else hub
