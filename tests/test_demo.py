@@ -120,7 +120,7 @@ def test_the_simple_scheduler_runs_servers_as_the_hub_user_and_never_as_root(tmp
     (site / "hooks").symlink_to(REPO / "hooks")
     state = tmp_path / "state"
     (site / "hubstock.toml").write_text(
-        f'[hub]\nstate_dir = "{state}"\nauthenticator = "dummy"\n[spawner]\nscheduler = "simple"\n'
+        f'[hub]\nstate_dir = "{state}"\nauthenticator = "shared-password"\n[spawner]\nscheduler = "simple"\n'
     )
     monkeypatch.setattr(os, "geteuid", lambda: euid)
     c = Config()
@@ -131,5 +131,5 @@ def test_the_simple_scheduler_runs_servers_as_the_hub_user_and_never_as_root(tmp
     apply_site(c, site)
     assert c.JupyterHub.spawner_class == "jupyterhub.spawner.SimpleLocalProcessSpawner"
     assert c.SimpleLocalProcessSpawner.home_dir_template == f"{state}/homes/{{username}}"
-    assert c.JupyterHub.authenticator_class == "dummy"
-    assert (state / "demo_password").read_text().strip() == c.DummyAuthenticator.password
+    assert c.JupyterHub.authenticator_class == "shared-password"
+    assert (state / "demo_password").read_text().strip() == c.SharedPasswordAuthenticator.user_password

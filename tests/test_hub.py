@@ -68,7 +68,13 @@ def hub(request, hub_workdir, site, channel, rig, users):
     ports = [free_port() for _ in range(3)]
     (site / "hubstock.toml").write_text(
         hub_settings(
-            workdir / "root", channel, workdir / f"state-{scheduler}", scheduler, ports, rig.slurm_conf
+            workdir / "root",
+            channel,
+            workdir / f"state-{scheduler}",
+            scheduler,
+            ports,
+            rig.slurm_conf,
+            idle_timeout=3600,  # the culler runs (it stops servers idle for an hour: none in these tests)
         )
     )
     h = start_hub(site, ports[0], workdir / f"hub-{scheduler}.log", extra_env=rig.env)
@@ -113,6 +119,11 @@ def _stop(hub: Hub, rig: SlurmRig, user: str, token: str) -> None:
     assert status in (202, 204)
     hub.wait_stopped(user, token)
     rig.wait_no_jobs(timeout=60, active_only=True)
+
+
+def test_the_idle_culler_runs_as_a_hub_service(hub):
+    log = hub.log_tail(400)
+    assert "Starting managed service idle-culler" in log and "Service idle-culler exited" not in log, log
 
 
 def test_pam_login(hub):

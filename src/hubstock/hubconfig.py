@@ -86,8 +86,8 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
         else:
             c.Authenticator.allow_all = True  # every user of the cluster
     else:
-        c.JupyterHub.authenticator_class = "dummy"
-        c.DummyAuthenticator.password = ensure_secret_file(state / "demo_password", 9)
+        c.JupyterHub.authenticator_class = "shared-password"
+        c.SharedPasswordAuthenticator.user_password = ensure_secret_file(state / "demo_password", 9)
         c.Authenticator.allow_all = True
     if hub.admin_users:
         c.Authenticator.admin_users = set(hub.admin_users)

@@ -178,7 +178,10 @@ class HubSettings(_Model):
     )
     ssl_key: Path | None = Field(None, description="its key (mode 0600), e.g. /etc/ssl/private/hub.key")
     db_url: str | None = Field(None, description="database URL (default: SQLite in state_dir)")
-    authenticator: Literal["pam", "dummy"] = Field("pam", description="'pam'; 'dummy' only for demos")
+    authenticator: Literal["pam", "shared-password"] = Field(
+        "pam",
+        description="'pam' (the cluster's passwords); 'shared-password' (one password in state_dir, for demos)",
+    )
     allowed_group: str | None = Field(None, description="only members of this Unix group may log in")
     admin_users: list[str] = Field(default_factory=list)
     idle_timeout: int = Field(3600, ge=0, description="seconds before an idle server is stopped; 0: never")

@@ -161,7 +161,7 @@ class Demo:
                 "slurm" if self.as_root else "simple",
                 ports,
                 slurm_conf,
-                authenticator="pam" if self.as_root else "dummy",
+                authenticator="pam" if self.as_root else "shared-password",
             )
         )
         self.hub = start_hub(

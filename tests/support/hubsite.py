@@ -121,6 +121,7 @@ def hub_settings(
     ports: list[int],
     slurm_conf: Path | None = None,
     authenticator: str = "pam",
+    idle_timeout: int = 0,
 ) -> str:
     """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, local or simple."""
     chp = ensure_chp(test_cache())
@@ -136,7 +137,7 @@ def hub_settings(
         f'proxy_command = ["{chp}"]',
         f'state_dir = "{state_dir}"',
         f'authenticator = "{authenticator}"',
-        "idle_timeout = 0",
+        f"idle_timeout = {idle_timeout}",
         "",
         "[spawner]",
         f'scheduler = "{scheduler}"',
