@@ -45,7 +45,7 @@ from .policy import check_server_packages
 from .proc import run
 from .progress import Progress
 from .settings import Site
-from .tools import uv_command, uv_env
+from .tools import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile
@@ -252,35 +252,27 @@ def _install_pip(site: Site, env: str, pip: list[LockedDependency], prefix: Path
     with tempfile.TemporaryDirectory(prefix="hubstock-pip-") as tmp:
         req_file = Path(tmp, "requirements.txt")
         req_file.write_text(reqs)
-        argv = [
-            *uv_command(),
-            "pip",
-            "install",
-            "--no-config",
-            "--quiet",
-            "--python",
-            str(python),
-            "--require-hashes",
-            "--no-deps",
-            "--no-index",
-            "--reinstall",
-            "-r",
-            str(req_file),
-        ]
         try:
-            run(argv, what=f"installing the pip part of env {env!r}", env=uv_env(site))
+            run_uv(
+                site,
+                "pip",
+                "install",
+                "--python",
+                str(python),
+                "--require-hashes",
+                "--no-deps",
+                "--no-index",
+                "--reinstall",
+                "-r",
+                str(req_file),
+                what=f"installing the pip part of env {env!r}",
+            )
         except CommandError as e:
             raise BuildError(
-                f"uv could not install the pip packages of env {env!r}: "
-                f"{_last_error_line(e.output)}; lock again with `nox -s lock` if the lock is old.",
+                f"uv could not install the pip packages of env {env!r}: {uv_error_summary(e.output)}; "
+                "lock again with `nox -s lock` if the lock is old.",
                 detail=e.output,
             ) from None
-
-
-def _last_error_line(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    errs = [ln for ln in lines if "error" in ln.lower() or "hash" in ln.lower()]
-    return (errs or lines or ["no output"])[0][:300]
 
 
 def _compile(env: str, prefix: Path) -> str:

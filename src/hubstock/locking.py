@@ -23,10 +23,9 @@ from .envspec import EnvSpec
 from .errors import CommandError, LockError, SolveError
 from .layout import atomic_write
 from .lockfile import lock_spec_and_hashes, virtual_packages
-from .proc import run
 from .progress import Progress
 from .settings import Site
-from .tools import uv_command, uv_env
+from .tools import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
     from conda_lock.lockfile.v2prelim.models import LockedDependency
@@ -198,30 +197,28 @@ def lock_pip(
         cons = Path(tmp, "constraints.txt")
         cons.write_text("".join(f"{n}=={v}\n" for n, v in sorted(conda_py.items())))
         out = Path(tmp, "pylock.toml")
-        argv = [
-            *uv_command(),
-            "pip",
-            "compile",
-            "--no-config",
-            "--quiet",
-            "--format",
-            "pylock.toml",
-            "--python-version",
-            f"{major}.{minor}",
-            "--python-platform",
-            _uv_platform(site, platform),
-            "--constraint",
-            str(cons),
-            "--output-file",
-            str(out),
-            str(req),
-        ]
         try:
-            run(argv, what=f"locking the pip part of env {spec.name!r}", env=uv_env(site))
+            run_uv(
+                site,
+                "pip",
+                "compile",
+                "--format",
+                "pylock.toml",
+                "--python-version",
+                f"{major}.{minor}",
+                "--python-platform",
+                _uv_platform(site, platform),
+                "--constraint",
+                str(cons),
+                "--output-file",
+                str(out),
+                str(req),
+                what=f"locking the pip part of env {spec.name!r}",
+            )
         except CommandError as e:
             raise SolveError(
                 f"the 'pip:' section of envs/{spec.name}/environment.yml cannot be resolved for "
-                f"{platform}: {_uv_summary(e.output)}; fix the requirement(s) named.",
+                f"{platform}: {uv_error_summary(e.output)}; fix the requirement(s) named.",
                 detail=e.output,
             ) from None
         locked = tomllib.loads(out.read_text())
@@ -252,12 +249,6 @@ def _uv_platform(site: Site, platform: str) -> str:
         minor = site.settings.virtual_packages.glibc.split(".")[1]
         return f"{_ARCH[platform]}-manylinux_2_{minor}"
     return _UV_PLATFORM[platform]
-
-
-def _uv_summary(output: str) -> str:
-    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
-    keep = [ln.lstrip("×╰─▶ ").strip() for ln in lines if not ln.startswith(("hint", "warning"))]
-    return re.sub(r"\s+", " ", " ".join(keep[:3]))[:500].rstrip(".") or "uv gave no reason"
 
 
 def _target_tags(pyver: tuple[int, int], platform: str, glibc: str) -> list[Tag]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from .layout import Root
+from .proc import run
 from .settings import Site
 
 
@@ -30,3 +33,15 @@ def uv_env(site: Site) -> dict[str, str]:
         "UV_PYTHON_DOWNLOADS": "never",
         "UV_NO_PROGRESS": "1",
     }
+
+
+def run_uv(site: Site, *args: str, what: str) -> subprocess.CompletedProcess[str]:
+    """Run ``uv ARGS`` (no user or project config, quiet) with hubstock's uv environment."""
+    return run([*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]], what=what, env=uv_env(site))
+
+
+def uv_error_summary(output: str) -> str:
+    """uv's explanation of a failure as one line (its first few meaningful lines)."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    keep = [ln.lstrip("×╰─▶ ").strip() for ln in lines if not ln.startswith(("hint", "warning"))]
+    return re.sub(r"\s+", " ", " ".join(keep[:3]))[:500].rstrip(".") or "uv gave no reason"
