@@ -16,6 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 from .errors import PublishError, SiteError
@@ -210,9 +211,12 @@ async def _smoke_one(k: RenderedKernel, kernels_dir: Path, tmp: Path, timeout: f
         "JUPYTER_PATH": str(kernels_dir.parent),
     }
     ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
-    km = AsyncKernelManager(kernel_name=k.name, kernel_spec_manager=ksm)
-    km.connection_file = str(home / "runtime" / f"kernel-{k.name}.json")
     (home / "runtime").mkdir()
+    # IPC sockets in a private folder: kernels started together cannot race for TCP ports
+    km = AsyncKernelManager(
+        kernel_name=k.name, kernel_spec_manager=ksm, transport="ipc", ip=str(home / "runtime" / "k")
+    )
+    km.connection_file = str(home / "runtime" / f"kernel-{k.name}.json")
     with open(log_path, "wb") as log:
         try:
             await asyncio.wait_for(_start_and_check(km, k, env, log), timeout)
@@ -238,13 +242,7 @@ async def _start_and_check(km, k: RenderedKernel, env: dict[str, str], log) -> N
     kc = km.client()
     kc.start_channels()
     try:
-        while True:  # a kernel that dies while starting is reported as such, not as a timeout
-            try:
-                await kc.wait_for_ready(timeout=1)
-                break
-            except RuntimeError as e:
-                if not await km.is_alive():
-                    raise _SmokeFailure("it exited while starting") from e
+        await _wait_ready(km, kc)
         pid = getattr(km.provisioner, "pid", None)
         if pid:
             exe = os.path.realpath(f"/proc/{pid}/exe")
@@ -255,6 +253,24 @@ async def _start_and_check(km, k: RenderedKernel, env: dict[str, str], log) -> N
             await _execute(kc, k.check)
     finally:
         kc.stop_channels()
+
+
+async def _wait_ready(km, kc) -> None:
+    """One kernel_info request, then wait for its reply, watching the process meanwhile.
+
+    (jupyter_client's own wait_for_ready sends a request every second and, once a kernel
+    has died, can block the whole event loop in a zmq send; one request cannot.)
+    """
+    msg_id = kc.kernel_info()
+    while True:
+        try:
+            reply = await kc.get_shell_msg(timeout=0.5)
+        except Empty:
+            if not await km.is_alive():
+                raise _SmokeFailure("it exited while starting") from None
+            continue
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return
 
 
 async def _execute(kc, code: str) -> None:
