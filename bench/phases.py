@@ -1,0 +1,83 @@
+"""Where one ``hubstock build`` spends its time, phase by phase, measured in-process.
+
+    python -m bench.phases SITE ROOT ENV     prints {"phase": seconds, ...} as JSON
+
+It wraps the steps of :mod:`hubstock.building` (read-only: nothing in hubstock is
+changed, the wrappers only time the calls) and builds ``ENV`` once. ``other`` is
+what the build spends outside the named steps (provenance, marker, root lock); the
+caller gets the interpreter's start, imports and exit as its wall time minus
+``build total``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+STEPS = {
+    "lock check": "require_fresh_lock",
+    "verify sha256": "_verified_archive",
+    "read records": "_records",
+    "install conda": "_install_conda",
+    "install pip": "_install_pip",
+    "byte-compile": "_compile",
+    "read-only": "_make_read_only",
+}
+
+
+def _timed(fn, label: str, spent: dict[str, float]):
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def wrapper_async(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - t0
+
+        return wrapper_async
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[label] += time.perf_counter() - t0
+
+    return wrapper
+
+
+def main(argv: list[str]) -> dict[str, float]:
+    site_dir, root, env = argv
+    from hubstock import building
+    from hubstock.envspec import load_env_spec
+    from hubstock.progress import Progress
+    from hubstock.settings import load_site
+
+    spent: dict[str, float] = defaultdict(float)
+    for label, attr in STEPS.items():
+        setattr(building, attr, _timed(getattr(building, attr), label, spent))
+    site = load_site(site_dir, root)
+    spec = load_env_spec(site, env)
+    t0 = time.perf_counter()
+    result = building.ensure_build(site, spec, Progress(enabled=False))
+    total = time.perf_counter() - t0
+    if not result.built:
+        raise SystemExit(f"bench.phases: {env} was already built in {root}; give it an empty root")
+    out = {k: spent.get(k, 0.0) for k in STEPS}
+    out["other"] = total - sum(spent.values())
+    out["build total"] = total
+    return {k: round(v, 4) for k, v in out.items()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))
+    sys.stdout.flush()
+    os._exit(0)  # py-rattler's runtime can abort the interpreter at exit (see hubstock.cli.entry)

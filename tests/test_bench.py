@@ -1,0 +1,69 @@
+"""The benchmark suite's code runs (``python -m bench.run --tiny``); the benchmarks themselves never run here.
+
+``nox -s bench`` runs the real suite (see BENCHMARKS.md). This test runs its tiny
+case, one run of each figure at the smallest sizes, and checks that every
+benchmark reports a figure with its baseline (or, without root, says why
+``spawn_to_ready`` and ``kernel_start_readonly`` were skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = {
+    "noop_build",
+    "warm_build",
+    "cold_build",
+    "disk_five_builds",
+    "kernel_start_readonly",
+    "publish",
+    "hook",
+    "spawn_to_ready",
+}
+KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "goal"}
+NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready"}
+
+
+def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
+    out = tmp_path / "r.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert isinstance(results, list)
+    assert {r["benchmark"] for r in results} == BENCHMARKS
+    names = {r["name"] for r in results}
+    assert {"noop_build", "noop_build_10x_files", "publish_1", "publish_2"} <= names
+    assert {"spawn_to_ready_1", "spawn_to_ready_2"} <= names
+    for r in results:
+        assert set(r) >= KEYS, r
+        assert "error" not in r, r
+        if r.get("skipped"):
+            assert os.geteuid() != 0 and r["benchmark"] in NEEDS_ROOT, r
+            continue
+        assert r["value"] > 0 and r["baseline_value"] > 0, r
+        assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"], rel=1e-2), r
+        assert r["runs"] >= 1 and r["goal"], r
+    readonly = next(r for r in results if r["name"] == "kernel_start_readonly")
+    if not readonly.get("skipped"):
+        assert readonly["files_written"] == 0, readonly
+    spawn = [r for r in results if r["benchmark"] == "spawn_to_ready" and not r.get("skipped")]
+    assert all(r["active_jobs_after"] == 0 and r["rig_processes_after"] == 0 for r in spawn), spawn
+    # the table: a header, then one row per figure
+    table = res.stdout[res.stdout.index("name ") :]
+    assert "baseline value" in table and "met?" in table
+    assert all(name in table for name in names)
