@@ -129,14 +129,14 @@ class Bench:
     #: runs that failed and were run again (reset by the runner for each benchmark)
     failures: list[str] = field(default_factory=list)
 
-    def interleaved(self, *runs: Callable[[], float]) -> list[list[float]]:
-        """Call each of ``runs`` in turn, ``repeat`` times; the samples of each.
+    def interleaved(self, *runs: Callable[[], float], times: int | None = None) -> list[list[float]]:
+        """Call each of ``runs`` in turn, ``times`` (default ``repeat``) times; the samples of each.
 
         A run that fails is recorded in ``failures`` and run once more (a second
         failure ends the benchmark): one flaky start must not hide a figure, nor pass unseen.
         """
         samples: list[list[float]] = [[] for _ in runs]
-        for _ in range(self.repeat):
+        for _ in range(times or self.repeat):
             for i, run in enumerate(runs):
                 try:
                     samples[i].append(run())
@@ -317,10 +317,12 @@ def warm_build(b: Bench) -> list[dict[str, Any]]:
 
     def build() -> float:
         remove_tree(prefix, trash)  # the cache (root/pkgs) stays warm
+        os.sync()  # no write-back of earlier runs' files during this one
         return timed(hubstock_argv(site, "build"))
 
     def link() -> float:
         copy = prefix.with_name(prefix.name + ".cp")
+        os.sync()
         took = timed(["cp", "-al", str(prefix), str(copy)])
         remove_tree(copy, trash)
         return took
@@ -377,6 +379,7 @@ def cold_build(b: Bench) -> list[dict[str, Any]]:
 
     def build() -> float:
         root = scratch / f"root-{next(counter)}"
+        os.sync()  # no write-back of earlier runs' files during this one
         took = timed(hubstock_argv(site, "build", root=root))
         if "archives" not in b.cache:
             prov = json.loads((current_build(root, "py") / ".hubstock-build.json").read_text())
@@ -386,6 +389,7 @@ def cold_build(b: Bench) -> list[dict[str, Any]]:
 
     def rattler() -> float:
         top = scratch / f"rattler-{next(counter)}"
+        os.sync()
         took = timed(
             [
                 sys.executable,
@@ -399,7 +403,8 @@ def cold_build(b: Bench) -> list[dict[str, Any]]:
         remove_tree(top, trash)
         return took
 
-    builds, alone = b.interleaved(build, rattler)
+    # disk-bound and noisy on a VM (the same extraction takes 0.4 to 1.2 s): twice the runs
+    builds, alone = b.interleaved(build, rattler, times=2 * b.repeat)
     phases = build_phases(site, scratch / "root-phases", "py")
     remove_tree(scratch / "root-phases", trash)
     return [
