@@ -84,7 +84,7 @@ def read_lock(spec: EnvSpec) -> Lockfile:
 
     if not spec.lock_path.exists():
         raise LockError(
-            f"{spec.lock_path.parent.name}/conda-lock.yml is missing: env {spec.name!r} has "
+            f"envs/{spec.name}/conda-lock.yml is missing: env {spec.name!r} has "
             "never been locked; run `nox -s lock` (or `hubstock lock "
             f"{spec.name}`) and commit the lock."
         )
