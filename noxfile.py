@@ -18,7 +18,7 @@ import nox
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "tests"]
 
-#: Debian packages of the private single-node Slurm with its PBS commands (tests/support/slurm_rig.py):
+#: Debian packages of the private single-node Slurm with its PBS commands (rigs/slurm_rig.py):
 #: the hub tests' scheduler, and the demo's when run as root
 SLURM_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
@@ -110,7 +110,7 @@ def demo(session: nox.Session) -> None:
         _ensure_debian_packages(session, needed)
     session.install("-e", ".[test]")
     # Ctrl-C reaches the demo too: give it the time to stop the hub, its servers and Slurm
-    session.run("python", "-m", "tests.support.demo", *session.posargs, interrupt_timeout=None)
+    session.run("python", "-m", "rigs.demo", *session.posargs, interrupt_timeout=None)
 
 
 @nox.session

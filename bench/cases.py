@@ -1,6 +1,6 @@
 """The benchmarks: one function per benchmark, each returning its result entries.
 
-Everything is real: the offline test channel (``tests/support/channel.py``) plus a
+Everything is real: the offline test channel (``rigs/channel.py``) plus a
 few packages added for the benchmarks, the ``hubstock`` command in a subprocess
 (``sys.executable -m hubstock``, as the tests run it), real py-rattler and uv
 installs, real kernels, and (as root) the private Slurm rig and JupyterHub of the
@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from tests.support.channel import add_package, cached_channel
-from tests.support.hub_rig import Hub
-from tests.support.hubsite import (
+from rigs.channel import add_package, cached_channel
+from rigs.hub_rig import Hub
+from rigs.hubsite import (
     base_settings,
     build_site,
     free_port,
@@ -51,9 +51,9 @@ from tests.support.hubsite import (
     py_env,
     start_hub,
 )
-from tests.support.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
+from rigs.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
 
-from hubstock.layout import Root, remove_tree
+from hubstock.store.root import Root, remove_tree
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 #: the env most benchmarks build: the repackaged interpreter and a noarch python package, no pip part
@@ -632,9 +632,9 @@ def kernel_start_readonly(b: Bench) -> list[dict[str, Any]]:
 SMOKE_ALONE = r"""
 import json, os, sys, tempfile, time
 from pathlib import Path
-from hubstock.kernels import load_kernel_templates, render_template, smoke_test, write_kernel
-from hubstock.publishing import build_ref
-from hubstock.settings import load_site
+from hubstock.admin.kernels import load_kernel_templates, render_template, smoke_test, write_kernel
+from hubstock.admin.publish import build_ref
+from hubstock.site import load_site
 
 site = load_site(sys.argv[1])
 kernels = [render_template(t, build_ref(site, t.env)) for t in load_kernel_templates(site)]
@@ -693,8 +693,8 @@ def hook(b: Bench) -> list[dict[str, Any]]:
 
     from jupyterhub.objects import Hub
 
-    from hubstock.hooks import post_stop_hook, pre_spawn_hook
-    from hubstock.spawner import SlurmSpawner
+    from hubstock.hub.hooks import post_stop_hook, pre_spawn_hook
+    from hubstock.hub.spawner import SlurmSpawner
 
     root = b.hub_site().parent / "root"
     user = SimpleNamespace(name="nobody", url="/user/nobody/", escaped_name="nobody")  # get_env reads pwd

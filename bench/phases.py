@@ -2,7 +2,7 @@
 
     python -m bench.phases SITE ROOT ENV     prints {"phase": seconds, ...} as JSON
 
-It wraps the steps of :mod:`hubstock.building` (read-only: nothing in hubstock is
+It wraps the steps of :mod:`hubstock.admin.build` (read-only: nothing in hubstock is
 changed, the wrappers only time the calls) and builds ``ENV`` once. ``other`` is
 what the build spends outside the named steps (provenance, marker, root lock); the
 caller gets the interpreter's start, imports and exit as its wall time minus
@@ -57,9 +57,9 @@ def _timed(fn, label: str, spent: dict[str, float]):
 def main(argv: list[str]) -> dict[str, float]:
     site_dir, root, env = argv
     from hubstock import building
-    from hubstock.envspec import load_env_spec
+    from hubstock.admin.envspec import load_env_spec
     from hubstock.progress import Progress
-    from hubstock.settings import load_site
+    from hubstock.site import load_site
 
     spent: dict[str, float] = defaultdict(float)
     for label, attr in STEPS.items():

@@ -5,7 +5,7 @@
 Prints a table and writes the results (a JSON list of entries, see ``bench.cases``)
 atomically to ``--out``. ``--tiny`` is the test suite's check that the code runs:
 one run of each figure and the smallest sizes (2 kernels, 2 users, 2,000 files),
-skipping nothing. Run from the repository root (it imports ``tests.support``).
+skipping nothing. Run from the repository root (it imports ``rigs``).
 Exit status 1 if a benchmark failed to run (its entry says why); a missed goal is
 a result, not a failure.
 """
@@ -94,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.support.hubsite import test_cache
+    from rigs.hubsite import test_cache
 
-    from bench import cases  # after sys.path: it imports tests.support
+    from bench import cases  # after sys.path: it imports rigs
 
     names = [n for n, _ in cases.CASES]
     unknown = sorted(set(args.only or []) - set(names))

@@ -4,7 +4,12 @@
 import os
 from pathlib import Path
 
-from hubstock.hubconfig import apply_site
+from hubstock.hub.config import apply_site
 
+SITE = Path(os.environ.get("HUBSTOCK_SITE") or Path(__file__).resolve().parent.parent)
 c = get_config()  # noqa: F821
-apply_site(c, site_dir=os.environ.get("HUBSTOCK_SITE") or Path(__file__).resolve().parent.parent)
+site = apply_site(c, site_dir=SITE)
+
+# The site's own spawn steps go here, after hubstock's (see hooks/README.md):
+#   from hubstock.hub.hooks import chain_hooks
+#   c.Spawner.pre_spawn_hook = chain_hooks(c.Spawner.pre_spawn_hook, my_pre_spawn)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Batch script for a user's server under PBS Pro or Torque-compatible commands
-# (jinja2; rendered by hubstock.spawner). Values are validated before they get here.
+# (jinja2; rendered by hubstock.hub.spawner). Values are validated before they get here.
 #PBS -N jupyterhub-{{username}}
 #PBS -q {{queue}}
 #PBS -l walltime={{runtime}}

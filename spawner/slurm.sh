@@ -1,5 +1,5 @@
 #!/bin/bash
-# Batch script for a user's server under Slurm (jinja2; rendered by hubstock.spawner).
+# Batch script for a user's server under Slurm (jinja2; rendered by hubstock.hub.spawner).
 # Every value comes from the site's validated limits or from the system, never raw from the user.
 #SBATCH --job-name=jupyterhub-{{username}}
 #SBATCH --output={{homedir}}/.jupyterhub-slurm-%j.log

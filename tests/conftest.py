@@ -3,14 +3,14 @@
 What each fixture gives:
 
 - ``channel`` (session): a real local conda channel built offline by
-  ``tests/support/channel.py`` (python repackaged from this interpreter plus small
+  ``rigs/channel.py`` (python repackaged from this interpreter plus small
   synthetic packages), cached between runs; read-only: copy it before changing it.
 - ``channel_url`` (session): its ``file://`` URL.
 - ``world_tmp``: a fresh directory that every user can read (pytest's own tmp is
   mode 700, and some tests run programs as an ordinary user); removed afterwards.
 - ``make_site``: ``make_site(envs={"name": "environment.yml text"}, settings="toml text")``
   writes a site repository under ``world_tmp`` whose root is ``<world_tmp>/root``
-  and returns its :class:`hubstock.settings.Site` (for invalid settings, the site
+  and returns its :class:`hubstock.site.Site` (for invalid settings, the site
   as it would be with defaults, so the test can run the CLI on it).
 - ``hubstock``: runs the real ``hubstock`` command in a subprocess
   (``hubstock(site, "build", ...)``) and returns the CompletedProcess.
@@ -18,9 +18,9 @@ What each fixture gives:
 - ``hub_workdir`` (session): a world-readable folder for the hub and browser tests
   (kept when ``HUBSTOCK_KEEP_TEST_DIRS`` is set, to read the hub's and jobs' logs).
 - ``slurm_rig`` (session): a private single-node Slurm with its PBS commands, started
-  and stopped by PID (``tests/support/slurm_rig.py``); needs root.
+  and stopped by PID (``rigs/slurm_rig.py``); needs root.
 - ``hub_site`` (session): a published site with a server env and a stock Python kernel
-  (``tests/support/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
+  (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from rigs.channel import cached_channel, file_url
+from tests.helpers import need_root
 
 from hubstock.errors import SiteError
-from hubstock.settings import Settings, Site, load_site
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.support import need_root  # noqa: E402
-from tests.support.channel import cached_channel, file_url  # noqa: E402
+from hubstock.site import Settings, Site, load_site
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -126,7 +124,7 @@ def hub_workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def slurm_rig(hub_workdir: Path):
-    from tests.support.slurm_rig import SlurmRig, require_binaries
+    from rigs.slurm_rig import SlurmRig, require_binaries
 
     need_root("the hub tests")
     require_binaries()
@@ -137,7 +135,7 @@ def slurm_rig(hub_workdir: Path):
 
 @pytest.fixture(scope="session")
 def hub_site(hub_workdir: Path, channel: Path) -> Path:
-    from tests.support.hubsite import build_site
+    from rigs.hubsite import build_site
 
     return build_site(hub_workdir / "site", hub_workdir / "root", channel)
 

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support import need_root
-from tests.support.hubsite import free_port, hub_settings, start_hub
-from tests.support.slurm_rig import create_user, remove_user
+from rigs.hubsite import free_port, hub_settings, start_hub
+from rigs.slurm_rig import create_user, remove_user
+from tests.helpers import need_root
 
-from hubstock.layout import Root
+from hubstock.store.root import Root
 
 pytestmark = pytest.mark.browser
 

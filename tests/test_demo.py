@@ -1,6 +1,6 @@
 """`nox -s demo`: one command brings the whole hub up on 127.0.0.1; a second run reuses the builds.
 
-The demo runs as `nox -s demo -- --check` runs it (``python -m tests.support.demo``), twice on
+The demo runs as `nox -s demo -- --check` runs it (``python -m rigs.demo``), twice on
 the same directory. As root its servers are Slurm jobs of a PAM user on the local Slurm rig;
 otherwise they are local processes of this user (the ``simple`` scheduler) and the login is
 the hub's demo password. Either way ``--check`` opens the login page, logs in with the
@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.hubsite import free_port
-from tests.support.slurm_rig import SlurmRig, remove_user
+from rigs.hubsite import free_port
+from rigs.slurm_rig import SlurmRig, remove_user
 from traitlets.config import Config
 
 from hubstock.errors import SiteError
-from hubstock.hubconfig import apply_site
+from hubstock.hub.config import apply_site
 
 REPO = Path(__file__).resolve().parent.parent
 AS_ROOT = os.geteuid() == 0
@@ -36,7 +36,7 @@ def _run_demo(demo_dir: Path, port: int, user: str, timeout: float = 600) -> tup
     SIGTERM, as Ctrl-C would, so that it still stops what it started."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.demo", "--check"]
+        [sys.executable, "-m", "rigs.demo", "--check"]
         + ["--dir", str(demo_dir), "--port", str(port), "--user", user],
         cwd=REPO,
         stdout=subprocess.PIPE,

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from hubstock.hooks import SpawnException, post_stop_hook, pre_spawn_hook
-from hubstock.layout import MARKER, Root, atomic_symlink
-from hubstock.sessions import live_sessions
+from hubstock.hub.hooks import SpawnException, post_stop_hook, pre_spawn_hook
+from hubstock.store.root import MARKER, Root, atomic_symlink
+from hubstock.store.sessions import live_sessions
 
 
 class FakeSpawner(SimpleNamespace):

@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support import need_root
-from tests.support.hub_rig import Hub, run_code
-from tests.support.hubsite import KERNEL_NAME as KERNEL
-from tests.support.hubsite import cli, free_port, hub_settings, py_env, start_hub
-from tests.support.slurm_rig import SlurmRig, create_user, remove_user
+from rigs.hub_rig import Hub, run_code
+from rigs.hubsite import KERNEL_NAME as KERNEL
+from rigs.hubsite import cli, free_port, hub_settings, py_env, start_hub
+from rigs.slurm_rig import SlurmRig, create_user, remove_user
+from tests.helpers import need_root
 
-from hubstock.layout import Root
+from hubstock.store.root import Root
 
 pytestmark = pytest.mark.hub
 

@@ -11,8 +11,8 @@ import pytest
 from traitlets.config import Config
 
 from hubstock.errors import SiteError
-from hubstock.hubconfig import apply_site
-from hubstock.spawner import PBSSpawner, SlurmSpawner, render_batch_script
+from hubstock.hub.config import apply_site
+from hubstock.hub.spawner import PBSSpawner, SlurmSpawner, render_batch_script
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -171,7 +171,7 @@ def test_the_hub_config_applied_to_a_real_config(tmp_path, scheduler):
 
     # a spawner made from this config has the site's limits, form and scheduler settings
     cls = SlurmSpawner if scheduler == "slurm" else PBSSpawner
-    assert c.JupyterHub.spawner_class == f"hubstock.spawner.{cls.__name__}"
+    assert c.JupyterHub.spawner_class == f"hubstock.hub.spawner.{cls.__name__}"
     sp = cls(config=c)
     assert [q["name"] for q in sp.queues] == ["debug", "gpu"]
     assert sp.limits.defaults_for(sp.limits.queue("debug")).walltime_s == 1800

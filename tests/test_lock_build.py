@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conda_lock.lockfile import parse_conda_lock_file
 
-from hubstock.layout import MARKER, Root
-from hubstock.settings import load_site
+from hubstock.site import load_site
+from hubstock.store.root import MARKER, Root
 
 pytestmark = pytest.mark.integration
 

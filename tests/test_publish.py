@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from hubstock.layout import Root
-from hubstock.sessions import Session, register
+from hubstock.store.root import Root
+from hubstock.store.sessions import Session, register
 
 pytestmark = pytest.mark.integration
 

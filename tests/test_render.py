@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hubstock.admin.extensions import render_server_config
+from hubstock.admin.kernels import BuildRef, load_kernel_templates, render_kernelspec
 from hubstock.errors import SiteError
-from hubstock.extensions import render_server_config
-from hubstock.kernels import BuildRef, load_kernel_templates, render_kernelspec
-from hubstock.settings import Settings, Site
+from hubstock.site import Settings, Site
 
 BUILD = BuildRef(
     env="py", build_id="0123456789abcdef", prefix=Path("/sw/envs/py/0123456789abcdef"), lock_hash="h1"

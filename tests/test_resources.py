@@ -1,4 +1,4 @@
-"""The spawn form and the server-side check of what users ask the scheduler for (hubstock.resources)."""
+"""The spawn form and the server-side check of what users ask the scheduler for (hubstock.hub.options)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import traitlets
 
 from hubstock.errors import HubstockError, SiteError
-from hubstock.resources import (
+from hubstock.hub.options import (
     Limits,
     LimitsError,
     Memory,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hubstock.envspec import load_env_spec
-from hubstock.settings import load_site
+from hubstock.admin.envspec import load_env_spec
+from hubstock.site import load_site
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,8 +25,8 @@ def test_the_catalog_parses():
 
 
 def test_the_catalog_kernels_and_extensions_load():
-    from hubstock.extensions import load_extensions
-    from hubstock.kernels import load_kernel_templates
+    from hubstock.admin.extensions import load_extensions
+    from hubstock.admin.kernels import load_kernel_templates
 
     site = load_site(REPO, root=REPO / ".hubstock-root")
     kernels = {t.name: t for t in load_kernel_templates(site)}

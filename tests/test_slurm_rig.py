@@ -1,4 +1,4 @@
-"""The private single-node Slurm rig (tests/support/slurm_rig.py) with its PBS commands.
+"""The private single-node Slurm rig (rigs/slurm_rig.py) with its PBS commands.
 
 Needs root and the Debian packages slurmctld slurmd slurm-client munge slurm-wlm-torque.
 The fixtures live here for now; they are meant to move to conftest.py.
@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests.support import slurm_rig  # conftest.py puts the repository root on sys.path
+from rigs import slurm_rig  # conftest.py puts the repository root on sys.path
 
 RigError, SlurmRig = slurm_rig.RigError, slurm_rig.SlurmRig
 create_user, remove_user = slurm_rig.create_user, slurm_rig.remove_user

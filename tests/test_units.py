@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Lockfile, LockMeta, TimeMeta
 
+from hubstock.admin.lockfile import build_id, virtual_packages
+from hubstock.admin.solve import _pick_artifact, _solver_summary, _target_tags
 from hubstock.errors import SiteError, SpecError
-from hubstock.lockfile import build_id, virtual_packages
-from hubstock.locking import _pick_artifact, _solver_summary, _target_tags
-from hubstock.settings import Settings, load_settings
+from hubstock.site import Settings, load_settings
 
 
 def test_settings_defaults_and_typos(tmp_path):
@@ -23,7 +23,7 @@ def test_settings_defaults_and_typos(tmp_path):
 def test_virtual_packages_are_the_compute_nodes(tmp_path):
     cfg = tmp_path / "hubstock.toml"
     cfg.write_text("[virtual_packages]\nglibc = '2.17'\ncuda = '12.4'\n")
-    from hubstock.settings import Site
+    from hubstock.site import Site
 
     site = Site(dir=tmp_path, settings=load_settings(cfg), root=tmp_path / "root")
     vp = virtual_packages(site, "linux-64")
@@ -100,8 +100,8 @@ def test_build_id_depends_only_on_the_packages():
 
 
 def test_env_spec_parsing(tmp_path):
-    from hubstock.envspec import load_env_spec
-    from hubstock.settings import Site
+    from hubstock.admin.envspec import load_env_spec
+    from hubstock.site import Site
 
     site = Site(dir=tmp_path, settings=Settings(channels=["file:///ch"]), root=tmp_path / "r")
     (tmp_path / "envs" / "e").mkdir(parents=True)

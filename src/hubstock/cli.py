@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from . import __version__
 from .errors import HubstockError
 from .progress import Progress
-from .settings import Site, load_site
+from .site import Site, load_site
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,9 +62,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .envspec import load_env_spec
-    from .lockfile import lock_status
-    from .locking import lock_env
+    from .admin.envspec import load_env_spec
+    from .admin.lockfile import lock_status
+    from .admin.solve import lock_env
 
     bad = []
     for name in site.check_env_names(args.envs):
@@ -86,8 +86,8 @@ def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .building import ensure_build
-    from .envspec import load_env_spec
+    from .admin.build import ensure_build
+    from .admin.envspec import load_env_spec
 
     specs = [load_env_spec(site, name) for name in site.check_env_names(args.envs)]
     if not specs:
@@ -99,7 +99,7 @@ def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .status import collect_status, format_status
+    from .admin.status import collect_status, format_status
 
     doc = collect_status(site)
     print(json.dumps(doc, indent=2) if args.json else format_status(doc))
@@ -107,7 +107,7 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .publishing import publish
+    from .admin.publish import publish
 
     result = publish(site, progress)
     print(f"generation {result.generation} ({'published' if result.changed else 'unchanged'})")
@@ -115,14 +115,14 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
 
 
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .publishing import rollback
+    from .admin.publish import rollback
 
     print(f"generation {rollback(site, args.generation, progress)} is current")
     return 0
 
 
 def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .gc import gc
+    from .admin.gc import gc
 
     keep = args.keep if args.keep is not None else site.settings.gc.keep
     if keep < 1:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import SiteError
+from ..errors import SiteError
 
 SITE_FILES = ("page_config.json", "overrides.json", "jupyter_server_config.json")
 

@@ -8,9 +8,9 @@ import shutil
 import subprocess
 import sys
 
-from .layout import Root
-from .proc import run
-from .settings import Site
+from ..proc import run
+from ..site import Site
+from ..store.root import Root
 
 
 def uv_command() -> list[str]:

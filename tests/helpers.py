@@ -1,4 +1,4 @@
-"""Test support: real parts the tests (and `nox -s demo`) start and stop themselves."""
+"""Small helpers the tests share (fixtures are in conftest.py)."""
 
 import os
 

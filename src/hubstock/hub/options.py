@@ -40,7 +40,7 @@ from typing import Any
 
 import traitlets
 
-from .errors import HubstockError, SiteError
+from ..errors import HubstockError, SiteError
 
 __all__ = [
     "MIN_MEMORY_MIB",

@@ -8,8 +8,8 @@ from pathlib import Path
 import yaml
 from rattler import MatchSpec
 
-from .errors import SpecError
-from .settings import ENV_NAME_RE, Site
+from ..errors import SpecError
+from ..site import ENV_NAME_RE, Site
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,15 @@
 
 The site's ``spawner/jupyterhub_config.py`` is just::
 
-    from hubstock.hubconfig import apply_site
-    apply_site(get_config(), site_dir=...)
+    from hubstock.hub.config import apply_site
+    site = apply_site(get_config(), site_dir=...)
+
+``apply_site`` sets JupyterHub's ``pre_spawn_hook`` and ``post_stop_hook`` to
+hubstock's own; a site adds its steps after it, with ``chain_hooks``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import stat
@@ -16,13 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import SiteError
-from .settings import Site, load_site
+from ..errors import SiteError
+from ..site import Site, load_site
+from .hooks import PostStopHook, PreSpawnHook
 
 SPAWNER_CLASSES = {
-    "slurm": "hubstock.spawner.SlurmSpawner",
-    "pbs": "hubstock.spawner.PBSSpawner",
-    "torque": "hubstock.spawner.PBSSpawner",
+    "slurm": "hubstock.hub.spawner.SlurmSpawner",
+    "pbs": "hubstock.hub.spawner.PBSSpawner",
+    "torque": "hubstock.hub.spawner.PBSSpawner",
     "local": "jupyterhub.spawner.LocalProcessSpawner",
     "simple": "jupyterhub.spawner.SimpleLocalProcessSpawner",
 }
@@ -145,7 +148,7 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
     cls.default_gpus = d.gpus
     cls.default_walltime = d.walltime
     # fail now, at hub start, on limits that do not fit together
-    from .resources import Limits
+    from .options import Limits
 
     try:
         Limits.from_config(
@@ -163,13 +166,6 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
 
 
 def _apply_hooks(c: Any, site: Site) -> None:
-    path = site.dir / "hooks" / "pre_spawn.py"
-    if not path.exists():
-        raise SiteError(f"{path} is missing: the hub needs the site's pre-spawn hook (see the README).")
-    spec = importlib.util.spec_from_file_location("hubstock_site_hooks", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    pre_spawn, post_stop = module.make_hooks(site)
-    c.Spawner.pre_spawn_hook = pre_spawn
-    c.Spawner.post_stop_hook = post_stop
+    """hubstock's own hooks; a site adds its steps after ``apply_site`` (see ``chain_hooks``)."""
+    c.Spawner.pre_spawn_hook = PreSpawnHook(site.root)
+    c.Spawner.post_stop_hook = PostStopHook(site.root)

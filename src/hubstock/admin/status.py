@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .building import is_complete
+from ..errors import HubstockError
+from ..site import Site
+from ..store.root import Root
+from .build import is_complete
 from .envspec import load_env_spec
-from .errors import HubstockError
-from .layout import Root
 from .lockfile import lock_status
-from .settings import Site
 
 
 def collect_status(site: Site) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def _builds(root: Root, env: str) -> list[dict[str, Any]]:
 
 def published(root: Root) -> dict[str, Any]:
     """The published generation and its kernels (empty until something is published)."""
-    from .layout import read_json
+    from ..store.root import read_json
 
     try:
         gen = os.readlink(root.current)
@@ -64,7 +64,7 @@ def published(root: Root) -> dict[str, Any]:
         {k: kern.get(k) for k in ("name", "display_name", "env", "build")}
         for kern in manifest.get("kernels", [])
     ]
-    from .publishing import generations
+    from .publish import generations
 
     return {"generation": os.path.basename(gen), "kernels": kernels, "generations": generations(root)}
 

@@ -14,12 +14,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .building import read_provenance
-from .layout import Root, empty_trash, remove_tree
-from .progress import Progress
-from .publishing import GEN_RE, current_generation, generations, read_manifest
-from .sessions import live_sessions
-from .settings import Site
+from ..progress import Progress
+from ..site import Site
+from ..store.root import Root, empty_trash, remove_tree
+from ..store.sessions import live_sessions
+from .build import read_provenance
+from .publish import GEN_RE, current_generation, generations, read_manifest
 
 
 @dataclass

@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .building import host_platform, is_complete, read_provenance
+from ..errors import PublishError
+from ..progress import Progress
+from ..site import Site
+from ..store.root import Root, atomic_symlink, atomic_write, fsync_dir, now_iso, read_json, remove_tree
+from .build import host_platform, is_complete, read_provenance
 from .envspec import load_env_spec
-from .errors import PublishError
 from .extensions import load_extensions, render_server_config, write_extensions
 from .kernels import (
     BuildRef,
@@ -38,11 +41,8 @@ from .kernels import (
     smoke_test,
     write_kernel,
 )
-from .layout import Root, atomic_symlink, atomic_write, fsync_dir, now_iso, read_json, remove_tree
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
-from .progress import Progress
-from .settings import Site
 
 MANIFEST = "manifest.json"
 GEN_RE = re.compile(r"^\d{4,}$")
@@ -219,7 +219,7 @@ def _sha(data: bytes) -> str:
 
 
 def _manifest(gen, digest, kernels, builds, server, default_kernel) -> dict[str, Any]:
-    from .layout import current_user
+    from ..store.root import current_user
 
     return {
         "generation": gen,

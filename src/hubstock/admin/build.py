@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
-from . import __version__
-from .envspec import EnvSpec
-from .errors import BuildError, CommandError, IntegrityError
-from .layout import (
+from .. import __version__
+from ..errors import BuildError, CommandError, IntegrityError
+from ..proc import run
+from ..progress import Progress
+from ..site import Site
+from ..store.root import (
     MARKER,
     PROVENANCE,
     Root,
@@ -40,12 +42,10 @@ from .layout import (
     read_json,
     remove_tree,
 )
+from .envspec import EnvSpec
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
-from .proc import run
-from .progress import Progress
-from .settings import Site
-from .tools import run_uv, uv_error_summary
+from .uv import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile

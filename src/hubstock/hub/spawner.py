@@ -30,7 +30,7 @@ from tornado import web
 from traitlets import Dict, Enum, Integer, List, Unicode, default, observe
 from traitlets.config import LoggingConfigurable
 
-from .resources import (
+from .options import (
     Limits,
     Memory,
     Options,

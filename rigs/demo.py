@@ -2,7 +2,7 @@
 
 Run from the repository root (``nox -s demo`` does this)::
 
-    python -m tests.support.demo [--dir DIR] [--port 8000] [--user demo] [--check]
+    python -m rigs.demo [--dir DIR] [--port 8000] [--user demo] [--check]
 
 It builds the offline test channel (once, in the tests' cache), writes a demo site
 (a server env and a stock Python kernel env) into ``DIR/site``, locks, builds and
@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 
 from hubstock.errors import HubstockError
-from hubstock.hubconfig import ensure_secret_file
-from hubstock.layout import Root
+from hubstock.hub.config import ensure_secret_file
+from hubstock.store.root import Root
 
 from .channel import cached_channel
 from .hub_rig import Hub, HubError

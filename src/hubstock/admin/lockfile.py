@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Literal
 
 import yaml
 
+from ..errors import LockError
+from ..site import Site
 from .envspec import EnvSpec
-from .errors import LockError
-from .settings import Site
 
 if TYPE_CHECKING:
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from packaging.tags import Tag, compatible_tags, cpython_tags, mac_platforms
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-from . import __version__
+from .. import __version__
+from ..errors import CommandError, LockError, SolveError
+from ..progress import Progress
+from ..site import Site
+from ..store.root import atomic_write
 from .envspec import EnvSpec
-from .errors import CommandError, LockError, SolveError
-from .layout import atomic_write
 from .lockfile import lock_spec_and_hashes, virtual_packages
-from .progress import Progress
-from .settings import Site
-from .tools import run_uv, uv_error_summary
+from .uv import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
     from conda_lock.lockfile.v2prelim.models import LockedDependency

@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from packaging.utils import canonicalize_name
 
-from .errors import BuildError
-from .settings import Site
+from ..errors import BuildError
+from ..site import Site
 
 
 def check_server_packages(site: Site, env: str, names: Iterable[str]) -> None:

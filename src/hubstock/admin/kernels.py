@@ -19,8 +19,8 @@ from pathlib import Path
 from queue import Empty
 from typing import Any
 
-from .errors import PublishError, SiteError
-from .settings import Site
+from ..errors import PublishError, SiteError
+from ..site import Site
 
 KERNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: names jupyter_client takes over: it starts its own native kernel (the server's python3) for them

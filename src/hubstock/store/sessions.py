@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .layout import Root, atomic_write, read_json
+from .root import Root, atomic_write, read_json
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 

@@ -12,9 +12,9 @@ Needs the Debian packages ``slurmctld slurmd slurm-client munge slurm-wlm-torque
 
 Command line (a demo, or a rig kept up by hand)::
 
-    python tests/support/slurm_rig.py up DIR      # start, print the environment, leave it running
-    python tests/support/slurm_rig.py down DIR    # stop the rig recorded in DIR/run/rig.json
-    python tests/support/slurm_rig.py run DIR     # start, wait for Ctrl-C, stop
+    python rigs/slurm_rig.py up DIR      # start, print the environment, leave it running
+    python rigs/slurm_rig.py down DIR    # stop the rig recorded in DIR/run/rig.json
+    python rigs/slurm_rig.py run DIR     # start, wait for Ctrl-C, stop
 """
 
 from __future__ import annotations
@@ -605,7 +605,7 @@ class SlurmRig:
             for i, p in enumerate(self.partitions)
         )
         return f"""\
-# written by tests/support/slurm_rig.py; private to the rig in {w}
+# written by rigs/slurm_rig.py; private to the rig in {w}
 ClusterName={self.cluster_name}
 SlurmctldHost=localhost
 SlurmctldPort={self.ctld_port}

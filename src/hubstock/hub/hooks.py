@@ -12,13 +12,15 @@ instead of a failed job.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from .building import is_complete
-from .layout import Root, now_iso, read_json
-from .sessions import Session, register, unregister
+from ..admin.build import is_complete
+from ..store.root import Root, now_iso, read_json
+from ..store.sessions import Session, register, unregister
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -109,3 +111,52 @@ def post_stop_hook(spawner: Any, root: str | os.PathLike[str]) -> None:
     r.audit(
         "stop", user=spawner.user.name, server=spawner.name or "", job_id=getattr(spawner, "job_id", None)
     )
+
+
+class PreSpawnHook:
+    """``Spawner.pre_spawn_hook`` for a root: pins the spawn to the current generation."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __call__(self, spawner: Any) -> None:
+        pre_spawn_hook(spawner, self.root)
+
+    def __repr__(self) -> str:
+        return f"PreSpawnHook({str(self.root)!r})"
+
+
+class PostStopHook:
+    """``Spawner.post_stop_hook`` for a root: forgets the session's record."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __call__(self, spawner: Any) -> None:
+        post_stop_hook(spawner, self.root)
+
+    def __repr__(self) -> str:
+        return f"PostStopHook({str(self.root)!r})"
+
+
+def chain_hooks(*hooks: Callable[[Any], Any] | None) -> Callable[[Any], Awaitable[None]]:
+    """One hook that runs ``hooks`` in order (each may be sync or async); ``None`` is skipped.
+
+    A site adds its own steps after hubstock's, in ``spawner/jupyterhub_config.py``::
+
+        site = apply_site(c)
+
+        def site_pre_spawn(spawner):
+            spawner.environment["OMP_NUM_THREADS"] = "1"
+
+        c.Spawner.pre_spawn_hook = chain_hooks(c.Spawner.pre_spawn_hook, site_pre_spawn)
+    """
+    steps = [h for h in hooks if h is not None]
+
+    async def chained(spawner: Any) -> None:
+        for step in steps:
+            result = step(spawner)
+            if inspect.isawaitable(result):
+                await result
+
+    return chained
