@@ -4,7 +4,7 @@ nox -s lock          lock envs/*/environment.yml into conda-lock.yml
 nox -s build-envs    build the locked environments on the shared root
 nox -s tests         run the test suite (installs what the tests need)
 nox -s demo          build an offline demo site and run the whole hub on 127.0.0.1
-nox -s lint          ruff
+nox -s lint          ruff and mypy
 """
 
 from __future__ import annotations
@@ -21,9 +21,19 @@ nox.options.sessions = ["lint", "tests"]
 #: Debian packages of the private single-node Slurm with its PBS commands (rigs/slurm_rig.py):
 #: the hub tests' scheduler, and the demo's when run as root
 SLURM_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
+#: Debian packages of the private single-node OpenPBS (rigs/openpbs_rig.py): what building OpenPBS
+#: from its source tarball needs, then its PostgreSQL datastore and the network-namespace tools
+PBS_DEBIAN_PACKAGES: list[str] = [
+    *("gcc", "g++", "make", "libtool", "autoconf", "automake", "pkg-config", "swig"),
+    *("libhwloc-dev", "libx11-dev", "libxt-dev", "libedit-dev", "libncurses-dev", "libical-dev"),
+    *("libexpat1-dev", "libcjson-dev", "libssl-dev", "zlib1g-dev", "libpq-dev", "tcl-dev", "tk-dev"),
+    "python3-dev",
+    *("postgresql", "iproute2", "util-linux", "mount"),
+]
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
 TEST_DEBIAN_PACKAGES: list[str] = [
     *SLURM_DEBIAN_PACKAGES,
+    *PBS_DEBIAN_PACKAGES,
     "chromium",  # the browser tests (driven by Playwright; never a browser download)
 ]
 
@@ -115,10 +125,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Check style and common mistakes with ruff."""
-    session.install("ruff")
+    """Check style and common mistakes with ruff, and the engine's types with mypy."""
+    session.install("ruff", "mypy", "-e", ".[hub,lock]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session

@@ -53,7 +53,8 @@ from rigs.hubsite import (
 )
 from rigs.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
 
-from hubstock.store.root import Root, remove_tree
+from hubstock.store.fs import remove_tree
+from hubstock.store.root import Root
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 #: the env most benchmarks build: the repackaged interpreter and a noarch python package, no pip part

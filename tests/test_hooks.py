@@ -9,8 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from hubstock.hub.hooks import SpawnException, post_stop_hook, pre_spawn_hook
-from hubstock.store.root import MARKER, Root, atomic_symlink
+from hubstock.errors import SpawnError as SpawnException
+from hubstock.hub.hooks import post_stop_hook, pre_spawn_hook
+from hubstock.store.fs import atomic_symlink
+from hubstock.store.generations import generation
+from hubstock.store.records import GenerationManifest, KernelEntry, ManifestBuild
+from hubstock.store.root import MARKER, Root
 from hubstock.store.sessions import live_sessions
 
 
@@ -37,16 +41,20 @@ def _publish(root: Root, gen: str = "0001", server_ok: bool = True) -> Path:
         (server / MARKER).write_text("s1\n")
     g = root.generations / gen
     (g / "share" / "jupyter" / "kernels" / "stock").mkdir(parents=True)
-    (g / "manifest.json").write_text(
-        json.dumps(
-            {
-                "generation": gen,
-                "server": {"env": "server", "build": "s1", "prefix": str(server)},
-                "kernels": [
-                    {"name": "stock", "env": "py", "build": "p1"},
-                    {"name": "stock-p0", "env": "py", "build": "p0", "pinned_of": "stock"},
-                ],
-            }
+    generation(root, gen).write_manifest(
+        GenerationManifest(
+            generation=gen,
+            digest="d",
+            created="2026-11-28T10:00:00+00:00",
+            by="admin",
+            default_kernel="stock",
+            server=ManifestBuild(env="server", build="s1", prefix=str(server)),
+            kernels=[
+                KernelEntry(name="stock", display_name="Stock", env="py", build="p1"),
+                KernelEntry(
+                    name="stock-p0", display_name="Stock (p0)", env="py", build="p0", pinned_of="stock"
+                ),
+            ],
         )
     )
     atomic_symlink(f"generations/{gen}", root.current)

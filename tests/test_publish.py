@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from hubstock.store.records import SessionRecord
 from hubstock.store.root import Root
-from hubstock.store.sessions import Session, register
+from hubstock.store.sessions import register
 
 pytestmark = pytest.mark.integration
 
@@ -244,7 +245,7 @@ def test_gc_keeps_what_is_in_use(make_site, hubstock):
     # generation 3 reuses the build of generation 1: only generation 2's build is unique
     assert builds[0] == builds[2] != builds[1]
     assert sorted(os.listdir(root.generations)) == ["0001", "0002", "0003"]
-    register(root, Session(user="alice", server="", generation="0002", builds=[f"py/{builds[1]}"]))
+    register(root, SessionRecord(user="alice", server="", generation="0002", builds=[f"py/{builds[1]}"]))
 
     dry = hubstock(site, "gc", "--keep", "1", "--dry-run", check=True).stdout
     assert "would remove generation 0001" in dry

@@ -115,7 +115,7 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
 
 
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.publish import rollback
+    from .admin.rollback import rollback
 
     print(f"generation {rollback(site, args.generation, progress)} is current")
     return 0

@@ -66,3 +66,31 @@ class CommandError(HubstockError):
         self.argv = argv
         self.returncode = returncode
         self.output = output
+
+
+class SpawnError(HubstockError):
+    """A spawn that cannot go ahead (nothing published, a broken generation).
+
+    JupyterHub shows ``jupyterhub_message`` on the user's spawn page.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.jupyterhub_message = message
+
+
+class SpawnRefused(HubstockError):
+    """A spawn request refused, by hubstock or by the scheduler; the message is for the user.
+
+    ``status`` is the HTTP status JupyterHub answers with: 400 when the request is wrong
+    (bad server options, from the form or the REST API: refused before anything is
+    submitted), 500 when the scheduler refused the job. The hub raises it as a ``tornado.web.HTTPError`` carrying ``status`` and
+    ``jupyterhub_message`` (:func:`hubstock.hub.spawner.http_error`), since that is what
+    JupyterHub turns into an answer with that status and this message.
+    """
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        #: what JupyterHub shows the user (the spawn form, the progress page, the REST answer)
+        self.jupyterhub_message = message

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 import shutil
-import stat
 import tempfile
 import urllib.request
 from dataclasses import dataclass
@@ -31,17 +29,10 @@ from ..errors import BuildError, CommandError, IntegrityError
 from ..proc import run
 from ..progress import Progress
 from ..site import Site
-from ..store.root import (
-    MARKER,
-    PROVENANCE,
-    Root,
-    atomic_symlink,
-    atomic_write,
-    empty_trash,
-    now_iso,
-    read_json,
-    remove_tree,
-)
+from ..store.builds import current_build, is_complete, mark_complete, write_provenance
+from ..store.fs import atomic_symlink, empty_trash, make_read_only, now_iso, remove_tree
+from ..store.records import BuildProvenance, LockedPackage
+from ..store.root import Root
 from .envspec import EnvSpec
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
@@ -66,15 +57,6 @@ def host_platform() -> str:
     return str(Platform.current())
 
 
-def is_complete(prefix: Path, bid: str | None = None) -> bool:
-    """A build counts only once its marker exists and names it."""
-    try:
-        text = (prefix / MARKER).read_text().strip()
-    except OSError:
-        return False
-    return bid is None or text == bid
-
-
 def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
     """Make sure the build of ``spec``'s fresh lock exists and is complete."""
     lock = require_fresh_lock(site, spec)
@@ -83,7 +65,7 @@ def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
     check_server_packages(site, spec.name, (p.name for p in packages_for(lock, platform)))
     root = Root(site.root)
     prefix = root.build(spec.name, bid)
-    if is_complete(prefix, bid) and _current_is(root, spec.name, bid):
+    if current_build(root, spec.name) == bid:
         progress.step(f"[{spec.name}] build {bid} is up to date")
         return BuildResult(spec.name, bid, prefix, built=False)
     with root.locked(on_wait=progress.step):
@@ -100,13 +82,6 @@ def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
         atomic_symlink(bid, root.env_current(spec.name))
     progress.step(f"[{spec.name}] build {bid} is complete")
     return BuildResult(spec.name, bid, prefix, built=built)
-
-
-def _current_is(root: Root, env: str, bid: str) -> bool:
-    try:
-        return os.readlink(root.env_current(env)) == bid
-    except OSError:
-        return False
 
 
 def _build(
@@ -136,29 +111,31 @@ def _build(
         _install_pip(site, spec.name, pip, prefix)
     progress.step(f"[{spec.name}] byte-compiling")
     progress.step(f"[{spec.name}] {_compile(spec.name, prefix)}")
-    _make_read_only(prefix)
-    provenance = {
-        "build_id": bid,
-        "env": spec.name,
-        "platform": platform,
-        "lock_content_hash": dict(lock.metadata.content_hash),
-        "lock_platform_hash": lock.metadata.content_hash.get(platform),
-        "packages": [
-            {
-                "manager": p.manager,
-                "name": p.name,
-                "version": p.version,
-                "build": p.build,
-                "url": p.url,
-                "sha256": p.hash.sha256,
-            }
+    provenance = BuildProvenance(
+        build_id=bid,
+        env=spec.name,
+        platform=platform,
+        lock_content_hash=dict(lock.metadata.content_hash),
+        lock_platform_hash=lock.metadata.content_hash.get(platform),
+        packages=[
+            LockedPackage(
+                manager=p.manager,
+                name=p.name,
+                version=p.version,
+                build=p.build,
+                url=p.url,
+                sha256=p.hash.sha256,
+            )
             for p in entries
         ],
-        "created": now_iso(),
-        "builder": f"hubstock {__version__}",
-    }
-    atomic_write(prefix / PROVENANCE, json.dumps(provenance, indent=1, sort_keys=True) + "\n")
-    atomic_write(prefix / MARKER, bid + "\n")  # last: from now on the build counts
+        created=now_iso(),
+        builder=f"hubstock {__version__}",
+    )
+    write_provenance(prefix, provenance)
+    make_read_only(prefix)
+    os.chmod(prefix, 0o755)  # the marker is the one write left
+    mark_complete(prefix, bid)  # last: from now on the build counts
+    os.chmod(prefix, 0o555)
 
 
 def _sha256(path: Path) -> str:
@@ -293,28 +270,3 @@ def _compile(env: str, prefix: Path) -> str:
         env={"PYTHONDONTWRITEBYTECODE": ""},
     )
     return proc.stdout.strip()
-
-
-def _make_read_only(prefix: Path) -> None:
-    """No group or other write anywhere; everything readable by all users.
-
-    Files hard-linked from the package cache share their mode with it, and that
-    is intended: the cache must not be writable by users either.
-    """
-    for dirpath, dirnames, filenames in os.walk(prefix):
-        for name in (*dirnames, *filenames):
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                continue
-            mode = stat.S_IMODE(st.st_mode)
-            want = (mode & ~0o022) | 0o444
-            if stat.S_ISDIR(st.st_mode) or mode & 0o100:
-                want |= 0o111
-            if want != mode:
-                os.chmod(p, want)
-    os.chmod(prefix, 0o755)
-
-
-def read_provenance(prefix: Path) -> dict | None:
-    return read_json(prefix / PROVENANCE)

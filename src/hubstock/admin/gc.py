@@ -9,17 +9,17 @@ interrupted builds included, and so do package-cache entries no kept build uses.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..progress import Progress
 from ..site import Site
-from ..store.root import Root, empty_trash, remove_tree
+from ..store.builds import build_ids, current_build, env_names, read_provenance
+from ..store.fs import empty_trash, remove_tree
+from ..store.generations import current_name, generation, generations, unfinished
+from ..store.records import RecordError
+from ..store.root import Root
 from ..store.sessions import live_sessions
-from .build import read_provenance
-from .publish import GEN_RE, current_generation, generations, read_manifest
 
 
 @dataclass
@@ -42,48 +42,37 @@ def plan_gc(site: Site, keep: int) -> GcPlan:
     root = Root(site.root)
     plan = GcPlan()
     gens = generations(root)
-    cur = current_generation(root)
+    cur = current_name(root)
     sessions = live_sessions(root, site.settings.gc.session_max_age_hours)
     keep_gens = set(gens[-keep:]) | {g for g in [cur] if g} | {s.generation for s in sessions}
     plan.kept_generations = [g for g in gens if g in keep_gens]
     plan.generations = [g for g in gens if g not in keep_gens]
-    if root.generations.is_dir():  # staging leftovers of interrupted publishes
-        plan.generations += sorted(
-            p.name for p in root.generations.iterdir() if p.name.startswith(".staging-")
-        )
-    if root.generations.is_dir():  # numbered but never finished (no manifest)
-        plan.generations += sorted(
-            p.name for p in root.generations.iterdir() if GEN_RE.match(p.name) and p.name not in gens
-        )
+    # staging leftovers of interrupted publishes, and numbered folders never finished
+    plan.generations += unfinished(root)
 
     keep_builds: set[str] = set()
     for g in plan.kept_generations:
-        m = read_manifest(root, g) or {}
-        for k in m.get("kernels", []):
-            keep_builds.add(f"{k['env']}/{k['build']}")
-        if m.get("server"):
-            keep_builds.add(f"{m['server']['env']}/{m['server']['build']}")
+        keep_builds |= generation(root, g).manifest().build_keys()
     for s in sessions:
         keep_builds |= set(s.builds)
     all_builds = []
-    if root.envs.is_dir():
-        for env_dir in sorted(p for p in root.envs.iterdir() if p.is_dir()):
-            with contextlib.suppress(OSError):
-                keep_builds.add(f"{env_dir.name}/{os.readlink(env_dir / 'current')}")
-            all_builds += [
-                f"{env_dir.name}/{b.name}"
-                for b in sorted(env_dir.iterdir())
-                if b.is_dir() and not b.is_symlink() and not b.name.startswith(".")
-            ]
+    for env in env_names(root):
+        bid = current_build(root, env)
+        if bid:
+            keep_builds.add(f"{env}/{bid}")
+        all_builds += [f"{env}/{b}" for b in sorted(build_ids(root, env))]
     plan.kept_builds = [b for b in all_builds if b in keep_builds]
     plan.builds = [b for b in all_builds if b not in keep_builds]
 
     used: set[str] = set()
     for b in plan.kept_builds:
-        prov = read_provenance(root.envs / b) or {}
-        for p in prov.get("packages", []):
-            if p.get("manager") == "conda":
-                fn = p["url"].rsplit("/", 1)[-1]
+        try:
+            prov = read_provenance(root.envs / b)
+        except RecordError:
+            prov = None
+        for p in prov.packages if prov else []:
+            if p.manager == "conda":
+                fn = p.url.rsplit("/", 1)[-1]
                 used.add(fn)
                 used.add(_strip_ext(fn))
     if root.pkgs.is_dir():

@@ -20,19 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from ..errors import PublishError
 from ..progress import Progress
 from ..site import Site
-from ..store.root import Root, atomic_symlink, atomic_write, fsync_dir, now_iso, read_json, remove_tree
-from .build import host_platform, is_complete, read_provenance
-from .envspec import load_env_spec
-from .extensions import load_extensions, render_server_config, write_extensions
+from ..store.builds import current_build, is_complete, read_provenance
+from ..store.fs import current_user, fsync_dir, make_read_only, now_iso, remove_tree
+from ..store.generations import generation, next_generation, resolve_current, staging, switch_current
+from ..store.records import GenerationManifest, KernelEntry, ManifestBuild
+from ..store.root import Root
+from .extensions import Extensions, load_extensions, render_server_config, write_extensions
 from .kernels import (
     BuildRef,
     RenderedKernel,
@@ -41,11 +40,7 @@ from .kernels import (
     smoke_test,
     write_kernel,
 )
-from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
-
-MANIFEST = "manifest.json"
-GEN_RE = re.compile(r"^\d{4,}$")
 
 
 @dataclass(frozen=True)
@@ -54,40 +49,20 @@ class PublishResult:
     changed: bool
 
 
-def generations(root: Root) -> list[str]:
-    """Complete generations (with a manifest), oldest first."""
-    if not root.generations.is_dir():
-        return []
-    gens = [p.name for p in root.generations.iterdir() if GEN_RE.match(p.name) and (p / MANIFEST).is_file()]
-    return sorted(gens, key=int)
-
-
-def current_generation(root: Root) -> str | None:
-    try:
-        return os.path.basename(os.readlink(root.current))
-    except OSError:
-        return None
-
-
-def read_manifest(root: Root, gen: str) -> dict[str, Any] | None:
-    return read_json(root.generations / gen / MANIFEST)
-
-
 def build_ref(site: Site, env: str) -> BuildRef:
-    """The complete build of ``env``'s fresh lock (a :class:`PublishError` if there is none)."""
-    spec = load_env_spec(site, env)
-    lock = require_fresh_lock(site, spec)
-    platform = host_platform()
-    bid = build_id(lock, platform)
-    prefix = Root(site.root).build(env, bid)
-    if not is_complete(prefix, bid):
+    """The current complete build of ``env``, as ``hubstock build`` left it (``envs/<env>/current``)."""
+    root = Root(site.root)
+    bid = current_build(root, env)
+    prefix = root.build(env, bid) if bid else None
+    prov = read_provenance(prefix) if prefix else None
+    if bid is None or prefix is None or prov is None:
         raise PublishError(
-            f"env {env!r} has no complete build of its lock (build {bid}); run `nox -s build-envs` "
+            f"env {env!r} has no complete build on {site.root}; run `nox -s build-envs` "
             f"(or `hubstock build {env}`) first."
         )
     if env == site.settings.server.env:
-        check_server_packages(site, env, (p.name for p in packages_for(lock, platform)))
-    return BuildRef(env=env, build_id=bid, prefix=prefix, lock_hash=lock.metadata.content_hash[platform])
+        check_server_packages(site, env, (p.name for p in prov.packages))
+    return BuildRef(env=env, build_id=bid, prefix=prefix, lock_hash=prov.lock_platform_hash or "")
 
 
 def publish(site: Site, progress: Progress) -> PublishResult:
@@ -112,37 +87,36 @@ def publish(site: Site, progress: Progress) -> PublishResult:
         server = builds.get(server_env) or build_ref(site, server_env)
 
     with root.locked(on_wait=progress.step):
-        cur = current_generation(root)
-        prev = read_manifest(root, cur) if cur else None
+        resolved = resolve_current(root)
+        cur = resolved.name if resolved else None
+        prev = resolved.manifest() if resolved else None
         kernels = [render_template(t, builds[t.env]) for t in templates]
         kernels += _pinned_kernels(root, cur, prev, kernels, site.settings.publish.keep_previous_builds)
         all_names = [k.name for k in kernels]
         digest = _digest(kernels, ext, server, default_kernel)
-        if prev and prev.get("digest") == digest:
+        if resolved and prev and prev.digest == digest:
             progress.step(f"nothing changed since generation {cur}: not publishing")
-            return PublishResult(cur, changed=False)
+            return PublishResult(resolved.name, changed=False)
 
-        gen = _next_generation(root)
-        final = root.generations / gen
-        staging = root.generations / f".staging-{gen}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        gen = next_generation(root)
+        final = generation(root, gen)
+        stage = staging(root, gen, uuid.uuid4().hex[:8])
+        stage.path.mkdir(parents=True)
         try:
-            kdir = staging / "share" / "jupyter" / "kernels"
             for k in kernels:
-                write_kernel(kdir, k)
-            settings_dir = final / "share" / "jupyter" / "lab" / "settings"
-            write_extensions(staging, ext, render_server_config(all_names, default_kernel, str(settings_dir)))
+                write_kernel(stage.kernels_dir, k)
+            server_config = render_server_config(all_names, default_kernel, str(final.lab_settings_dir))
+            write_extensions(stage.path, ext, server_config)
             progress.step(f"smoke-testing {len(kernels)} kernel(s): {', '.join(all_names)}")
-            smoke_test(kernels, kdir, site.settings.publish.smoke_timeout)
-            manifest = _manifest(gen, digest, kernels, builds, server, default_kernel)
-            atomic_write(staging / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-            _make_read_only(staging)
-            os.rename(staging, final)
+            smoke_test(kernels, stage.kernels_dir, site.settings.publish.smoke_timeout)
+            stage.write_manifest(_manifest(gen, digest, kernels, builds, server, default_kernel))
+            make_read_only(stage.path)
+            os.rename(stage.path, final.path)
             fsync_dir(root.generations)
         except BaseException:
-            remove_tree(staging, root.trash)
+            remove_tree(stage.path, root.trash)
             raise
-        atomic_symlink(f"generations/{gen}", root.current)
+        switch_current(root, gen)
         root.audit(
             "publish",
             generation=gen,
@@ -155,7 +129,7 @@ def publish(site: Site, progress: Progress) -> PublishResult:
 
 
 def _pinned_kernels(
-    root: Root, cur: str | None, prev: dict[str, Any] | None, new: list[RenderedKernel], keep: int
+    root: Root, cur: str | None, prev: GenerationManifest | None, new: list[RenderedKernel], keep: int
 ) -> list[RenderedKernel]:
     """Kernels of earlier builds, kept under pinned names for a transition period.
 
@@ -166,39 +140,41 @@ def _pinned_kernels(
     if not prev or not cur or keep == 0:
         return []
     now = {k.name: k.build.build_id for k in new}
-    candidates: dict[str, list[dict[str, Any]]] = {}
-    for entry in prev.get("kernels", []):
-        base = entry.get("pinned_of") or entry["name"]
-        if base not in now or entry["build"] == now[base]:
+    candidates: dict[str, list[KernelEntry]] = {}
+    for entry in prev.kernels:
+        base = entry.pinned_of or entry.name
+        if base not in now or entry.build == now[base]:
             continue
         candidates.setdefault(base, []).append(entry)
     out = []
     for base, entries in candidates.items():
-        seen = set()
+        seen: set[str] = set()
         for entry in entries:  # the previous generation lists the newest build first
-            if entry["build"] in seen or len(seen) >= keep:
+            if entry.build in seen or len(seen) >= keep:
                 continue
-            prefix = root.build(entry["env"], entry["build"])
-            if not is_complete(prefix, entry["build"]):
+            prefix = root.build(entry.env, entry.build)
+            if not is_complete(prefix, entry.build):
                 continue
-            seen.add(entry["build"])
-            src = root.generations / cur / "share" / "jupyter" / "kernels" / entry["name"]
+            seen.add(entry.build)
+            src = generation(root, cur).kernel_dir(entry.name)
             spec = json.loads((src / "kernel.json").read_text())
-            name = f"{base}-{entry['build'][:8]}"
-            if not entry.get("pinned_of"):
-                spec["display_name"] = f"{spec['display_name']} (previous build {entry['build'][:8]})"
+            name = f"{base}-{entry.build[:8]}"
+            if not entry.pinned_of:
+                spec["display_name"] = f"{spec['display_name']} (previous build {entry.build[:8]})"
             spec["metadata"]["hubstock"]["pinned_of"] = base
             resources = {
                 str(p.relative_to(src)): p.read_bytes()
                 for p in src.rglob("*")
                 if p.is_file() and p.name != "kernel.json"
             }
-            ref = BuildRef(entry["env"], entry["build"], prefix, entry.get("lock_hash", ""))
+            ref = BuildRef(entry.env, entry.build, prefix, entry.lock_hash)
             out.append(RenderedKernel(name=name, spec=spec, build=ref, resources=resources))
     return out
 
 
-def _digest(kernels: list[RenderedKernel], ext, server: BuildRef | None, default_kernel: str) -> str:
+def _digest(
+    kernels: list[RenderedKernel], ext: Extensions, server: BuildRef | None, default_kernel: str
+) -> str:
     h = hashlib.sha256()
     blob = {
         "kernels": {k.name: k.spec for k in kernels},
@@ -214,92 +190,43 @@ def _digest(kernels: list[RenderedKernel], ext, server: BuildRef | None, default
     return h.hexdigest()
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _manifest(gen, digest, kernels, builds, server, default_kernel) -> dict[str, Any]:
-    from ..store.root import current_user
-
-    return {
-        "generation": gen,
-        "digest": digest,
-        "created": now_iso(),
-        "by": current_user(),
-        "default_kernel": default_kernel,
-        "server": _build_json(server) if server else None,
-        "builds": {env: _build_json(b) for env, b in builds.items()},
-        "kernels": [
-            {
-                "name": k.name,
-                "display_name": k.display_name,
-                "language": k.spec.get("language"),
-                "env": k.build.env,
-                "build": k.build.build_id,
-                "lock_hash": k.build.lock_hash,
-                "pinned_of": k.spec["metadata"]["hubstock"].get("pinned_of"),
-            }
+def _manifest(
+    gen: str,
+    digest: str,
+    kernels: list[RenderedKernel],
+    builds: dict[str, BuildRef],
+    server: BuildRef | None,
+    default_kernel: str,
+) -> GenerationManifest:
+    return GenerationManifest(
+        generation=gen,
+        digest=digest,
+        created=now_iso(),
+        by=current_user(),
+        default_kernel=default_kernel,
+        server=_manifest_build(server) if server else None,
+        builds={env: _manifest_build(b) for env, b in builds.items()},
+        kernels=[
+            KernelEntry(
+                name=k.name,
+                display_name=k.display_name,
+                language=k.spec.get("language"),
+                env=k.build.env,
+                build=k.build.build_id,
+                lock_hash=k.build.lock_hash,
+                pinned_of=k.spec["metadata"]["hubstock"].get("pinned_of"),
+            )
             for k in kernels
         ],
-    }
-
-
-def _build_json(b: BuildRef) -> dict[str, Any]:
-    prov = read_provenance(b.prefix) or {}
-    return {
-        "env": b.env,
-        "build": b.build_id,
-        "prefix": str(b.prefix),
-        "lock_hash": b.lock_hash,
-        "created": prov.get("created"),
-    }
-
-
-def _next_generation(root: Root) -> str:
-    nums = (
-        [int(p.name) for p in root.generations.iterdir() if GEN_RE.match(p.name)]
-        if root.generations.is_dir()
-        else []
     )
-    return f"{max(nums, default=0) + 1:04d}"
 
 
-def _make_read_only(top: Path) -> None:
-    for dirpath, _dirnames, filenames in os.walk(top):
-        for n in filenames:
-            os.chmod(os.path.join(dirpath, n), 0o444)
-        os.chmod(dirpath, 0o555)
-
-
-def rollback(site: Site, gen: str | None, progress: Progress) -> str:
-    """Make ``gen`` (default: the one before the current) the current generation again."""
-    root = Root(site.root)
-    with root.locked(on_wait=progress.step):
-        gens = generations(root)
-        cur = current_generation(root)
-        if gen is None:
-            earlier = [g for g in gens if cur is None or int(g) < int(cur)]
-            if not earlier:
-                raise PublishError(
-                    f"there is no generation before {cur or 'the current one'} to roll back to "
-                    f"(generations: {', '.join(gens) or 'none'})."
-                )
-            gen = earlier[-1]
-        gen = f"{int(gen):04d}" if gen.isdigit() else gen
-        if gen not in gens:
-            raise PublishError(
-                f"generation {gen!r} does not exist (generations: {', '.join(gens) or 'none'}); "
-                "see `hubstock status`."
-            )
-        manifest = read_manifest(root, gen) or {}
-        for k in manifest.get("kernels", []):
-            if not is_complete(root.build(k["env"], k["build"]), k["build"]):
-                raise PublishError(
-                    f"generation {gen} cannot come back: its kernel {k['name']!r} needs build "
-                    f"{k['env']}/{k['build']}, which no longer exists."
-                )
-        if gen != cur:
-            atomic_symlink(f"generations/{gen}", root.current)
-            root.audit("rollback", generation=gen, previous=cur)
-    progress.step(f"generation {gen} is current")
-    return gen
+def _manifest_build(b: BuildRef) -> ManifestBuild:
+    prov = read_provenance(b.prefix)
+    return ManifestBuild(
+        env=b.env,
+        build=b.build_id,
+        prefix=str(b.prefix),
+        lock_hash=b.lock_hash,
+        created=prov.created if prov else None,
+    )

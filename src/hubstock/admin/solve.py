@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import CommandError, LockError, SolveError
 from ..progress import Progress
 from ..site import Site
-from ..store.root import atomic_write
+from ..store.fs import atomic_write
 from .envspec import EnvSpec
 from .lockfile import lock_spec_and_hashes, virtual_packages
 from .uv import run_uv, uv_error_summary

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ..errors import HubstockError
 from ..site import Site
+from ..store.builds import build_ids, current_build, is_complete
+from ..store.generations import generations, resolve_current
+from ..store.records import RecordError
 from ..store.root import Root
-from .build import is_complete
 from .envspec import load_env_spec
 from .lockfile import lock_status
 
@@ -25,48 +26,31 @@ def collect_status(site: Site) -> dict[str, Any]:
             state = "stale"  # unreadable: nothing may build from it
         envs[name] = {
             "lock": state,
-            "current": _current_build(root, name),
+            "current": current_build(root, name),
             "builds": _builds(root, name),
         }
     return {"root": str(site.root), "site": str(site.dir), "envs": envs, "published": published(root)}
 
 
-def _current_build(root: Root, env: str) -> str | None:
-    try:
-        bid = os.readlink(root.env_current(env))
-    except OSError:
-        return None
-    return bid if is_complete(root.build(env, bid), bid) else None
-
-
 def _builds(root: Root, env: str) -> list[dict[str, Any]]:
-    d = root.env(env)
-    if not d.is_dir():
-        return []
-    out = []
-    for p in sorted(d.iterdir(), key=lambda p: p.stat().st_mtime if p.exists() else 0):
-        if p.name.startswith(".") or p.is_symlink() or not p.is_dir():
-            continue
-        out.append({"id": p.name, "complete": is_complete(p, p.name)})
-    return out
+    return [{"id": b, "complete": is_complete(root.build(env, b), b)} for b in build_ids(root, env)]
 
 
 def published(root: Root) -> dict[str, Any]:
     """The published generation and its kernels (empty until something is published)."""
-    from ..store.root import read_json
-
+    gen = resolve_current(root)
+    if gen is None:
+        return {"generation": None, "kernels": [], "generations": generations(root)}
     try:
-        gen = os.readlink(root.current)
-    except OSError:
-        return {"generation": None, "kernels": []}
-    manifest = read_json(root.current / "manifest.json") or {}
-    kernels = [
-        {k: kern.get(k) for k in ("name", "display_name", "env", "build")}
-        for kern in manifest.get("kernels", [])
-    ]
-    from .publish import generations
-
-    return {"generation": os.path.basename(gen), "kernels": kernels, "generations": generations(root)}
+        manifest = gen.manifest()
+    except RecordError:
+        kernels = []
+    else:
+        kernels = [
+            {"name": k.name, "display_name": k.display_name, "env": k.env, "build": k.build}
+            for k in manifest.kernels
+        ]
+    return {"generation": gen.name, "kernels": kernels, "generations": generations(root)}
 
 
 def format_status(doc: dict[str, Any]) -> str:

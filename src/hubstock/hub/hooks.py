@@ -18,87 +18,85 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from ..admin.build import is_complete
-from ..store.root import Root, now_iso, read_json
-from ..store.sessions import Session, register, unregister
+from ..errors import SpawnError
+from ..store.builds import is_complete
+from ..store.fs import now_iso
+from ..store.generations import Generation, resolve_current
+from ..store.records import GenerationManifest, RecordError, SessionRecord
+from ..store.root import Root
+from ..store.sessions import register, unregister
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class SpawnException(Exception):
-    """A spawn that cannot go ahead; JupyterHub shows ``jupyterhub_message`` to the user."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.jupyterhub_message = message
-
-
-def published_generation(root: Root) -> tuple[str, Path, dict[str, Any]]:
-    """The current generation, resolved once: (name, directory, manifest)."""
-    if not os.path.lexists(root.current):
-        raise SpawnException(
+def published_generation(root: Root) -> tuple[Generation, GenerationManifest]:
+    """The current generation, resolved once, and its manifest; a :class:`SpawnError` if unusable."""
+    gen = resolve_current(root)
+    if gen is None:
+        raise SpawnError(
             "No notebook environment has been published on this hub yet, so no server can start. "
             "Please tell the hub's administrators (they run `nox -s build-envs`)."
         )
-    gen_dir = Path(os.path.realpath(root.current))
-    manifest = read_json(gen_dir / "manifest.json")
-    server = (manifest or {}).get("server")
-    problem = None
-    if not isinstance(manifest, dict):
-        problem = f"its manifest {gen_dir / 'manifest.json'} is missing or unreadable"
-    elif not server:
-        problem = "it has no server environment"
-    elif not is_complete(Path(server["prefix"]), server["build"]):
-        problem = f"its server build {server['env']}/{server['build']} is missing or incomplete"
-    elif not (Path(server["prefix"]) / "bin" / "jupyterhub-singleuser").exists():
-        problem = f"its server build {server['env']}/{server['build']} has no jupyterhub-singleuser"
-    elif not (gen_dir / "share" / "jupyter" / "kernels").is_dir():
-        problem = "it has no kernels"
-    if problem:
-        raise SpawnException(
-            f"The published notebook environment (generation {gen_dir.name}) is broken: {problem}. "
-            "Please tell the hub's administrators (they can run `hubstock rollback`)."
-        )
-    return gen_dir.name, gen_dir, manifest
+    try:
+        manifest = gen.manifest()
+    except RecordError as e:
+        raise _broken(gen, f"its manifest cannot be used ({e})") from None
+    server = manifest.server
+    if server is None:
+        raise _broken(gen, "it has no server environment")
+    if not is_complete(Path(server.prefix), server.build):
+        raise _broken(gen, f"its server build {server.env}/{server.build} is missing or incomplete")
+    if not (Path(server.prefix) / "bin" / "jupyterhub-singleuser").exists():
+        raise _broken(gen, f"its server build {server.env}/{server.build} has no jupyterhub-singleuser")
+    if not gen.kernels_dir.is_dir():
+        raise _broken(gen, "it has no kernels")
+    return gen, manifest
 
 
-def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> Session:
+def _broken(gen: Generation, problem: str) -> SpawnError:
+    return SpawnError(
+        f"The published notebook environment (generation {gen.name}) is broken: {problem}. "
+        "Please tell the hub's administrators (they can run `hubstock rollback`)."
+    )
+
+
+def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
     """Pin ``spawner`` to the current generation; register and audit the session."""
     r = Root(Path(root))
-    gen, gen_dir, manifest = published_generation(r)
-    server = manifest["server"]
-    bindir = Path(server["prefix"]) / "bin"
+    gen, manifest = published_generation(r)
+    server = manifest.server
+    assert server is not None  # published_generation refuses a generation without one
+    bindir = Path(server.prefix) / "bin"
     spawner.cmd = [str(bindir / "jupyterhub-singleuser")]
     if hasattr(spawner, "batchspawner_singleuser_cmd"):
         spawner.batchspawner_singleuser_cmd = str(bindir / "batchspawner-singleuser")
     spawner.environment = {
         **spawner.environment,
         "PATH": f"{bindir}:{BASE_PATH}",
-        "JUPYTER_PATH": str(gen_dir / "share" / "jupyter"),
-        "JUPYTER_CONFIG_PATH": str(gen_dir / "etc" / "jupyter"),
-        "HUBSTOCK_GENERATION": gen,
+        "JUPYTER_PATH": str(gen.jupyter_path),
+        "JUPYTER_CONFIG_PATH": str(gen.config_path),
+        "HUBSTOCK_GENERATION": gen.name,
     }
-    builds = sorted(
-        {f"{server['env']}/{server['build']}"}
-        | {f"{k['env']}/{k['build']}" for k in manifest.get("kernels", [])}
-    )
-    session = Session(
-        user=spawner.user.name, server=spawner.name or "", generation=gen, builds=builds, started=now_iso()
+    session = SessionRecord(
+        user=spawner.user.name,
+        server=spawner.name or "",
+        generation=gen.name,
+        builds=sorted(manifest.build_keys()),
+        started=now_iso(),
     )
     register(r, session)
     r.audit(
         "spawn",
         user=session.user,
         server=session.server,
-        generation=gen,
-        server_build=server["build"],
+        generation=gen.name,
+        server_build=server.build,
         options=dict(spawner.user_options or {}),
     )
 
     def on_submit(job_id: str) -> None:
-        done = Session(**{**session.to_json(), "job_id": job_id})
-        register(r, done)
-        r.audit("submitted", user=session.user, server=session.server, generation=gen, job_id=job_id)
+        register(r, session.model_copy(update={"job_id": job_id}))
+        r.audit("submitted", user=session.user, server=session.server, generation=gen.name, job_id=job_id)
 
     spawner.hubstock_on_submit = on_submit
     return session

@@ -1,0 +1,63 @@
+"""Builds on the root, read side and the two records a build writes (provenance, then its marker).
+
+A build counts only once its completion marker exists and names it; the marker is
+written last. ``$ROOT/envs/<env>/current`` names the env's newest complete build:
+the one source of truth for "which build" that publish, status and gc read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .fs import atomic_write
+from .records import BuildProvenance
+from .root import MARKER, PROVENANCE, Root
+
+
+def is_complete(prefix: Path, bid: str | None = None) -> bool:
+    """A build counts only once its marker exists and names it."""
+    try:
+        text = (prefix / MARKER).read_text().strip()
+    except OSError:
+        return False
+    return bid is None or text == bid
+
+
+def current_build(root: Root, env: str) -> str | None:
+    """The id of ``env``'s current build, if it is complete."""
+    try:
+        bid = os.readlink(root.env_current(env))
+    except OSError:
+        return None
+    return bid if is_complete(root.build(env, bid), bid) else None
+
+
+def build_ids(root: Root, env: str) -> list[str]:
+    """Every build directory of ``env`` (complete or not), oldest first."""
+    d = root.env(env)
+    if not d.is_dir():
+        return []
+    found = [p for p in d.iterdir() if not p.name.startswith(".") and not p.is_symlink() and p.is_dir()]
+    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def env_names(root: Root) -> list[str]:
+    """Every env that has a folder on the root."""
+    if not root.envs.is_dir():
+        return []
+    return sorted(p.name for p in root.envs.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_provenance(prefix: Path) -> BuildProvenance | None:
+    """The build's provenance, or None when it has none (an interrupted build)."""
+    return BuildProvenance.read_optional(prefix / PROVENANCE)
+
+
+def write_provenance(prefix: Path, provenance: BuildProvenance) -> None:
+    atomic_write(prefix / PROVENANCE, provenance.to_json())
+
+
+def mark_complete(prefix: Path, bid: str) -> None:
+    """Write the completion marker: from now on the build counts. Always the last write."""
+    atomic_write(prefix / MARKER, bid + "\n")

@@ -1,0 +1,124 @@
+"""File operations that keep the shared root consistent: atomic writes and renames, removal.
+
+Standard library only. Readers of the root never see a half-written file or a
+missing link: files are written to a temporary name and renamed, links are
+replaced with one rename, and trees are renamed away before they are deleted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import stat
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def current_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write ``path`` so that readers see the old content or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with open(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Point ``link`` at ``target`` with one rename: readers never see it missing."""
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(link.parent)
+
+
+def remove_tree(path: Path, trash: Path) -> None:
+    """Remove ``path``: first renamed away (so it vanishes at once), then deleted."""
+    if not path.exists() and not path.is_symlink():
+        return
+    trash.mkdir(parents=True, exist_ok=True)
+    doomed = trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    _rmtree_writable(doomed)
+
+
+def empty_trash(trash: Path) -> None:
+    """Delete what an earlier, interrupted removal left in the trash."""
+    if trash.is_dir():
+        for p in trash.iterdir():
+            _rmtree_writable(p)
+
+
+def _rmtree_writable(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    # a finished build is read-only: make its directories writable to empty them
+    for dirpath, _dirs, _files in os.walk(path):
+        mode = stat.S_IMODE(os.lstat(dirpath).st_mode)
+        if not mode & stat.S_IWUSR:
+            os.chmod(dirpath, mode | stat.S_IWUSR)
+    shutil.rmtree(path)
+
+
+def make_read_only(top: Path) -> None:
+    """The one rule for what hubstock publishes (builds and generations): nobody may write,
+    everybody may read; directories and executables stay searchable and runnable.
+
+    Symlinks are left alone (their mode means nothing). Files hard-linked from the
+    package cache share their mode with it, and that is intended: the cache must not
+    be writable by users either.
+    """
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in (*dirnames, *filenames):
+            _read_only(os.path.join(dirpath, name))
+    _read_only(os.fspath(top))
+
+
+def _read_only(p: str) -> None:
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    mode = stat.S_IMODE(st.st_mode)
+    want = (mode & ~0o7222) | 0o444
+    if stat.S_ISDIR(st.st_mode) or mode & 0o100:
+        want |= 0o111
+    if want != mode:
+        os.chmod(p, want)

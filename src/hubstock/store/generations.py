@@ -1,0 +1,135 @@
+"""Published generations: which is current (resolved once), what each holds, and its manifest.
+
+    $ROOT/generations/<gen>/share/jupyter/kernels/<kernel>/   stock kernels (JUPYTER_PATH)
+    $ROOT/generations/<gen>/share/jupyter/lab/settings/       overrides.json
+    $ROOT/generations/<gen>/etc/jupyter/                      page_config, server config (JUPYTER_CONFIG_PATH)
+    $ROOT/generations/<gen>/manifest.json                     written last
+    $ROOT/current -> generations/<gen>
+
+A reader resolves ``current`` once (:func:`resolve_current`) and reads everything
+from that one directory, so a publish or rollback in between never gives it a mix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fs import atomic_symlink, atomic_write
+from .records import GenerationManifest
+from .root import MANIFEST, Root
+
+GEN_RE = re.compile(r"^\d{4,}$")
+STAGING_PREFIX = ".staging-"
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation directory (published or being staged): where its parts are."""
+
+    name: str
+    path: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / MANIFEST
+
+    @property
+    def jupyter_path(self) -> Path:
+        """What ``JUPYTER_PATH`` points at."""
+        return self.path / "share" / "jupyter"
+
+    @property
+    def kernels_dir(self) -> Path:
+        return self.jupyter_path / "kernels"
+
+    def kernel_dir(self, name: str) -> Path:
+        return self.kernels_dir / name
+
+    @property
+    def lab_settings_dir(self) -> Path:
+        return self.jupyter_path / "lab" / "settings"
+
+    @property
+    def config_path(self) -> Path:
+        """What ``JUPYTER_CONFIG_PATH`` points at."""
+        return self.path / "etc" / "jupyter"
+
+    def manifest(self) -> GenerationManifest:
+        """Its manifest (a :class:`~hubstock.store.records.RecordError` if missing or unreadable)."""
+        return GenerationManifest.read(self.manifest_path)
+
+    def write_manifest(self, manifest: GenerationManifest) -> None:
+        atomic_write(self.manifest_path, manifest.to_json())
+
+
+def generation(root: Root, gen: str) -> Generation:
+    return Generation(gen, root.generation(gen))
+
+
+def staging(root: Root, gen: str, token: str) -> Generation:
+    """A hidden directory where generation ``gen`` is prepared before its rename into place."""
+    return Generation(gen, root.generations / f"{STAGING_PREFIX}{gen}-{token}")
+
+
+def generations(root: Root) -> list[str]:
+    """Complete generations (with a manifest), oldest first."""
+    if not root.generations.is_dir():
+        return []
+    gens = [p.name for p in root.generations.iterdir() if GEN_RE.match(p.name) and (p / MANIFEST).is_file()]
+    return sorted(gens, key=int)
+
+
+def unfinished(root: Root) -> list[str]:
+    """Directory names under ``generations/`` that are not complete generations:
+    staging folders of interrupted publishes, and numbered folders without a manifest."""
+    if not root.generations.is_dir():
+        return []
+    done = set(generations(root))
+    return sorted(
+        p.name
+        for p in root.generations.iterdir()
+        if p.name.startswith(STAGING_PREFIX) or (GEN_RE.match(p.name) and p.name not in done)
+    )
+
+
+def next_generation(root: Root) -> str:
+    """The name the next publish takes (one more than any numbered folder)."""
+    nums = (
+        [int(p.name) for p in root.generations.iterdir() if GEN_RE.match(p.name)]
+        if root.generations.is_dir()
+        else []
+    )
+    return f"{max(nums, default=0) + 1:04d}"
+
+
+def normalise(gen: str) -> str:
+    """``"3"`` -> ``"0003"``; other names unchanged."""
+    return f"{int(gen):04d}" if gen.isdigit() else gen
+
+
+def current_name(root: Root) -> str | None:
+    """The name of the current generation, or None when nothing is published."""
+    try:
+        return os.path.basename(os.readlink(root.current))
+    except OSError:
+        return None
+
+
+def resolve_current(root: Root) -> Generation | None:
+    """The current generation, resolved once (None when nothing is published).
+
+    The returned directory is the real one, not ``current``: a later switch of the
+    link does not change what the caller reads.
+    """
+    if not os.path.lexists(root.current):
+        return None
+    path = Path(os.path.realpath(root.current))
+    return Generation(path.name, path)
+
+
+def switch_current(root: Root, gen: str) -> None:
+    """Make ``gen`` current with one atomic rename."""
+    atomic_symlink(f"generations/{gen}", root.current)

@@ -1,0 +1,209 @@
+"""The records that cross wings through the shared root, each a versioned pydantic model.
+
+One owner: only this module spells their keys, and only ``store`` reads and writes
+their files. Every record carries ``schema`` (an int). A record written by an older
+hubstock without it is read as schema 1; a record of a *newer* schema than this
+hubstock knows is refused with :class:`RecordError`, never misread.
+
+- :class:`BuildProvenance`   ``$ROOT/envs/<env>/<build-id>/.hubstock-build.json``
+- :class:`GenerationManifest` ``$ROOT/generations/<gen>/manifest.json``
+- :class:`SessionRecord`     ``$ROOT/sessions/<user>.<server>.json``
+- :class:`AuditLine`         one line of ``$ROOT/audit.log``
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import HubstockError
+
+
+class RecordError(HubstockError):
+    """A record on the root is unreadable, malformed, or of a newer schema than this hubstock knows."""
+
+
+class Record(BaseModel):
+    """A versioned record: ``schema`` says which shape it has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    #: the schema this hubstock writes, and the newest it reads
+    SCHEMA: ClassVar[int] = 1
+    #: what the record is, for messages ("build provenance")
+    WHAT: ClassVar[str] = "record"
+
+    schema_version: int = Field(default=1, alias="schema", ge=1)
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), indent=1, sort_keys=True) + "\n"
+
+    def to_line(self) -> str:
+        return json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True) + "\n"
+
+    @classmethod
+    def from_data(cls, data: Any, source: str) -> Self:
+        """The record in ``data`` (parsed JSON) read from ``source`` (a path, for messages)."""
+        if not isinstance(data, dict):
+            raise RecordError(f"{source}: is not a {cls.WHAT} (not a JSON object); remove or restore it.")
+        schema = data.get("schema", 1)
+        if not isinstance(schema, int) or isinstance(schema, bool):
+            raise RecordError(f"{source}: its schema {schema!r} is not a number; remove or restore it.")
+        if schema > cls.SCHEMA:
+            raise RecordError(
+                f"{source}: this {cls.WHAT} has schema {schema}, newer than this hubstock understands "
+                f"({cls.SCHEMA}); upgrade hubstock on this machine to the version that wrote it."
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            raise RecordError(
+                f"{source}: this {cls.WHAT} is malformed at {where!r} ({err['msg']}); remove or restore it."
+            ) from None
+
+    @classmethod
+    def from_text(cls, text: str | bytes, source: str) -> Self:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise RecordError(f"{source}: is not valid JSON; remove or restore it.") from None
+        return cls.from_data(data, source)
+
+    @classmethod
+    def read(cls, path: Path) -> Self:
+        """Read ``path``: a :class:`RecordError` when it is unreadable, malformed or too new."""
+        try:
+            text = path.read_bytes()
+        except OSError as e:
+            raise RecordError(f"{path}: cannot be read ({e.strerror}).") from None
+        return cls.from_text(text, str(path))
+
+    @classmethod
+    def read_optional(cls, path: Path) -> Self | None:
+        """The record in ``path``, or None when the file does not exist."""
+        if not path.exists():
+            return None
+        return cls.read(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# builds
+
+
+class LockedPackage(BaseModel):
+    """One package a build installed, as its lock named it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    manager: str  # "conda" or "pip"
+    name: str
+    version: str
+    build: str | None = None
+    url: str
+    sha256: str
+
+
+class BuildProvenance(Record):
+    """Where a build came from: written by ``hubstock build`` before its completion marker."""
+
+    WHAT: ClassVar[str] = "build provenance"
+
+    build_id: str
+    env: str
+    platform: str
+    lock_content_hash: dict[str, str] = Field(default_factory=dict)
+    lock_platform_hash: str | None = None
+    packages: list[LockedPackage] = Field(default_factory=list)
+    created: str
+    builder: str
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generations
+
+
+class ManifestBuild(BaseModel):
+    """A complete build that a generation uses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str
+    build: str
+    prefix: str
+    lock_hash: str = ""
+    created: str | None = None
+
+
+class KernelEntry(BaseModel):
+    """A kernel a generation publishes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    display_name: str
+    language: str | None = None
+    env: str
+    build: str
+    lock_hash: str = ""
+    pinned_of: str | None = None  # for '<name>-<build8>': the stock kernel it was
+
+
+class GenerationManifest(Record):
+    """What a published generation holds: written last into the staged generation."""
+
+    WHAT: ClassVar[str] = "generation manifest"
+
+    generation: str
+    digest: str
+    created: str
+    by: str
+    default_kernel: str
+    server: ManifestBuild | None = None
+    builds: dict[str, ManifestBuild] = Field(default_factory=dict)
+    kernels: list[KernelEntry] = Field(default_factory=list)
+
+    def build_keys(self) -> set[str]:
+        """``<env>/<build-id>`` of every build the generation uses."""
+        keys = {f"{k.env}/{k.build}" for k in self.kernels}
+        keys |= {f"{b.env}/{b.build}" for b in self.builds.values()}
+        if self.server:
+            keys.add(f"{self.server.env}/{self.server.build}")
+        return keys
+
+
+# ---------------------------------------------------------------------------------------------------------
+# sessions and the audit log
+
+
+class SessionRecord(Record):
+    """A running server: which generation and builds it uses (so gc keeps them)."""
+
+    WHAT: ClassVar[str] = "session record"
+
+    user: str
+    server: str = ""
+    generation: str
+    builds: list[str] = Field(default_factory=list)  # '<env>/<build-id>'
+    job_id: str | None = None
+    started: str | None = None
+
+
+class AuditLine(Record):
+    """One line of the audit log: what happened, when, by whom; the rest depends on the action."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    WHAT: ClassVar[str] = "audit line"
+
+    time: str
+    action: str
+    by: str
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The action's own fields (``generation``, ``job_id``...)."""
+        return dict(self.model_extra or {})
