@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import os
 import pwd
 import re
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from hubstock.errors import HubstockError
 from hubstock.hub.config import ensure_secret_file
+from hubstock.store.generations import resolve_current
 from hubstock.store.root import Root
 
 from .channel import cached_channel
@@ -126,14 +126,16 @@ class Demo:
         self.site.mkdir(exist_ok=True)
         (self.site / "hubstock.toml").write_text(base_settings(self.root, channel))
         build_site(self.site, self.root, channel, report=lambda line: say(f"  {line}"))
-        manifest = json.loads((Root(self.root).current / "manifest.json").read_text())
-        kernels = [k["name"] for k in manifest["kernels"]]
+        current = resolve_current(Root(self.root))
+        assert current is not None, "build_site publishes a generation"
+        manifest = current.manifest()
+        kernels = [k.name for k in manifest.kernels]
         say(
-            f"published generation {manifest['generation']} (kernels: {', '.join(kernels)}) "
+            f"published generation {manifest.generation} (kernels: {', '.join(kernels)}) "
             f"in {time.monotonic() - t0:.0f} s"
         )
         self.channel = channel
-        return manifest["generation"], kernels
+        return manifest.generation, kernels
 
     def start(self) -> None:
         slurm_conf = None

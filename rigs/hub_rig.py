@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -70,11 +71,25 @@ def ensure_chp(cache_root: Path) -> Path:
 class Hub:
     """One JupyterHub process for a site, with helpers for its REST API."""
 
-    def __init__(self, site_dir: Path, port: int, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        site_dir: Path,
+        port: int,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        cleanup_servers: bool = True,
+    ) -> None:
+        """``ssl_context``: the hub's public port speaks HTTPS, and the client trusts what this
+        context trusts. ``cleanup_servers``: stopping the hub stops its servers too (the site's
+        config keeps them across restarts; the tests' hubs stop them unless a test says not to)."""
         self.site_dir = site_dir
-        self.url = f"http://127.0.0.1:{port}"
+        self.ssl_context = ssl_context
+        self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
         self.env = env
         self.log_path = log_path
+        self.cleanup_servers = cleanup_servers
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> Hub:
@@ -87,6 +102,7 @@ class Hub:
                 "jupyterhub",
                 "-f",
                 str(self.site_dir / "spawner" / "jupyterhub_config.py"),
+                *(["--JupyterHub.cleanup_servers=True"] if self.cleanup_servers else []),
             ],
             cwd=self.site_dir,
             env=self.env,
@@ -100,7 +116,7 @@ class Hub:
             if self.proc.poll() is not None:
                 raise HubError(f"the hub exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/hub/health", timeout=2):
+                with urllib.request.urlopen(self.url + "/hub/health", timeout=2, context=self.ssl_context):
                     return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -108,7 +124,7 @@ class Hub:
                 time.sleep(0.2)
 
     def stop(self, timeout: float = 90) -> None:
-        """SIGTERM the hub (it stops its servers and the proxy it started), then wait."""
+        """SIGTERM the hub (it stops the proxy it started, and its servers if ``cleanup_servers``), then wait."""
         if not self.proc or self.proc.poll() is not None:
             return
         self.proc.send_signal(signal.SIGTERM)
@@ -133,7 +149,7 @@ class Hub:
         if token:
             req.add_header("Authorization", f"token {token}")
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
                 raw = resp.read()
                 status = resp.status
         except urllib.error.HTTPError as e:
@@ -150,7 +166,9 @@ class Hub:
         import urllib.parse
 
         jar = http.cookiejar.CookieJar()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(jar), urllib.request.HTTPSHandler(context=self.ssl_context)
+        )
         with opener.open(self.url + "/hub/login", timeout=30) as resp:
             page = resp.read().decode()
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page)
@@ -198,7 +216,7 @@ class Hub:
         req = urllib.request.Request(self.url + f"/hub/api/users/{user}/server/progress")
         req.add_header("Authorization", f"token {token}")
         messages = []
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context) as resp:
             for raw in resp:
                 line = raw.decode().strip()
                 if not line.startswith("data:"):
@@ -219,22 +237,28 @@ class Hub:
         raise HubError(f"the server of {user} did not stop within {timeout} s\n{self.log_tail()}")
 
 
-def run_code(hub: Hub, user: str, token: str, kernel: str, code: str, timeout: float = 120) -> str:
-    """Start ``kernel`` through the user's server, run ``code`` over the kernel websocket, return stdout."""
+def start_kernel(hub: Hub, user: str, token: str, kernel: str) -> str:
+    """Start ``kernel`` in the user's server; its id."""
+    status, model = hub.request("POST", f"/user/{user}/api/kernels", token=token, body={"name": kernel})
+    if status != 201:
+        raise HubError(f"starting kernel {kernel!r} failed: {status} {model}")
+    return model["id"]
+
+
+def execute(hub: Hub, user: str, token: str, kid: str, code: str, timeout: float = 120) -> str:
+    """Run ``code`` in the running kernel ``kid`` over its websocket; its stdout."""
     import asyncio
     import uuid
 
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
-    status, model = hub.request("POST", f"/user/{user}/api/kernels", token=token, body={"name": kernel})
-    if status != 201:
-        raise HubError(f"starting kernel {kernel!r} failed: {status} {model}")
-    kid = model["id"]
-
     async def talk() -> str:
         ws_url = hub.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kid}/channels"
-        conn = await websocket_connect(HTTPRequest(ws_url, headers={"Authorization": f"token {token}"}))
+        request = HTTPRequest(
+            ws_url, headers={"Authorization": f"token {token}"}, ssl_options=hub.ssl_context
+        )
+        conn = await websocket_connect(request)
         msg_id = uuid.uuid4().hex
         await conn.write_message(
             json.dumps(
@@ -282,7 +306,13 @@ def run_code(hub: Hub, user: str, token: str, kernel: str, code: str, timeout: f
             raise HubError("; ".join(errors))
         return "".join(out)
 
+    return asyncio.run(asyncio.wait_for(talk(), timeout))
+
+
+def run_code(hub: Hub, user: str, token: str, kernel: str, code: str, timeout: float = 120) -> str:
+    """Start ``kernel`` through the user's server, run ``code`` over the kernel websocket, return stdout."""
+    kid = start_kernel(hub, user, token, kernel)
     try:
-        return asyncio.run(asyncio.wait_for(talk(), timeout))
+        return execute(hub, user, token, kid, code, timeout)
     finally:
         hub.request("DELETE", f"/user/{user}/api/kernels/{kid}", token=token)

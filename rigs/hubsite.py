@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import jupyterhub
 from .channel import file_url
 from .hub_rig import Hub, ensure_chp
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "python-stock"
 KERNEL_DISPLAY_NAME = "Python 3 (stock)"
 
@@ -122,6 +123,7 @@ def hub_settings(
     slurm_conf: Path | None = None,
     authenticator: str = "pam",
     idle_timeout: int = 0,
+    extra_hub: list[str] | None = None,
 ) -> str:
     """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, local or simple."""
     chp = ensure_chp(test_cache())
@@ -138,6 +140,7 @@ def hub_settings(
         f'state_dir = "{state_dir}"',
         f'authenticator = "{authenticator}"',
         f"idle_timeout = {idle_timeout}",
+        *(extra_hub or []),
         "",
         "[spawner]",
         f'scheduler = "{scheduler}"',
@@ -173,10 +176,18 @@ def hub_settings(
 
 
 def start_hub(
-    site: Path, port: int, log_path: Path, extra_env: dict[str, str] | None = None, *, start: bool = True
+    site: Path,
+    port: int,
+    log_path: Path,
+    extra_env: dict[str, str] | None = None,
+    *,
+    start: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+    cleanup_servers: bool = True,
 ) -> Hub:
     """JupyterHub on ``site`` (its hubstock.toml already written), answering on ``port``;
-    with ``start=False`` the caller starts it (and so always has the Hub to stop)."""
+    with ``start=False`` the caller starts it (and so always has the Hub to stop).
+    ``ssl_context`` and ``cleanup_servers``: see :class:`rigs.hub_rig.Hub`."""
     # batchspawner runs the status and cancel commands with the hub's own environment:
     # on a real hub node SLURM_CONF is set for the service (or /etc/slurm is used)
     env = {
@@ -186,5 +197,5 @@ def start_hub(
     }
     env.pop("HUBSTOCK_ROOT", None)
     env.pop("HUBSTOCK_SITE", None)
-    hub = Hub(site, port, env, log_path)
+    hub = Hub(site, port, env, log_path, ssl_context=ssl_context, cleanup_servers=cleanup_servers)
     return hub.start() if start else hub

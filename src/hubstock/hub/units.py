@@ -1,0 +1,163 @@
+"""systemd units for the hub node, rendered from ``hubstock.toml`` (``hubstock units``).
+
+Two services, so that restarting the hub never cuts users off:
+
+- ``hubstock-proxy.service``: configurable-http-proxy on the public port, as an
+  unprivileged user (``[hub] proxy_user``), with ``CAP_NET_BIND_SERVICE`` only when the
+  port is below 1024. Its secrets reach it through systemd credentials
+  (``LoadCredential=``), read by systemd as root and given to the proxy alone: the
+  proxy's API token from ``state_dir``, and with TLS the key (``[hub] ssl_key``). With
+  TLS set, the public port speaks HTTPS only.
+- ``hubstock-hub.service``: JupyterHub with the site's ``spawner/jupyterhub_config.py``,
+  as root (it submits jobs as the users), with the scheduler's environment
+  (``[spawner] environment``, e.g. ``SLURM_CONF``), since batchspawner runs its status
+  and cancel commands with the hub's own environment.
+
+:func:`render_units` is pure; ``hubstock units`` writes its result. Check the files with
+``systemd-analyze verify``.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SiteError
+from ..site import Site
+
+PROXY_UNIT = "hubstock-proxy.service"
+HUB_UNIT = "hubstock-hub.service"
+#: the names of the systemd credentials the proxy gets (files in $CREDENTIALS_DIRECTORY)
+TOKEN_CREDENTIAL = "proxy-auth-token"
+KEY_CREDENTIAL = "tls-key"
+
+
+@dataclass(frozen=True)
+class Executables:
+    """Absolute paths of what the units run (systemd wants absolute paths)."""
+
+    jupyterhub: str
+    proxy: str
+    sh: str = "/bin/sh"
+
+
+def state_dir(site: Site) -> Path:
+    hub = site.settings.hub
+    return hub.state_dir if hub.state_dir.is_absolute() else site.dir / hub.state_dir
+
+
+def proxy_command(site: Site, exe: Executables, credentials: str = "$CREDENTIALS_DIRECTORY") -> str:
+    """The proxy's shell command line (for ``sh -c``): what the proxy unit runs.
+
+    ``credentials`` is where the token and the TLS key are (systemd's credentials folder).
+    """
+    hub = site.settings.hub
+    target_ip = "127.0.0.1" if hub.hub_ip in ("0.0.0.0", "", "::") else hub.hub_ip
+    target = f"http://{target_ip}:{hub.hub_port}"
+    args = [
+        exe.proxy,
+        "--ip",
+        hub.ip,
+        "--port",
+        str(hub.port),
+        "--api-ip",
+        hub.proxy_api_ip,
+        "--api-port",
+        str(hub.proxy_api_port),
+        "--default-target",
+        target,
+        "--error-target",
+        f"{target}/hub/error",
+    ]
+    cmd = shlex.join(args)
+    if hub.ssl_cert and hub.ssl_key:
+        cmd += f' --ssl-key "{credentials}/{KEY_CREDENTIAL}" --ssl-cert {shlex.quote(str(hub.ssl_cert))}'
+    token = f'CONFIGPROXY_AUTH_TOKEN="$(cat "{credentials}/{TOKEN_CREDENTIAL}")"'
+    return f"{token} exec {cmd}"
+
+
+def _exec_line(sh: str, command: str) -> str:
+    """``ExecStart=sh -c '<command>'`` as systemd reads it.
+
+    systemd expands ``$VAR`` and ``%x`` itself: ``$$`` and ``%%`` pass them on to the shell.
+    It accepts a quoted word only as a whole, so the command may not hold a single quote.
+    """
+    if "'" in command:
+        raise SiteError(
+            f"hubstock.toml: a path in the proxy's command line holds a single quote ({command!r}); "
+            "rename it: systemd cannot quote it."
+        )
+    return f"ExecStart={sh} -c '{command.replace('$', '$$').replace('%', '%%')}'"
+
+
+def render_proxy_unit(site: Site, exe: Executables) -> str:
+    hub = site.settings.hub
+    state = state_dir(site)
+    lines = [
+        f"# {PROXY_UNIT}: rendered by `hubstock units` from {site.dir / 'hubstock.toml'}; do not edit,",
+        "# edit hubstock.toml and render again. The proxy runs on its own, so a hub restart keeps users on.",
+        "[Unit]",
+        "Description=JupyterHub's proxy (configurable-http-proxy) for hubstock",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        f"User={hub.proxy_user}",
+        f"Group={hub.proxy_user}",
+        f"LoadCredential={TOKEN_CREDENTIAL}:{state / 'proxy_auth_token'}",
+    ]
+    if hub.ssl_cert and hub.ssl_key:
+        lines.append(f"LoadCredential={KEY_CREDENTIAL}:{hub.ssl_key}")
+    lines.append(_exec_line(exe.sh, proxy_command(site, exe)))
+    if hub.port < 1024:
+        lines += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
+    else:
+        lines.append("CapabilityBoundingSet=")
+    lines += [
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "Restart=always",
+        "RestartSec=2",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_hub_unit(site: Site, exe: Executables) -> str:
+    hub = site.settings.hub
+    config = site.dir / "spawner" / "jupyterhub_config.py"
+    env = {"HUBSTOCK_SITE": str(site.dir), **site.settings.spawner.environment}
+    lines = [
+        f"# {HUB_UNIT}: rendered by `hubstock units` from {site.dir / 'hubstock.toml'}; do not edit,",
+        "# edit hubstock.toml and render again. Runs as root: it submits jobs as the users.",
+        "[Unit]",
+        "Description=JupyterHub for hubstock",
+        "After=network-online.target",
+        "Wants=network-online.target",
+    ]
+    if hub.proxy_external:
+        lines += [f"After={PROXY_UNIT}", f"Wants={PROXY_UNIT}"]
+    lines += ["", "[Service]", "User=root", f"WorkingDirectory={site.dir}"]
+    lines += [f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()]
+    lines += [
+        f"ExecStart={exe.jupyterhub} -f {config}",
+        "Restart=on-failure",
+        "RestartSec=5",
+        "",
+        "[Install]",
+        "WantedBy=multi-user.target",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_units(site: Site, exe: Executables) -> dict[str, str]:
+    """The unit files' names and texts (the proxy's only when it runs on its own)."""
+    units = {HUB_UNIT: render_hub_unit(site, exe)}
+    if site.settings.hub.proxy_external:
+        units[PROXY_UNIT] = render_proxy_unit(site, exe)
+    return units
