@@ -78,15 +78,15 @@ def _ensure_debian_packages(session: nox.Session, names: list[str]) -> None:
     )
 
 
-def _hubstock(session: nox.Session, *args: str) -> None:
-    session.install("-e", ".")
+def _hubstock(session: nox.Session, *args: str, extra: str = "") -> None:
+    session.install("-e", f".[{extra}]" if extra else ".")
     session.run("hubstock", *args)
 
 
 @nox.session
 def lock(session: nox.Session) -> None:
     """Lock every environment spec (or the ones named after --) into its conda-lock.yml."""
-    _hubstock(session, "lock", *session.posargs)
+    _hubstock(session, "lock", *session.posargs, extra="lock")  # writing a lock needs conda-lock
 
 
 @nox.session(name="build-envs")

@@ -39,8 +39,9 @@ from .policy import check_server_packages
 from .uv import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
-    from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile
     from rattler import RepoDataRecord
+
+    from .condalock import LockedDependency, Lockfile
 
 
 @dataclass(frozen=True)

@@ -3,32 +3,28 @@
 A lock is *fresh* when the content hash of the spec (with the site's channels,
 platforms and compute-node virtual packages) equals the one recorded in it;
 otherwise it is *stale*, and nothing builds from it.
+
+Reading a lock and computing its content hash need no conda-lock: both are in
+:mod:`hubstock.admin.condalock`. Only writing a lock (``hubstock lock``) does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
-
-import yaml
+from typing import Literal
 
 from ..errors import LockError
 from ..site import Site
+from .condalock import LockedDependency, Lockfile, content_hashes, read_lock_file
 from .envspec import EnvSpec
-
-if TYPE_CHECKING:
-    from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile
-    from conda_lock.models.lock_spec import LockSpecification
 
 #: bump when the way a build is made changes, so the same lock gets a new build id
 BUILD_FORMAT = 1
 LockState = Literal["fresh", "stale", "missing"]
 
-_DEFAULT_VIRTUAL = {
+_DEFAULT_VIRTUAL: dict[str, dict[str, str | None]] = {
     "linux-64": {"__unix": "0", "__linux": None, "__glibc": None, "__archspec": "1 x86_64"},
     "linux-aarch64": {"__unix": "0", "__linux": None, "__glibc": None, "__archspec": "1 aarch64"},
     "linux-ppc64le": {"__unix": "0", "__linux": None, "__glibc": None, "__archspec": "1 ppc64le"},
@@ -47,54 +43,54 @@ def virtual_packages(site: Site, platform: str) -> dict[str, str]:
             value = vp.linux
         elif name == "__glibc":
             value = vp.glibc
-        out[name] = value  # type: ignore[assignment]
+        if value is not None:
+            out[name] = value
     if vp.cuda and not platform.startswith("osx"):
         out["__cuda"] = vp.cuda
     return out
 
 
-def lock_spec_and_hashes(site: Site, spec: EnvSpec) -> tuple[LockSpecification, dict[str, str]]:
-    """conda-lock's own lock specification and content hash per platform for ``spec``."""
-    from conda_lock.content_hash import compute_content_hashes
-    from conda_lock.src_parser import make_lock_spec
-    from conda_lock.virtual_package import virtual_package_repo_from_specification
+@dataclass(frozen=True)
+class LockSpec:
+    """What a lock is made from, beyond the packages: channels and platforms."""
 
+    channels: list[str]  # as written; conda-lock's LockMeta turns them into its Channel
+    platforms: list[str]
+
+
+def lock_spec_and_hashes(site: Site, spec: EnvSpec) -> tuple[LockSpec, dict[str, str]]:
+    """The lock's channels and platforms, and conda-lock's content hash per platform for ``spec``."""
     platforms = list(site.settings.platforms)
-    with tempfile.TemporaryDirectory(prefix="hubstock-hash-") as tmp:
-        mapping = Path(tmp, "pypi-mapping.json")  # local and empty: never fetched
-        mapping.write_text("{}")
-        vspec = Path(tmp, "virtual-packages.yml")
-        vspec.write_text(
-            yaml.safe_dump({"subdirs": {p: {"packages": virtual_packages(site, p)} for p in platforms}})
-        )
-        lock_spec = make_lock_spec(
-            src_files=[spec.path],
-            channel_overrides=spec.channels,
-            platform_overrides=platforms,
-            mapping_url=str(mapping),
-        )
-        vpr = virtual_package_repo_from_specification(vspec)
-        hashes = compute_content_hashes(lock_spec, vpr)
-    return lock_spec, dict(hashes)
+    hashes = content_hashes(
+        channels=spec.channels,
+        specs={p: spec.platform_spec(p) for p in platforms},
+        virtual_packages={p: virtual_packages(site, p) for p in platforms},
+        category=spec.category,
+    )
+    return LockSpec(channels=list(spec.channels), platforms=platforms), hashes
+
+
+def require_conda_lock() -> None:
+    """Writing a lock needs conda-lock (the ``lock`` extra); say how to get it."""
+    try:
+        import conda_lock  # noqa: F401
+    except ImportError:
+        raise LockError(
+            "writing a lock needs conda-lock, which is not installed here; install the lock extra "
+            "with `pip install 'hubstock[lock]'` on the machine that locks."
+        ) from None
 
 
 def read_lock(spec: EnvSpec) -> Lockfile:
-    """The parsed lock of ``spec`` (a :class:`LockError` if missing or unreadable)."""
-    from conda_lock.lockfile import parse_conda_lock_file
-
+    """The parsed lock of ``spec`` (a :class:`LockError` naming what is missing or wrong)."""
+    rel = f"envs/{spec.name}/conda-lock.yml"
     if not spec.lock_path.exists():
         raise LockError(
-            f"envs/{spec.name}/conda-lock.yml is missing: env {spec.name!r} has "
+            f"{rel} is missing: env {spec.name!r} has "
             "never been locked; run `nox -s lock` (or `hubstock lock "
             f"{spec.name}`) and commit the lock."
         )
-    try:
-        return parse_conda_lock_file(spec.lock_path)
-    except Exception as e:  # conda-lock raises pydantic/yaml errors of several kinds
-        raise LockError(
-            f"envs/{spec.name}/conda-lock.yml cannot be read ({type(e).__name__}); "
-            f"regenerate it with `hubstock lock {spec.name} --update`."
-        ) from None
+    return read_lock_file(spec.lock_path, rel)
 
 
 @dataclass(frozen=True)

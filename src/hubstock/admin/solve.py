@@ -24,7 +24,7 @@ from ..progress import Progress
 from ..site import Site
 from ..store.fs import atomic_write
 from .envspec import EnvSpec
-from .lockfile import lock_spec_and_hashes, virtual_packages
+from .lockfile import lock_spec_and_hashes, require_conda_lock, virtual_packages
 from .uv import run_uv, uv_error_summary
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ _UV_PLATFORM = {
 
 def lock_env(site: Site, spec: EnvSpec, progress: Progress) -> None:
     """Solve ``spec`` for every platform of the site and write its lock atomically."""
+    require_conda_lock()
     from conda_lock.lockfile import write_conda_lock_file
     from conda_lock.lockfile.v2prelim.models import Lockfile, LockMeta, TimeMeta
 
@@ -55,11 +56,12 @@ def lock_env(site: Site, spec: EnvSpec, progress: Progress) -> None:
     packages: list[LockedDependency] = []
     for platform in site.settings.platforms:
         progress.step(f"[{spec.name}] solving for {platform}")
-        records = solve(site, spec, platform)
+        on = spec.for_platform(platform)  # selectors applied, as for the content hash
+        records = solve(site, on, platform)
         packages += [_conda_entry(r, platform) for r in records]
-        if spec.pip:
-            progress.step(f"[{spec.name}] locking {len(spec.pip)} pip requirement(s) for {platform}")
-            packages += lock_pip(site, spec, platform, records)
+        if on.pip:
+            progress.step(f"[{spec.name}] locking {len(on.pip)} pip requirement(s) for {platform}")
+            packages += lock_pip(site, on, platform, records)
     lock = Lockfile(
         package=packages,
         metadata=LockMeta(
