@@ -1,16 +1,17 @@
 #!/bin/sh
 # Batch script for a user's server under PBS Pro or Torque-compatible commands
-# (jinja2; rendered by hubstock.hub.spawner). Values are validated before they get here.
+# (jinja2; variables from hubstock.hub.batch.batch_vars). Values are validated before they get here.
 #PBS -N jupyterhub-{{username}}
-#PBS -q {{queue}}
+#PBS -q {{queue}}{% if host %}@{{host}}{% endif %}
 #PBS -l walltime={{runtime}}
-{% if flavour == "torque" %}#PBS -l nodes=1:ppn={{nprocs}}
-#PBS -l mem={{memory}}
-{% else %}#PBS -l select=1:ncpus={{nprocs}}:mem={{memory}}{% if ngpus %}:ngpus={{ngpus}}{% endif %}
+#PBS -l {{resources}}
+{% if flavour == "torque" %}#PBS -l mem={{memory}}
+{% endif %}{% if account %}#PBS -A {{account}}
 {% endif %}#PBS -v {{keepvars}}
 #PBS -j oe
 #PBS -o {{homedir}}/.jupyterhub-pbs.log
-
+{% if directives %}{{directives}}
+{% endif %}
 set -eu
 cd "{{homedir}}"
 {{prologue}}

@@ -1,6 +1,6 @@
 #!/bin/bash
-# Batch script for a user's server under Slurm (jinja2; rendered by hubstock.hub.spawner).
-# Every value comes from the site's validated limits or from the system, never raw from the user.
+# Batch script for a user's server under Slurm (jinja2; variables from hubstock.hub.batch.batch_vars).
+# Every value comes from the site's validated limits and settings or from the system, never raw from the user.
 #SBATCH --job-name=jupyterhub-{{username}}
 #SBATCH --output={{homedir}}/.jupyterhub-slurm-%j.log
 #SBATCH --chdir={{homedir}}
@@ -10,6 +10,11 @@
 #SBATCH --mem={{memory}}
 #SBATCH --cpus-per-task={{nprocs}}
 {% if gres %}#SBATCH --gres={{gres}}
+{% endif %}{% if account %}#SBATCH --account={{account}}
+{% endif %}{% if reservation %}#SBATCH --reservation={{reservation}}
+{% endif %}{% if qos %}#SBATCH --qos={{qos}}
+{% endif %}{% if constraint %}#SBATCH --constraint={{constraint}}
+{% endif %}{% if directives %}{{directives}}
 {% endif %}
 set -euo pipefail
 trap 'echo SIGTERM received' TERM

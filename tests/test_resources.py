@@ -1,4 +1,5 @@
-"""The spawn form and the server-side check of what users ask the scheduler for (hubstock.hub.options)."""
+"""What users may ask the scheduler for: the grammar and models (hubstock.limits), the server-side
+check (hubstock.hub.options), the spawn form (hubstock.hub.form) and the trait types (hubstock.hub.traits)."""
 
 from __future__ import annotations
 
@@ -6,23 +7,24 @@ import pytest
 import traitlets
 
 from hubstock.errors import HubstockError, SiteError
-from hubstock.hub.options import (
+from hubstock.hub.batch import format_memory_pbs, format_memory_slurm
+from hubstock.hub.form import render_options_form
+from hubstock.hub.options import limits_from_config, options_from_form, validate_options
+from hubstock.hub.traits import Memory, Walltime
+from hubstock.limits import (
+    Defaults,
+    JobExtras,
     Limits,
     LimitsError,
-    Memory,
+    MiB,
     Options,
     OptionsError,
     Queue,
-    Walltime,
+    Seconds,
     format_memory,
-    format_memory_pbs,
-    format_memory_slurm,
     format_walltime,
-    options_from_form,
     parse_memory,
     parse_walltime,
-    render_options_form,
-    validate_options,
 )
 
 QUEUES = [
@@ -48,7 +50,7 @@ DEFAULTS = {"queue": "debug", "cpus": 1, "memory": "4G", "gpus": 0, "walltime": 
 
 @pytest.fixture
 def limits() -> Limits:
-    return Limits.from_config(QUEUES, DEFAULTS)
+    return limits_from_config(QUEUES, DEFAULTS)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -223,24 +225,24 @@ def test_limits_from_config(limits):
             name="debug",
             description="Short tests <script>alert(1)</script>",
             max_cpus=4,
-            max_memory_mib=16384,
+            max_memory=MiB(16384),
             max_gpus=0,
-            max_walltime_s=14400,
+            max_walltime=Seconds(14400),
         ),
         Queue(
             name="gpu",
             description="GPU nodes & friends",
             max_cpus=32,
-            max_memory_mib=262144,
+            max_memory=MiB(262144),
             max_gpus=4,
-            max_walltime_s=172800,
+            max_walltime=Seconds(172800),
         ),
     )
     assert (
-        limits.default_cpus,
-        limits.default_memory_mib,
-        limits.default_gpus,
-        limits.default_walltime_s,
+        limits.defaults.cpus,
+        limits.defaults.memory,
+        limits.defaults.gpus,
+        limits.defaults.walltime,
     ) == (
         1,
         4096,
@@ -251,15 +253,15 @@ def test_limits_from_config(limits):
 
 
 def test_limits_from_config_optional_keys():
-    limits = Limits.from_config(
+    limits = limits_from_config(
         [{"name": "short", "max_cpus": 2, "max_memory": 8, "max_walltime": 30}],
         {"memory": "2G", "walltime": "0:30"},
     )
     assert limits.default_queue == "short"
     assert limits.queues[0] == Queue(
-        name="short", description="", max_cpus=2, max_memory_mib=8192, max_gpus=0, max_walltime_s=1800
+        name="short", description="", max_cpus=2, max_memory=MiB(8192), max_gpus=0, max_walltime=Seconds(1800)
     )
-    assert (limits.default_cpus, limits.default_gpus) == (1, 0)
+    assert (limits.defaults.cpus, limits.defaults.gpus) == (1, 0)
     assert not limits.has_gpus
 
 
@@ -294,17 +296,92 @@ def test_limits_from_config_optional_keys():
         ([QUEUES[0]], {**DEFAULTS, "walltime": "05:00:00"}, r"default walltime 05:00:00 .* \(04:00:00\)"),
         ([QUEUES[0]], {**DEFAULTS, "walltime": "00:00:30"}, "default walltime must be at least 00:01:00"),
         ([QUEUES[0]], {**DEFAULTS, "colour": "red"}, "the defaults: unknown key 'colour'"),
-        ([QUEUES[0]], {"queue": "debug", "walltime": "1:00"}, "the defaults lack 'memory'"),
         ([QUEUES[0]], [], "defaults must be a mapping"),
     ],
 )
 def test_limits_from_config_refuses(queues, defaults, match):
     with pytest.raises(LimitsError, match=match):
-        Limits.from_config(queues, defaults)
+        limits_from_config(queues, defaults)
+
+
+def test_missing_defaults_take_the_one_fallback():
+    # hubstock.toml, the spawner's configuration and the models share one set of fallbacks
+    limits = limits_from_config([QUEUES[0]], {"queue": "debug", "walltime": "1:00"})
+    assert limits.defaults == Defaults(queue="debug", walltime="1:00")
+    assert (limits.defaults.cpus, limits.defaults.memory, limits.defaults.gpus) == (1, 4096, 0)
+    assert Limits().queues == (Queue(name="batch", max_cpus=4, max_memory="16G", max_walltime="08:00:00"),)
+    assert Limits().default_queue == "batch"
+
+
+def test_the_models_read_and_write_the_grammar():
+    q = Queue(name="gpu", max_cpus=8, max_memory="1.5G", max_gpus=2, max_walltime="1-00:00:00")
+    assert (q.max_memory, q.max_walltime) == (1536, 86400)
+    assert isinstance(q.max_memory, MiB) and isinstance(q.max_walltime, Seconds)
+    assert q.model_dump(exclude_none=True) == {
+        "name": "gpu",
+        "description": "",
+        "max_cpus": 8,
+        "max_memory": "1536M",
+        "max_gpus": 2,
+        "max_walltime": "24:00:00",
+    }
+    assert Queue.model_validate(q.model_dump()) == q
+    # a MiB or Seconds is taken as it is; a plain int is what a user means by it (GiB, minutes)
+    assert Queue(name="q", max_cpus=1, max_memory=MiB(512), max_walltime=Seconds(120)).max_memory == 512
+    assert Queue(name="q", max_cpus=1, max_memory=2, max_walltime=2).max_walltime == 120
+    with pytest.raises(ValueError, match="max_memory"):
+        Queue(name="q", max_cpus=1, max_memory=MiB(100), max_walltime="1:00")
+
+
+@pytest.mark.parametrize(
+    ("extras", "match"),
+    [
+        ({"account": "proj\n#SBATCH --uid=0"}, "account must be a name"),
+        ({"account": "$(reboot)"}, "account must be a name"),
+        ({"qos": "a b"}, "qos must be a name"),
+        ({"reservation": "r;x"}, "reservation must be a name"),
+        ({"constraint": "intel;reboot"}, "constraint must be a Slurm constraint"),
+        ({"constraint": "a\nb"}, "constraint must be a Slurm constraint"),
+        (
+            {"directives": ["--exclusive"]},
+            r"directives\.0 must be one '#SBATCH \.\.\.' or '#PBS \.\.\.' line",
+        ),
+        ({"directives": ["#SBATCH --exclusive\n#SBATCH --uid=0"]}, "without newlines"),
+        ({"directives": ["#SBATCH --comment=$(reboot)"]}, "without newlines"),
+        ({"directives": ["#SBATCH --comment=`reboot`"]}, "without newlines"),
+        ({"directives": ["#SBATCH " + "x" * 200]}, "at most 200 characters"),
+        ({"directives": "#SBATCH --exclusive"}, "directives"),
+        ({"acount": "x"}, r"\[spawner\]: unknown key 'acount'; the keys are: account, reservation"),
+    ],
+)
+def test_job_extras_are_checked(extras, match):
+    with pytest.raises(LimitsError, match=match):
+        limits_from_config(QUEUES, DEFAULTS, **extras)
+    with pytest.raises(LimitsError, match=match.replace("\\[spawner\\]", "queue #1 \\('debug'\\)")):
+        limits_from_config([{**QUEUES[0], **extras}], DEFAULTS)
+
+
+def test_a_queue_overrides_the_sites_job_extras():
+    limits = limits_from_config(
+        [
+            {**QUEUES[0], "account": "", "directives": ["#SBATCH --exclusive"]},
+            {**QUEUES[1], "qos": "gpu", "constraint": "a100&ib"},
+        ],
+        DEFAULTS,
+        account="proj42",
+        qos="normal",
+        directives=["#SBATCH --comment=hub"],
+    )
+    assert limits.extras_for("debug") == JobExtras(
+        account="", qos="normal", directives=["#SBATCH --exclusive"]
+    )
+    assert limits.extras_for("gpu") == JobExtras(
+        account="proj42", qos="gpu", constraint="a100&ib", directives=["#SBATCH --comment=hub"]
+    )
 
 
 def test_defaults_are_capped_at_the_chosen_queue():
-    limits = Limits.from_config(
+    limits = limits_from_config(
         [
             {
                 "name": "big",
@@ -318,10 +395,10 @@ def test_defaults_are_capped_at_the_chosen_queue():
         {"queue": "big", "cpus": 8, "memory": "32G", "gpus": 2, "walltime": "12:00:00"},
     )
     assert validate_options({"queue": "tiny"}, limits) == Options(
-        queue="tiny", cpus=2, memory_mib=1024, gpus=0, walltime_s=1800
+        queue="tiny", cpus=2, memory=MiB(1024), gpus=0, walltime=Seconds(1800)
     )
     assert validate_options({}, limits) == Options(
-        queue="big", cpus=8, memory_mib=32768, gpus=2, walltime_s=43200
+        queue="big", cpus=8, memory=MiB(32768), gpus=2, walltime=Seconds(43200)
     )
 
 
@@ -331,10 +408,10 @@ def test_defaults_are_capped_at_the_chosen_queue():
 
 def test_defaults_fill_missing_keys(limits):
     assert validate_options({}, limits) == Options(
-        queue="debug", cpus=1, memory_mib=4096, gpus=0, walltime_s=3600
+        queue="debug", cpus=1, memory=MiB(4096), gpus=0, walltime=Seconds(3600)
     )
     assert validate_options({"cpus": 3}, limits) == Options(
-        queue="debug", cpus=3, memory_mib=4096, gpus=0, walltime_s=3600
+        queue="debug", cpus=3, memory=MiB(4096), gpus=0, walltime=Seconds(3600)
     )
     # an empty string, as a cleared form field sends, means "not given"
     assert validate_options({"memory": [""], "walltime": "", "cpus": " "}, limits) == validate_options(
@@ -345,7 +422,7 @@ def test_defaults_fill_missing_keys(limits):
 def test_form_shaped_input(limits):
     raw = {"queue": ["gpu"], "cpus": ["8"], "memory": ["1.5G"], "gpus": ["2"], "walltime": ["36:00:00"]}
     opts = validate_options(raw, limits)
-    assert opts == Options(queue="gpu", cpus=8, memory_mib=1536, gpus=2, walltime_s=129600)
+    assert opts == Options(queue="gpu", cpus=8, memory=MiB(1536), gpus=2, walltime=Seconds(129600))
     assert opts.to_user_options() == {
         "queue": "gpu",
         "cpus": 8,
@@ -358,7 +435,7 @@ def test_form_shaped_input(limits):
 def test_rest_shaped_input(limits):
     raw = {"queue": "gpu", "cpus": 16, "memory": "64GB", "gpus": 4, "walltime": "1-06:30:00"}
     opts = validate_options(raw, limits)
-    assert opts == Options(queue="gpu", cpus=16, memory_mib=65536, gpus=4, walltime_s=109800)
+    assert opts == Options(queue="gpu", cpus=16, memory=MiB(65536), gpus=4, walltime=Seconds(109800))
     assert opts.to_user_options() == {
         "queue": "gpu",
         "cpus": 16,
@@ -384,9 +461,9 @@ def test_canonical_options_round_trip(limits):
 
 def test_edges_of_the_ranges_are_allowed(limits):
     top = validate_options({"cpus": "4", "memory": "16G", "walltime": "04:00:00"}, limits)
-    assert (top.cpus, top.memory_mib, top.walltime_s) == (4, 16384, 14400)
+    assert (top.cpus, top.memory, top.walltime) == (4, 16384, 14400)
     bottom = validate_options({"cpus": 1, "memory": "256M", "walltime": "00:01:00"}, limits)
-    assert (bottom.cpus, bottom.memory_mib, bottom.walltime_s) == (1, 256, 60)
+    assert (bottom.cpus, bottom.memory, bottom.walltime) == (1, 256, 60)
     assert validate_options({"queue": "gpu", "gpus": 0}, limits).gpus == 0
 
 
@@ -502,11 +579,11 @@ def test_not_a_mapping_is_refused(limits):
 
 def test_options_refuse_unsafe_values_even_when_built_by_hand():
     with pytest.raises(ValueError):
-        Options(queue="debug; reboot", cpus=1, memory_mib=1024, gpus=0, walltime_s=60)
+        Options(queue="debug; reboot", cpus=1, memory=MiB(1024), gpus=0, walltime=Seconds(60))
     with pytest.raises(ValueError):
-        Options(queue="debug", cpus="1", memory_mib=1024, gpus=0, walltime_s=60)  # type: ignore[arg-type]
+        Options(queue="debug", cpus="1", memory=MiB(1024), gpus=0, walltime=Seconds(60))  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        Options(queue="debug", cpus=True, memory_mib=1024, gpus=0, walltime_s=60)
+        Options(queue="debug", cpus=True, memory=MiB(1024), gpus=0, walltime=Seconds(60))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -540,7 +617,7 @@ def test_options_from_form_refuses_several_values():
 def test_form_then_validation(limits):
     form = {"queue": ["gpu"], "cpus": ["4"], "memory": [""], "gpus": ["1"], "walltime": ["10:00:00"]}
     assert validate_options(options_from_form(form), limits) == Options(
-        queue="gpu", cpus=4, memory_mib=4096, gpus=1, walltime_s=36000
+        queue="gpu", cpus=4, memory=MiB(4096), gpus=1, walltime=Seconds(36000)
     )
 
 
@@ -550,7 +627,7 @@ def test_form_then_validation(limits):
 
 def test_render_options_form(limits):
     html = render_options_form(limits)
-    assert html == render_options_form(Limits.from_config(QUEUES, DEFAULTS))  # deterministic
+    assert html == render_options_form(limits_from_config(QUEUES, DEFAULTS))  # deterministic
     assert '<select name="queue" id="hubstock-queue" class="form-control">' in html
     assert (
         '<option value="debug" selected>debug: Short tests &lt;script&gt;alert(1)&lt;/script&gt;</option>'
@@ -585,7 +662,7 @@ def test_render_options_form(limits):
 
 
 def test_render_options_form_without_gpus():
-    limits = Limits.from_config(
+    limits = limits_from_config(
         [
             {"name": "short", "max_cpus": 2, "max_memory": "8G", "max_walltime": "02:00:00"},
             {

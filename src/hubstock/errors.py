@@ -84,9 +84,10 @@ class SpawnRefused(HubstockError):
 
     ``status`` is the HTTP status JupyterHub answers with: 400 when the request is wrong
     (bad server options, from the form or the REST API: refused before anything is
-    submitted), 500 when the scheduler refused the job. The hub raises it as a ``tornado.web.HTTPError`` carrying ``status`` and
-    ``jupyterhub_message`` (:func:`hubstock.hub.spawner.http_error`), since that is what
-    JupyterHub turns into an answer with that status and this message.
+    submitted), 500 when the scheduler refused the job. The hub raises it as a
+    ``tornado.web.HTTPError`` carrying ``status`` and ``jupyterhub_message``
+    (:func:`hubstock.hub.spawner.http_error`), since that is what JupyterHub turns into
+    an answer with that status and this message.
     """
 
     def __init__(self, message: str, *, status: int = 400) -> None:

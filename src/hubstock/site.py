@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import SiteError
+from .limits import Limits
 
 SETTINGS_FILE = "hubstock.toml"
 #: where the shared root goes when nothing else says (git-ignored in the site repo)
@@ -99,29 +100,10 @@ class GcSettings(_Model):
     )
 
 
-class QueueSettings(_Model):
-    """One queue (PBS) or partition (Slurm) users may choose, with its limits."""
-
-    name: str = Field(description="the scheduler's queue or partition name, e.g. 'interactive'")
-    description: str = Field("", description="shown in the spawn form, e.g. 'Short sessions'")
-    max_cpus: int = Field(ge=1, description="most CPUs a server may ask for here, e.g. 8")
-    max_memory: str = Field(description="most memory, e.g. '32G'")
-    max_gpus: int = Field(0, ge=0, description="most GPUs, e.g. 0")
-    max_walltime: str = Field(description="longest walltime, e.g. '08:00:00'")
-
-
-class SpawnDefaults(_Model):
-    """What a spawn asks for when the user names nothing."""
-
-    queue: str | None = Field(None, description="default queue (default: the first one)")
-    cpus: int = Field(1, ge=1)
-    memory: str = "4G"
-    gpus: int = Field(0, ge=0)
-    walltime: str = "01:00:00"
-
-
-class SpawnerSettings(_Model):
-    """How user servers are started: the scheduler, its commands and the site's limits."""
+class SpawnerSettings(Limits):
+    """How user servers are started: the scheduler and its commands, and (from :class:`~hubstock.limits.Limits`)
+    the site's queues (``[[spawner.queues]]``), defaults (``[spawner.defaults]``) and the
+    account, reservation, qos, constraint and directive lines of every job."""
 
     scheduler: Literal["slurm", "pbs", "torque", "local", "simple"] = Field(
         "slurm",
@@ -144,12 +126,6 @@ class SpawnerSettings(_Model):
     srun: str = Field(
         "srun", description="Slurm only: prefix that runs the server as a job step ('' for none)"
     )
-    queues: list[QueueSettings] = Field(
-        default_factory=lambda: [
-            QueueSettings(name="batch", max_cpus=4, max_memory="16G", max_walltime="08:00:00")
-        ]
-    )
-    defaults: SpawnDefaults = Field(default_factory=SpawnDefaults)
 
 
 class HubSettings(_Model):

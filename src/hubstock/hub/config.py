@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SiteError
-from ..site import Site, load_site
+from ..limits import LimitsError, Scheduler
+from ..site import SETTINGS_FILE, Site, load_site
+from .batch import check_extras
 from .hooks import PostStopHook, PreSpawnHook
 
 SPAWNER_CLASSES = {
@@ -140,29 +142,24 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
     if sp.submit_cmd:
         cls.batch_submit_cmd = sp.submit_cmd.replace("{site}", str(site.dir))
     cls.req_prologue = sp.prologue
-    cls.queues = [q.model_dump() for q in sp.queues]
-    d = sp.defaults
-    cls.default_queue = d.queue or sp.queues[0].name
-    cls.default_cpus = d.cpus
-    cls.default_memory = d.memory
-    cls.default_gpus = d.gpus
-    cls.default_walltime = d.walltime
-    # fail now, at hub start, on limits that do not fit together
-    from .options import Limits
-
+    # the limits were checked when hubstock.toml was loaded; the job extras must also fit the scheduler
+    scheduler: Scheduler = (
+        "slurm" if sp.scheduler == "slurm" else "pbs" if sp.scheduler == "pbs" else "torque"
+    )
     try:
-        Limits.from_config(
-            cls.queues,
-            {
-                "queue": cls.default_queue,
-                "cpus": d.cpus,
-                "memory": d.memory,
-                "gpus": d.gpus,
-                "walltime": d.walltime,
-            },
-        )
-    except ValueError as e:
-        raise SiteError(f"hubstock.toml: [spawner] limits: {e}") from None
+        check_extras(sp, scheduler)
+    except LimitsError as e:
+        raise SiteError(f"{site.dir / SETTINGS_FILE}: {e}") from None
+    cls.queues = [q.model_dump(exclude_none=True) for q in sp.queues]
+    cls.default_queue = sp.default_queue
+    defaults = sp.defaults.model_dump(exclude={"queue"})
+    cls.default_cpus = defaults["cpus"]
+    cls.default_memory = defaults["memory"]
+    cls.default_gpus = defaults["gpus"]
+    cls.default_walltime = defaults["walltime"]
+    for key in ("account", "reservation", "qos", "constraint"):
+        cls[key] = getattr(sp, key) or ""
+    cls.directives = list(sp.directives or ())
 
 
 def _apply_hooks(c: Any, site: Site) -> None:

@@ -1,0 +1,125 @@
+"""What a batch script says, from a validated request: pure functions, no scheduler, no I/O.
+
+:func:`batch_vars` turns a validated :class:`~hubstock.limits.Options` and the site's
+:class:`~hubstock.limits.Limits` into the template variables of the site's batch script
+(``spawner/slurm.sh``, ``spawner/pbs.sh``); :func:`render_batch_script` renders it. The
+spawner adds batchspawner's own variables (``username``, ``homedir``, ``keepvars``,
+``prologue``, ``epilogue``, ``srun``, ``cmd``) and nothing a user typed.
+
+:func:`check_extras` says whether the site's accounts, QoS, constraints and directive lines
+fit the scheduler: Slurm takes all of them, PBS only an account and ``#PBS`` lines, and no
+directive may set what hubstock sets itself (the queue, the limits, the account...).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchspawner.batchspawner import format_template
+
+from ..limits import JobExtras, Limits, LimitsError, Options, Scheduler, check_mib, format_walltime
+
+#: each scheduler's directive prefix
+DIRECTIVE_PREFIX: dict[str, str] = {"slurm": "#SBATCH ", "pbs": "#PBS ", "torque": "#PBS "}
+_LIMITS = "the queues' limits ([[spawner.queues]] max_cpus, max_memory, max_gpus, max_walltime)"
+#: what hubstock sets itself, by Slurm option or PBS option or ``-l`` resource, and the key to use instead
+_OWNED: dict[str, dict[str, str]] = {
+    "slurm": {
+        **dict.fromkeys(["-p", "--partition", "-t", "--time", "--mem", "--mem-per-cpu"], _LIMITS),
+        **dict.fromkeys(["-c", "--cpus-per-task", "--gres", "-G", "--gpus"], _LIMITS),
+        **{"-A": "account", "--account": "account", "--reservation": "reservation", "-q": "qos"},
+        **{"--qos": "qos", "-C": "constraint", "--constraint": "constraint"},
+    },
+    "pbs": {
+        "-q": "[[spawner.queues]] name",
+        "-A": "account",
+        **dict.fromkeys(["walltime", "select", "nodes", "mem", "ncpus", "ngpus"], _LIMITS),
+    },
+}
+
+
+def format_memory_slurm(mib: int) -> str:
+    """Memory for Slurm's ``--mem``: ``"4096M"``."""
+    return f"{check_mib(mib)}M"
+
+
+def format_memory_pbs(mib: int) -> str:
+    """Memory for PBS's ``mem=``: ``"4096mb"``."""
+    return f"{check_mib(mib)}mb"
+
+
+def batch_vars(opts: Options, scheduler: Scheduler, limits: Limits) -> dict[str, str]:
+    """The batch script's variables for the validated request ``opts`` on ``scheduler``.
+
+    The chosen queue's JobExtras (account, reservation, qos, constraint, directives) override
+    the site's. Every value is a string; an empty one means "leave the line out". For example,
+    2 CPUs, 4G and 1 GPU for an hour on queue ``gpu``:
+
+    - slurm: ``partition="gpu"``, ``nprocs="2"``, ``memory="4096M"``, ``runtime="01:00:00"``,
+      ``gres="gpu:1"``;
+    - pbs (PBS Pro): ``queue="gpu"``, ``resources="select=1:ncpus=2:mem=4096mb:ngpus=1"``;
+    - torque: ``queue="gpu"``, ``resources="nodes=1:ppn=2:gpus=1"``, ``memory="4096mb"``.
+    """
+    extras = limits.extras_for(opts.queue)
+    gpus = str(opts.gpus) if opts.gpus else ""
+    common = {
+        "runtime": format_walltime(opts.walltime),
+        "nprocs": str(opts.cpus),
+        "ngpus": gpus,
+        "account": extras.account or "",
+        "directives": "\n".join(extras.directives or ()),
+    }
+    if scheduler == "slurm":
+        return {
+            **common,
+            "partition": opts.queue,
+            "memory": format_memory_slurm(opts.memory),
+            "gres": f"gpu:{gpus}" if gpus else "",
+            "reservation": extras.reservation or "",
+            "qos": extras.qos or "",
+            "constraint": extras.constraint or "",
+        }
+    memory = format_memory_pbs(opts.memory)
+    if scheduler == "pbs":
+        resources = f"select=1:ncpus={opts.cpus}:mem={memory}" + (f":ngpus={gpus}" if gpus else "")
+    else:
+        resources = f"nodes=1:ppn={opts.cpus}" + (f":gpus={gpus}" if gpus else "")
+    flavour = "pro" if scheduler == "pbs" else "torque"
+    return {**common, "queue": opts.queue, "memory": memory, "resources": resources, "flavour": flavour}
+
+
+def render_batch_script(template: str, subvars: dict[str, Any]) -> str:
+    """The batch script for ``subvars`` (jinja2 or str.format, as batchspawner does)."""
+    return str(format_template(template, **subvars))
+
+
+def check_extras(limits: Limits, scheduler: Scheduler) -> None:
+    """A LimitsError if the site's or a queue's JobExtras do not fit ``scheduler``."""
+    _check(limits, scheduler, "[spawner]")
+    for q in limits.queues:
+        _check(q, scheduler, f"[[spawner.queues]] {q.name!r}")
+
+
+def _check(extras: JobExtras, scheduler: Scheduler, where: str) -> None:
+    if scheduler != "slurm":
+        for key in ("reservation", "qos", "constraint"):
+            if getattr(extras, key):
+                raise LimitsError(
+                    f"{where}: {key} is a Slurm setting; for {scheduler}, remove it and add the "
+                    f"scheduler's own line to directives, e.g. directives = ['#PBS -l ...']."
+                )
+    prefix = DIRECTIVE_PREFIX[scheduler]
+    owned = _OWNED["slurm" if scheduler == "slurm" else "pbs"]
+    for line in extras.directives or ():
+        if not line.startswith(prefix):
+            raise LimitsError(
+                f"{where}: directive {line!r} must start with {prefix.strip()!r} for {scheduler}."
+            )
+        words = [*line[len(prefix) :].split(), ""]
+        flags = {words[0].split("=")[0]}
+        if words[0] == "-l":  # PBS resources: "-l walltime=1:00:00,mem=1gb", "-l select=1:ncpus=2"
+            flags = {part.split("=")[0] for part in words[1].split(":")[0].split(",")}
+        if use := next((owned[f] for f in sorted(flags) if f in owned), None):
+            raise LimitsError(
+                f"{where}: directive {line!r} sets what hubstock sets itself; remove it and set {use} instead."
+            )
