@@ -19,6 +19,10 @@ What each fixture gives:
   (kept when ``HUBSTOCK_KEEP_TEST_DIRS`` is set, to read the hub's and jobs' logs).
 - ``slurm_rig`` (session): a private single-node Slurm with its PBS commands, started
   and stopped by PID (``rigs/slurm_rig.py``); needs root.
+- ``openpbs_rig`` (session): a private single-node OpenPBS in its own network namespace
+  (``rigs/openpbs_rig.py``; commands run inside it with ``openpbs_rig.run``); needs root and
+  ``HUBSTOCK_OPENPBS_SOURCE`` (built once, cached) or ``HUBSTOCK_OPENPBS_PREFIX``: skipped
+  without them, failed in CI.
 - ``hub_site`` (session): a published site with a server env and a stock Python kernel
   (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
 """
@@ -129,6 +133,25 @@ def slurm_rig(hub_workdir: Path):
     need_root("the hub tests")
     require_binaries()
     rig = SlurmRig(hub_workdir / "slurm").start()
+    yield rig
+    rig.stop()
+
+
+@pytest.fixture(scope="session")
+def openpbs_rig(hub_workdir: Path):
+    from rigs.openpbs_rig import OpenPBSMissing, OpenPBSRig, locate_openpbs
+
+    need_root("the OpenPBS tests")
+    try:
+        prefix, built = locate_openpbs()
+    except OpenPBSMissing as exc:
+        if IN_CI:
+            pytest.fail(f"{exc} (CI must run the pbs tests)")
+        pytest.skip(str(exc))
+    rig = OpenPBSRig(hub_workdir / "openpbs", prefix=prefix)
+    if built is not None:
+        rig.timings["build"] = built
+    rig.start()
     yield rig
     rig.stop()
 
