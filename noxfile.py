@@ -35,6 +35,8 @@ TEST_DEBIAN_PACKAGES: list[str] = [
     *SLURM_DEBIAN_PACKAGES,
     *PBS_DEBIAN_PACKAGES,
     "chromium",  # the browser tests (driven by Playwright; never a browser download)
+    *("openssl", "systemd"),  # the TLS hub test's CA, and systemd-analyze verify of the rendered units
+    "postgresql",  # the hub suite's run with PostgreSQL as the hub database
 ]
 
 

@@ -23,6 +23,8 @@ What each fixture gives:
   (``rigs/openpbs_rig.py``; commands run inside it with ``openpbs_rig.run``); needs root and
   ``HUBSTOCK_OPENPBS_SOURCE`` (built once, cached) or ``HUBSTOCK_OPENPBS_PREFIX``: skipped
   without them, failed in CI.
+- ``postgres_rig`` (session): a private PostgreSQL server on 127.0.0.1 for the hub's database
+  (``rigs/postgres_rig.py``), stopped by PID; needs root.
 - ``hub_site`` (session): a published site with a server env and a stock Python kernel
   (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
 """
@@ -152,6 +154,16 @@ def openpbs_rig(hub_workdir: Path):
     if built is not None:
         rig.timings["build"] = built
     rig.start()
+    yield rig
+    rig.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_rig(hub_workdir: Path):
+    from rigs.postgres_rig import PostgresRig
+
+    need_root("the hub tests with PostgreSQL")
+    rig = PostgresRig(hub_workdir / "postgres").start()
     yield rig
     rig.stop()
 

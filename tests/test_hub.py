@@ -61,23 +61,29 @@ def rig(slurm_rig):
     return slurm_rig
 
 
-@pytest.fixture(scope="module", params=["slurm", "torque"])
+@pytest.fixture(scope="module", params=["slurm", "torque", "slurm-postgresql"])
 def hub(request, hub_workdir, site, channel, rig, users):
+    """The hub on each scheduler; once more with PostgreSQL as its database (SQLite otherwise)."""
     workdir = hub_workdir
-    scheduler = request.param
+    scheduler, _, database = request.param.partition("-")
+    extra_hub = []
+    if database:
+        db_url = request.getfixturevalue("postgres_rig").create_database("jupyterhub")
+        extra_hub.append(f'db_url = "{db_url}"')
     ports = [free_port() for _ in range(3)]
     (site / "hubstock.toml").write_text(
         hub_settings(
             workdir / "root",
             channel,
-            workdir / f"state-{scheduler}",
+            workdir / f"state-{request.param}",
             scheduler,
             ports,
             rig.slurm_conf,
             idle_timeout=3600,  # the culler runs (it stops servers idle for an hour: none in these tests)
+            extra_hub=extra_hub,
         )
     )
-    h = start_hub(site, ports[0], workdir / f"hub-{scheduler}.log", extra_env=rig.env)
+    h = start_hub(site, ports[0], workdir / f"hub-{request.param}.log", extra_env=rig.env)
     h.scheduler = scheduler
     yield h
     h.stop()

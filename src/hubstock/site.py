@@ -145,6 +145,11 @@ class HubSettings(_Model):
         False,
         description="the proxy runs as its own service (spawner/systemd), so a hub restart keeps users on",
     )
+    proxy_user: str = Field(
+        "hubstock-proxy",
+        description="the unprivileged user the proxy's service runs as (`hubstock units`), e.g. "
+        "'hubstock-proxy' (create it with `useradd --system --no-create-home hubstock-proxy`)",
+    )
     state_dir: Path = Field(
         Path("/var/lib/hubstock-hub"),
         description="the hub's private state: database, cookie secret, proxy token (mode 0700)",

@@ -82,6 +82,9 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
     c.JupyterHub.db_url = hub.db_url or f"sqlite:///{state / 'jupyterhub.sqlite'}"
     c.JupyterHub.tornado_settings = {"slow_spawn_timeout": hub.slow_spawn_timeout}
     c.JupyterHub.pid_file = str(state / "jupyterhub.pid")
+    # servers are batch jobs that outlive the hub: a restart (an upgrade, a crash) re-attaches to
+    # them and never cancels them; stopping servers is something an admin does on purpose
+    c.JupyterHub.cleanup_servers = False
 
     # login
     if hub.authenticator == "pam":
