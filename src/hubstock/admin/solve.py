@@ -117,10 +117,10 @@ def solve(site: Site, spec: EnvSpec, platform: str) -> list[RepoDataRecord]:
 
 
 async def _solve_in(gateway, channels, spec: EnvSpec, platform: str, vpkgs) -> list[RepoDataRecord]:
-    from rattler import MatchSpec
+    from rattler import MatchSpec, Platform
     from rattler import solve as rattler_solve
 
-    subdirs = [platform, "noarch"]
+    subdirs = [Platform(platform), Platform("noarch")]
     # a name no channel has is the commonest mistake: say so plainly, before solving
     found = await gateway.query(channels, subdirs, specs=spec.spec_names, recursive=False)
     have = {r.name.normalized for per_channel in found for r in per_channel}
@@ -152,6 +152,15 @@ def _first_line(s: str) -> str:
     return (s.strip().splitlines() or ["unknown error"])[0]
 
 
+def _sha256_of(r: RepoDataRecord) -> str:
+    if r.sha256 is None:  # a channel whose repodata has no sha256 cannot be locked
+        raise SolveError(
+            f"package {r.name.normalized} {r.version} from {r.channel} has no sha256 in its channel's "
+            "repodata, so its archive could not be checked at build time; use a channel that records one."
+        )
+    return r.sha256.hex()
+
+
 def _conda_entry(r: RepoDataRecord, platform: str) -> LockedDependency:
     from conda_lock.interfaces.vendored_conda import MatchSpec as CondaMatchSpec
     from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency
@@ -171,7 +180,7 @@ def _conda_entry(r: RepoDataRecord, platform: str) -> LockedDependency:
         platform=platform,
         dependencies=deps,
         url=r.url,
-        hash=HashModel(md5=r.md5.hex() if r.md5 else None, sha256=r.sha256.hex()),
+        hash=HashModel(md5=r.md5.hex() if r.md5 else None, sha256=_sha256_of(r)),
         build=str(r.build),
         categories={"main"},
     )
