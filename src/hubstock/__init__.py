@@ -1,8 +1,5 @@
 """hubstock: locked, tested notebook environments and stock kernels for a batch-scheduled JupyterHub."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("hubstock")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+#: the one place the version is written (pyproject.toml reads it from here: [tool.hatch.version]);
+#: a literal, so that every command starts without importlib.metadata
+__version__ = "0.1.0"
