@@ -24,7 +24,7 @@ SLURM_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "mung
 #: Debian packages of the private single-node OpenPBS (rigs/openpbs_rig.py): what building OpenPBS
 #: from its source tarball needs, then its PostgreSQL datastore and the network-namespace tools
 PBS_DEBIAN_PACKAGES: list[str] = [
-    *("gcc", "g++", "make", "libtool", "autoconf", "automake", "pkg-config", "swig"),
+    *("gcc", "g++", "make", "libtool", "autoconf", "automake", "pkg-config", "swig", "patchelf"),
     *("libhwloc-dev", "libx11-dev", "libxt-dev", "libedit-dev", "libncurses-dev", "libical-dev"),
     *("libexpat1-dev", "libcjson-dev", "libssl-dev", "zlib1g-dev", "libpq-dev", "tcl-dev", "tk-dev"),
     "python3-dev",

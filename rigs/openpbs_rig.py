@@ -790,11 +790,12 @@ class OpenPBSRig:
         """The command line that runs *argv* inside the rig's namespaces (as *user* with runuser).
 
         For code that starts its own processes: ``subprocess.Popen(rig.ns_argv([...]),
-        env=rig.command_env())``.  The working directory is *cwd*, else the user's home for a
-        user, else this process's."""
+        env=rig.command_env(), cwd=...)``.  The working directory is *cwd*, else the user's home
+        for a user, else the one the command is started in (``--wd=.``: nsenter opens it before
+        it enters the mount namespace, which would otherwise leave it in /)."""
         pid = self._ns_pid()
         if cwd is None:
-            cwd = pwd.getpwnam(user).pw_dir if user else os.getcwd()
+            cwd = pwd.getpwnam(user).pw_dir if user else "."
         prefix = [_which("nsenter") or "nsenter", "-t", str(pid), "-n", "-m", f"--wd={cwd}", "--"]
         if user is not None:
             prefix += [_which("runuser") or "runuser", "-u", user, "--"]
@@ -832,7 +833,9 @@ class OpenPBSRig:
         """Start a long-running command inside the namespace (a hub, a proxy, a browser), with
         the rig's environment added to *env*.  Stop it before the rig: stop() ends whatever
         is still in the namespace."""
-        return subprocess.Popen(self.ns_argv(argv, user=user, cwd=cwd), env=self.command_env(env), **kwargs)
+        return subprocess.Popen(
+            self.ns_argv(argv, user=user, cwd=cwd), env=self.command_env(env), cwd=cwd, **kwargs
+        )
 
     def start(self, timeout: float = 120) -> OpenPBSRig:
         """Start the namespace and the four daemons; initialise PBS_HOME and the datastore the
