@@ -4,6 +4,7 @@
                                        build [ENV...]
                                        publish
                                        status [--json]
+                                       diff [GEN_A] [GEN_B] [--json]
                                        rollback [GEN]
                                        gc [--keep N] [--dry-run]
 
@@ -58,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="show locks, builds and what is published")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    df = sub.add_parser("diff", help="what changed between two published generations, kernel by kernel")
+    df.add_argument(
+        "gen_a", nargs="?", metavar="GEN_A", help="the earlier one (default: the one before GEN_B)"
+    )
+    df.add_argument("gen_b", nargs="?", metavar="GEN_B", help="the later one (default: the current one)")
+    df.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -140,9 +148,43 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    """Reads only the root: it still answers after the site repository has moved on."""
+    from .store.catalog import Catalog, previous_generation
+    from .store.diff import format_diff
+    from .store.generations import normalise, resolve_current
+    from .store.root import Root
+
+    root = Root(site.root)
+    catalog = Catalog(root)
+    names = catalog.generation_names()
+
+    def known(gen: str) -> str:
+        gen = normalise(gen)
+        if gen not in names:
+            raise HubstockError(
+                f"generation {gen!r} does not exist on {root.path} (generations: {', '.join(names) or 'none'}); "
+                "see `hubstock status`."
+            )
+        return gen
+
+    if args.gen_b:
+        after = known(args.gen_b)
+    else:
+        current = resolve_current(root)
+        if current is None:
+            raise HubstockError(f"nothing is published on {root.path} yet: run `hubstock publish` first.")
+        after = current.name
+    before = known(args.gen_a) if args.gen_a else previous_generation(after, names)
+    diff = catalog.diff(catalog.generation(before) if before else None, catalog.generation(after))
+    print(json.dumps(diff.model_dump(mode="json"), indent=2) if args.json else format_diff(diff))
+    return 0
+
+
 COMMANDS = {
     "lock": cmd_lock,
     "build": cmd_build,
+    "diff": cmd_diff,
     "publish": cmd_publish,
     "status": cmd_status,
     "rollback": cmd_rollback,

@@ -128,6 +128,27 @@ class SpawnerSettings(Limits):
     )
 
 
+class StockPageSettings(_Model):
+    """The "Stock environments" page: a JupyterHub service that shows users what the stock holds."""
+
+    enabled: bool = Field(
+        True, description="serve the page (in the hub's Services menu) to every logged-in user"
+    )
+    name: str = Field(
+        "stock",
+        pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="the service's name: the page is at /services/<name>/",
+    )
+    display_name: str = Field("Stock environments", description="its name in the hub's Services menu")
+    user: str = Field(
+        "nobody",
+        description="the unprivileged user the page runs as when the hub runs as root (it reads only the root)",
+    )
+    port: int = Field(
+        0, ge=0, lt=65536, description="its port on 127.0.0.1, behind the proxy; 0: a free one at hub start"
+    )
+
+
 class HubSettings(_Model):
     """The hub node: networking, security, login and state."""
 
@@ -173,6 +194,7 @@ class HubSettings(_Model):
         "options are answered within it (so a REST client gets its 400), queued jobs then show their progress",
     )
     default_url: str = "/lab"
+    stock_page: StockPageSettings = Field(default_factory=StockPageSettings)
 
 
 class Settings(_Model):

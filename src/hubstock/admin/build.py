@@ -29,6 +29,7 @@ from ..errors import BuildError, CommandError, IntegrityError
 from ..proc import run
 from ..progress import Progress
 from ..site import Site
+from ..store.buildlock import write_lock_copy
 from ..store.builds import current_build, is_complete, mark_complete, write_provenance
 from ..store.fs import atomic_symlink, empty_trash, make_read_only, now_iso, remove_tree
 from ..store.records import BuildProvenance, LockedPackage
@@ -133,10 +134,22 @@ def _build(
         builder=f"hubstock {__version__}",
     )
     write_provenance(prefix, provenance)
+    write_lock_copy(prefix, _lock_bytes(spec, provenance.lock_platform_hash))  # for users to download
     make_read_only(prefix)
     os.chmod(prefix, 0o755)  # the marker is the one write left
     mark_complete(prefix, bid)  # last: from now on the build counts
     os.chmod(prefix, 0o555)
+
+
+def _lock_bytes(spec: EnvSpec, platform_hash: str | None) -> bytes:
+    """The env's conda-lock.yml as it is now, which must still be the lock being built."""
+    data = spec.lock_path.read_bytes()
+    if platform_hash and platform_hash.encode() not in data:
+        raise BuildError(
+            f"envs/{spec.name}/conda-lock.yml changed while env {spec.name!r} was being built; "
+            "run the build again."
+        )
+    return data
 
 
 def _sha256(path: Path) -> str:

@@ -112,6 +112,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
                 "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
             }
         )
+    _apply_stock_page(c, site)
     return site
 
 
@@ -169,3 +170,46 @@ def _apply_hooks(c: Any, site: Site) -> None:
     """hubstock's own hooks; a site adds its steps after ``apply_site`` (see ``chain_hooks``)."""
     c.Spawner.pre_spawn_hook = PreSpawnHook(site.root)
     c.Spawner.post_stop_hook = PostStopHook(site.root)
+
+
+def _apply_stock_page(c: Any, site: Site) -> None:
+    """The "Stock environments" page (:mod:`hubstock.hub.stock_page`): a managed service behind the
+    proxy at ``/services/<name>/``, listed in the Services menu under its display name, that every
+    logged-in user may open. It reads only the root, as ``[hub.stock_page] user`` when the hub is root."""
+    sp = site.settings.hub.stock_page
+    if not sp.enabled:
+        return
+    port = sp.port or _free_port()
+    c.JupyterHub.services.append(
+        {
+            "name": sp.name,
+            "url": f"http://127.0.0.1:{port}",
+            "command": [sys.executable, "-m", "hubstock.hub.stock_page"],
+            "environment": {"HUBSTOCK_ROOT": str(site.root), "HUBSTOCK_STOCK_PAGE_USER": sp.user},
+            "display": True,  # in the Services menu (of those who may access it)
+            "oauth_no_confirm": True,  # part of the hub: no "authorize this service?" page
+            "oauth_client_allowed_scopes": [],  # its tokens identify the user, and can do nothing else
+            "info": {"display_name": sp.display_name},
+        }
+    )
+    scope = f"access:services!service={sp.name}"
+    scopes = c.JupyterHub.extra_user_scopes  # a set, or a lazy value when nothing set it yet
+    if isinstance(scopes, list | tuple):
+        c.JupyterHub.extra_user_scopes = {*scopes, scope}
+    else:
+        scopes.add(scope)
+    # the Services menu shows info.display_name (JupyterHub's own page.html shows the bare name)
+    ours = str(Path(__file__).with_name("templates") / "jupyterhub")
+    paths = c.JupyterHub.template_paths
+    if isinstance(paths, list | tuple):
+        c.JupyterHub.template_paths = [ours, *paths]
+    else:
+        paths.prepend([ours])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
