@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubstock.admin import condalock
+from hubstock.admin import condalock, condaspec, lockhash
 from hubstock.admin.envspec import load_env_spec
 from hubstock.admin.lockfile import build_id, lock_spec_and_hashes, lock_status, read_lock, virtual_packages
 from hubstock.errors import LockError, SpecError
@@ -217,7 +217,7 @@ def test_channel_credentials_become_env_vars_as_in_conda_lock(tmp_path, monkeypa
     site = _site(tmp_path, {"e": text})
     _, ours = lock_spec_and_hashes(site, load_env_spec(site, "e"))
     assert ours == _conda_lock_hashes(site, "e")
-    url, used = condalock.channel_url("https://host.example/t/tk-123-456/private")
+    url, used = lockhash.channel_url("https://host.example/t/tk-123-456/private")
     assert url == "https://host.example/t/${SITE_CHANNEL_TOKEN}/private" and used == ("SITE_CHANNEL_TOKEN",)
 
 
@@ -260,7 +260,7 @@ def test_conda_specs_read_as_conda_reads_them():
         except Exception:
             theirs = None
         try:
-            ours: tuple | None = condalock.parse_conda_spec(spec)
+            ours: tuple | None = condaspec.parse_conda_spec(spec)
         except ValueError:
             ours = None
         assert ours == theirs, spec
@@ -295,13 +295,13 @@ def test_pip_requirements_and_markers_as_conda_lock_reads_them(req):
     theirs = parse_python_requirement(req, manager="pip", category="main", mapping_url="unused").model_dump()
     if theirs["markers"] is None:
         del theirs["markers"]
-    ours = condalock.pip_dependency(req)
+    ours = lockhash.pip_dependency(req)
     assert ours == theirs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for platform in ("linux-64", "linux-aarch64", "osx-64", "osx-arm64", "win-64"):
             expected = evaluate_marker(theirs.get("markers"), platform)
-            assert condalock.evaluate_marker(ours.get("markers"), platform) == expected, platform
+            assert lockhash.evaluate_marker(ours.get("markers"), platform) == expected, platform
 
 
 # ---- the spec parser: selectors and nodefaults ----------------------------------------

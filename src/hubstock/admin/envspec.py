@@ -24,7 +24,9 @@ import yaml
 
 from ..errors import SpecError
 from ..site import ENV_NAME_RE, Site
-from .condalock import YAML_LOADER, PlatformSpec, parse_conda_spec
+from .condalock import YAML_LOADER
+from .condaspec import parse_conda_spec
+from .lockhash import PlatformSpec
 
 #: the selectors conda-lock honours, per platform
 PLATFORM_SELECTORS: dict[str, frozenset[str]] = {

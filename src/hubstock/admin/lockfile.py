@@ -17,8 +17,9 @@ from typing import Literal
 
 from ..errors import LockError
 from ..site import Site
-from .condalock import LockedDependency, Lockfile, content_hashes, read_lock_file
+from .condalock import LockedDependency, Lockfile, read_lock_file
 from .envspec import EnvSpec
+from .lockhash import content_hashes
 
 #: bump when the way a build is made changes, so the same lock gets a new build id
 BUILD_FORMAT = 1
