@@ -18,17 +18,12 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
-from hubstock.hub import stock_page
+from hubstock.hub import stock_page, stock_views
 from hubstock.hub.config import apply_site
-from hubstock.hub.stock_page import NotFound, StockViews
+from hubstock.hub.stock_views import NotFound, StockViews
 from hubstock.store.buildlock import LOCK_COPY, lock_copy_path, read_lock_copy, write_lock_copy
 from hubstock.store.builds import mark_complete, write_provenance
-from hubstock.store.diff import (
-    GenerationContents,
-    compare_versions,
-    diff_generations,
-    diff_packages,
-)
+from hubstock.store.diff import GenerationContents, diff_generations, diff_packages
 from hubstock.store.generations import generation, switch_current
 from hubstock.store.records import (
     BuildProvenance,
@@ -37,6 +32,7 @@ from hubstock.store.records import (
     LockedPackage,
 )
 from hubstock.store.root import Root
+from hubstock.store.versions import compare_versions
 
 CONDA = "https://conda.anaconda.org/conda-forge/linux-64"
 PYPI = "https://files.pythonhosted.org/packages/ab/cd"
@@ -328,8 +324,8 @@ def test_a_500_package_env_and_50_generations_render_well_under_a_second(tmp_pat
     switch_current(r, "0050")
     views = StockViews(r)
     resolved = []
-    real = stock_page.resolve_current
-    monkeypatch.setattr(stock_page, "resolve_current", lambda root: resolved.append(1) or real(root))
+    real = stock_views.resolve_current
+    monkeypatch.setattr(stock_views, "resolve_current", lambda root: resolved.append(1) or real(root))
 
     t0 = time.perf_counter()
     html = views.render_page("alice")

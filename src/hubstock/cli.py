@@ -151,7 +151,7 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     """Reads only the root: it still answers after the site repository has moved on."""
     from .store.catalog import Catalog, previous_generation
-    from .store.diff import format_diff
+    from .store.diff_text import format_diff
     from .store.generations import normalise, resolve_current
     from .store.root import Root
 

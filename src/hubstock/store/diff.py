@@ -14,24 +14,13 @@ previous builds, ``<name>-<build8>``, included); and the extension defaults
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from .records import BuildProvenance, GenerationManifest, KernelEntry, LockedPackage
-
-try:  # a dependency of hubstock and of JupyterHub; the store itself needs only the standard library
-    from packaging.utils import canonicalize_name
-    from packaging.version import InvalidVersion, Version
-except ImportError:  # pragma: no cover
-    Version = None  # type: ignore[assignment,misc]
-    InvalidVersion = ValueError  # type: ignore[assignment,misc]
-
-    def canonicalize_name(name: str) -> str:  # type: ignore[misc]
-        return re.sub(r"[-_.]+", "-", name).lower()
-
+from .versions import canonicalize_name, compare_versions
 
 #: the extension-default files of a generation that are compared, in this order
 EXTENSION_FILES = ("page_config.json", "overrides.json", "jupyter_server_config.json")
@@ -133,51 +122,6 @@ class GenerationDiff(_Out):
             or bool(self.server and self.server.change != "unchanged")
             or bool(self.extensions)
         )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# versions
-
-
-_TOKEN_RE = re.compile(r"\d+|[A-Za-z]+")
-
-
-def _conda_key(v: str) -> tuple[int, list[tuple[int, int | str]]]:
-    """A sort key in the spirit of conda's VersionOrder: epoch, then numbers and words, where
-    ``dev`` sorts first, other words before numbers (``1.0a1 < 1.0``) and ``post`` last."""
-    epoch = 0
-    if "!" in v:
-        head, _, v = v.partition("!")
-        epoch = int(head) if head.isdigit() else 0
-    parts: list[tuple[int, int | str]] = []
-    for tok in _TOKEN_RE.findall(v.split("+", 1)[0].lower()):
-        if tok.isdigit():
-            parts.append((2, int(tok)))
-        elif tok == "dev":
-            parts.append((0, tok))
-        elif tok == "post":
-            parts.append((3, tok))
-        else:
-            parts.append((1, tok))
-    while parts and parts[-1] == (2, 0):  # 1.0 == 1.0.0
-        parts.pop()
-    return epoch, parts
-
-
-def compare_versions(a: str, b: str) -> int:
-    """-1, 0 or 1: PEP 440 where both parse, else conda-style, else as strings."""
-    if Version is not None:
-        try:
-            va, vb = Version(a), Version(b)
-        except InvalidVersion:
-            pass
-        else:
-            return (va > vb) - (va < vb)
-    try:
-        ka, kb = _conda_key(a), _conda_key(b)
-        return (ka > kb) - (ka < kb)
-    except TypeError:  # pragma: no cover - mixed tokens at one position are ranked, so unlikely
-        return (a > b) - (a < b)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -387,74 +331,3 @@ def _server_change(before: GenerationContents, after: GenerationContents) -> Ser
     return ServerChange(
         env=b.env, change="changed", build=b.build, build_before=a.build, packages=pkgs, packages_known=known
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# text
-
-
-def _pkg_line(p: PackageChange) -> str:
-    source = "PyPI" if p.manager == "pip" else "conda"
-    if p.change == "added":
-        what = f"{p.after}"
-    elif p.change == "removed":
-        what = f"{p.before}"
-    elif p.change == "rebuilt":
-        what = f"{p.after} (build {p.before_build} -> {p.after_build})"
-    else:
-        what = f"{p.before} -> {p.after}"
-    return f"    {p.change:<10} {p.name} {what} ({source})"
-
-
-def format_diff(d: GenerationDiff) -> str:
-    """``hubstock diff`` on a terminal: what changed, kernel by kernel."""
-    a = f"generation {d.before.generation}" if d.before else "nothing published"
-    lines = [f"{a} -> generation {d.after.generation} (published {d.after.created} by {d.after.by})"]
-    for k in d.kernels:
-        label = f"kernel {k.name} ({k.display_name})"
-        if k.pinned_of:
-            label += f", previous build {k.build[:8]} of {k.pinned_of}"
-        if k.change == "unchanged":
-            continue
-        if k.change == "added":
-            lines.append(f"  {label}: added, on {k.env}/{k.build}")
-            continue
-        if k.change == "removed":
-            lines.append(f"  {label}: removed (was on {k.env}/{k.build})")
-            continue
-        head = f"  {label}: "
-        if k.change == "renamed":
-            head += f"renamed from {k.renamed_from}"
-        else:
-            head += "changed"
-        if k.display_name_before:
-            head += f"; display name was {k.display_name_before!r}"
-        if k.build_before:
-            head += f"; build {k.env_before}/{k.build_before} -> {k.env}/{k.build}"
-        lines.append(head)
-        if not k.packages_known:
-            lines.append("    (package lists unknown: a build is no longer on the root)")
-        lines += [_pkg_line(p) for p in k.packages]
-    s = d.server
-    if s and s.change != "unchanged":
-        lines.append(f"  server env {s.env}: {s.change}" + (f", build {s.build}" if s.build else ""))
-        lines += [_pkg_line(p) for p in s.packages]
-    if d.extensions:
-        lines.append("  extension defaults:")
-        for e in d.extensions:
-            key = " > ".join(e.key) or "(whole file)"
-            if e.change == "added":
-                lines.append(f"    {e.file}: {key}: added {_json(e.after)}")
-            elif e.change == "removed":
-                lines.append(f"    {e.file}: {key}: removed (was {_json(e.before)})")
-            else:
-                lines.append(f"    {e.file}: {key}: {_json(e.before)} -> {_json(e.after)}")
-    if not d.changed:
-        lines.append("  no changes")
-    return "\n".join(lines)
-
-
-def _json(v: Any) -> str:
-    import json
-
-    return json.dumps(v, sort_keys=True)

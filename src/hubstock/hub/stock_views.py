@@ -1,0 +1,252 @@
+"""What the "Stock environments" page shows, read from the root (pure of HTTP; see :mod:`.stock_page`).
+
+:class:`StockViews` turns the root's generations into the page and its JSON documents.
+Each request resolves ``current`` once, so a publish while someone reads never gives a
+mix; generations and builds never change once published, so what is read from them,
+and every diff, is cached in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+
+from ..store.buildlock import lock_copy_path, read_lock_copy
+from ..store.catalog import Catalog, language_version, package_source, previous_generation
+from ..store.diff import GenerationContents, GenerationDiff
+from ..store.generations import GEN_RE, Generation, resolve_current
+from ..store.records import KernelEntry, RecordError
+from ..store.root import Root
+
+log = logging.getLogger("hubstock.stock_page")
+TEMPLATES = Path(__file__).with_name("templates")
+PAGE_TEMPLATE = "stock_page.html"
+NOTHING_PUBLISHED = (
+    "Nothing is published yet: the administrators have not made the stock kernels available. Come back later."
+)
+
+
+class NotFound(Exception):
+    """A generation, kernel or lock that is not there (the message is for the user)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the data, and the page, without the web server
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one request sees: ``current`` resolved once, and the generations then on the root."""
+
+    current: Generation | None
+    names: list[str]  # oldest first
+
+
+class StockViews:
+    """Documents and HTML for the page and its API, from the root (cached; one event loop)."""
+
+    def __init__(self, root: Root, prefix: str = "/services/stock/", hub_prefix: str = "/hub/") -> None:
+        self.root = root
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.hub_prefix = hub_prefix
+        self.catalog = Catalog(root)
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+            autoescape=True,
+            auto_reload=False,  # compiled once, before the service drops privileges
+            trim_blocks=True,
+            lstrip_blocks=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self.env.filters["when"] = _when
+        self.page = self.env.get_template(PAGE_TEMPLATE)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(current=resolve_current(self.root), names=self.catalog.generation_names())
+
+    # -- documents -------------------------------------------------------------------------------------
+
+    def _generation(self, snap: Snapshot, name: str) -> Generation:
+        if name == "current":
+            if snap.current is None:
+                raise NotFound(NOTHING_PUBLISHED)
+            return snap.current
+        if not GEN_RE.match(name) or name not in snap.names:
+            raise NotFound(f"there is no generation {name!r}")
+        return self.catalog.generation(name)
+
+    def _contents(self, gen: Generation) -> GenerationContents:
+        try:
+            return self.catalog.contents(gen)
+        except RecordError:
+            raise NotFound(f"generation {gen.name} cannot be read; ask the administrators") from None
+
+    def kernel_doc(self, contents: GenerationContents, k: KernelEntry) -> dict[str, Any]:
+        pkgs = contents.packages(k.env, k.build)
+        packages = []
+        for p in sorted(pkgs or [], key=lambda p: (p.name.lower(), p.manager)):
+            label, where = package_source(p)
+            packages.append(
+                {
+                    "name": p.name,
+                    "version": p.version,
+                    "build": p.build,
+                    "manager": p.manager,
+                    "source": label,
+                    "channel": where,
+                }
+            )
+        lock = lock_copy_path(self.root, k.env, k.build)
+        has_lock = lock is not None and os.access(lock, os.R_OK)  # offer only what can be served
+        return {
+            "name": k.name,
+            "display_name": k.display_name,
+            "env": k.env,
+            "build": k.build,
+            "language": k.language,
+            "language_version": language_version(k.language, pkgs or []),
+            "pinned_of": k.pinned_of,
+            "packages_known": pkgs is not None,
+            "packages": packages,
+            "lock_url": self.lock_url(contents.name, k.name) if has_lock else None,
+            "install": [
+                f"conda-lock install -n {k.name} conda-lock.yml",
+                f"micromamba create -n {k.name} -f conda-lock.yml",
+            ],
+        }
+
+    def generation_doc(self, contents: GenerationContents, current: bool) -> dict[str, Any]:
+        m = contents.manifest
+        return {
+            "generation": contents.name,
+            "current": current,
+            "created": m.created,
+            "by": m.by,
+            "default_kernel": m.default_kernel,
+            "server": {"env": m.server.env, "build": m.server.build} if m.server else None,
+            "kernels": [self.kernel_doc(contents, k) for k in _stock_first(m.kernels)],
+        }
+
+    def current_doc(self, snap: Snapshot | None = None) -> dict[str, Any]:
+        snap = snap or self.snapshot()
+        if snap.current is None:
+            return {"published": False, "generation": None, "kernels": [], "message": NOTHING_PUBLISHED}
+        return {"published": True, **self.generation_doc(self._contents(snap.current), current=True)}
+
+    def one_generation_doc(self, name: str) -> dict[str, Any]:
+        snap = self.snapshot()
+        gen = self._generation(snap, name)
+        cur = snap.current.name if snap.current else None
+        return self.generation_doc(self._contents(gen), current=gen.name == cur)
+
+    def generations_doc(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        cur = snap.current.name if snap.current else None
+        out = []
+        for name in reversed(snap.names):
+            c = self.catalog.readable(self.catalog.generation(name))
+            out.append(
+                {
+                    "generation": name,
+                    "current": name == cur,
+                    "created": c.manifest.created if c else None,
+                    "by": c.manifest.by if c else None,
+                    "kernels": [k.name for k in c.manifest.kernels] if c else [],
+                    "readable": c is not None,
+                }
+            )
+        return {"current": cur, "generations": out}
+
+    def diff(self, gen_a: str | None = None, gen_b: str | None = None) -> GenerationDiff:
+        """``gen_a`` -> ``gen_b``; by default the one before the current -> the current."""
+        snap = self.snapshot()
+        after = self._generation(snap, gen_b or "current")
+        before_name = gen_a if gen_a else previous_generation(after.name, snap.names)
+        before = self._generation(snap, before_name) if before_name else None
+        try:
+            return self.catalog.diff(before, after)
+        except RecordError:
+            raise NotFound("one of these generations cannot be read; ask the administrators") from None
+
+    def lock(self, gen_name: str, kernel: str) -> bytes:
+        """The conda-lock.yml of ``kernel`` in generation ``gen_name`` ('current' allowed).
+
+        Both names are looked up in the root (the generation among the published ones,
+        the kernel in its manifest); the file is the one the manifest's build keeps,
+        served only if it is a regular file inside that build under the root.
+        """
+        snap = self.snapshot()
+        contents = self._contents(self._generation(snap, gen_name))
+        entry = next((k for k in contents.manifest.kernels if k.name == kernel), None)
+        if entry is None:
+            raise NotFound(f"generation {contents.name} has no kernel {kernel!r}")
+        data = read_lock_copy(self.root, entry.env, entry.build)
+        if data is None:
+            raise NotFound(f"no lock is kept for build {entry.env}/{entry.build} of kernel {kernel!r}")
+        return data
+
+    def lock_url(self, gen: str, kernel: str) -> str:
+        return f"{self.prefix}lock/{quote(gen, safe='')}/{quote(kernel, safe='')}/conda-lock.yml"
+
+    # -- the page --------------------------------------------------------------------------------------
+
+    def history(self, snap: Snapshot) -> list[dict[str, Any]]:
+        """Every generation, newest first, each with the diff from the one before it."""
+        out = []
+        cur = snap.current.name if snap.current else None
+        for i in range(len(snap.names) - 1, -1, -1):
+            name = snap.names[i]
+            gen = self.catalog.generation(name)
+            before = self.catalog.generation(snap.names[i - 1]) if i else None
+            try:
+                d = self.catalog.diff(before, gen)
+            except RecordError:
+                out.append({"generation": name, "current": name == cur, "diff": None})
+                continue
+            out.append({"generation": name, "current": name == cur, "diff": d})
+        return out
+
+    def render_page(self, user: str, nonce: str = "", query: str = "") -> str:
+        snap = self.snapshot()
+        current = None
+        error = None
+        if snap.current is not None:
+            try:
+                current = self.generation_doc(self._contents(snap.current), current=True)
+            except NotFound as e:
+                error = str(e)
+        return self.page.render(
+            user=user,
+            nonce=nonce,
+            query=query,
+            prefix=self.prefix,
+            hub_prefix=self.hub_prefix,
+            current=current,
+            error=error,
+            nothing_published=NOTHING_PUBLISHED if snap.current is None else None,
+            history=self.history(snap),
+        )
+
+
+def _stock_first(kernels: list[KernelEntry]) -> list[KernelEntry]:
+    return [k for k in kernels if not k.pinned_of] + [k for k in kernels if k.pinned_of]
+
+
+def _when(iso: str | None) -> str:
+    """``2026-11-28T10:00:00+00:00`` -> ``2026-11-28 10:00 UTC``."""
+    if not iso:
+        return "unknown"
+    try:
+        t = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if t.utcoffset() == timedelta(0):
+        return t.strftime("%Y-%m-%d %H:%M UTC")
+    return t.strftime("%Y-%m-%d %H:%M %z")
