@@ -7,14 +7,20 @@
                                        diff [GEN_A] [GEN_B] [--json]
                                        rollback [GEN]
                                        gc [--keep N] [--dry-run]
+                                       verify [ENV...] [--repair]
 
-``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags. A failure prints
-one sentence on stderr and exits non-zero; ``-v`` adds the underlying output.
+``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags (``--root`` and
+``HUBSTOCK_ROOT`` are relative to the working directory). ``-q`` and ``-v`` go before
+or after the command; ``build``, ``publish``, ``rollback``, ``gc``, ``verify`` and
+``status`` take ``--json`` (what was done, on stdout). A failure prints one sentence
+on stderr; ``-v`` adds the underlying output. Exit status: 0 success, 1 failure,
+2 usage or site configuration, 130 interrupted. A closed stdout ends quietly.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -22,7 +28,7 @@ import sys
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import HubstockError
+from .errors import DiskFullError, HubstockError, UsageError, is_disk_full
 from .progress import Progress
 from .site import Site, load_site
 
@@ -47,15 +53,24 @@ def _parser() -> argparse.ArgumentParser:
 
     bd = sub.add_parser("build", help="build the locked environments on the root")
     bd.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
+    bd.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sub.add_parser("publish", help="smoke-test the kernels and publish them as a new generation")
+    pb = sub.add_parser("publish", help="smoke-test the kernels and publish them as a new generation")
+    pb.add_argument("--json", action="store_true", help="machine-readable output")
 
     rb = sub.add_parser("rollback", help="make an earlier generation current again")
     rb.add_argument("generation", nargs="?", metavar="GEN", help="generation (default: the previous one)")
+    rb.add_argument("--json", action="store_true", help="machine-readable output")
 
     gcp = sub.add_parser("gc", help="remove old generations, unused builds and cached packages")
     gcp.add_argument("--keep", type=int, metavar="N", help="generations to keep (default: [gc] keep)")
     gcp.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gcp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    vf = sub.add_parser("verify", help="re-hash builds and the package cache against their packages")
+    vf.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: every env on the root)")
+    vf.add_argument("--repair", action="store_true", help="remove damaged cache entries, rebuild builds")
+    vf.add_argument("--json", action="store_true", help="machine-readable output")
 
     st = sub.add_parser("status", help="show locks, builds and what is published")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -66,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     df.add_argument("gen_b", nargs="?", metavar="GEN_B", help="the later one (default: the current one)")
     df.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for cmd in sub.choices.values():  # -v and -q after the command too (SUPPRESS: unset keeps the top's)
+        cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as above")
+        cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="as above")
     return p
 
 
@@ -94,15 +113,19 @@ def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.build import ensure_build
+    from .admin.build import ensure_builds
     from .admin.envspec import load_env_spec
 
     specs = [load_env_spec(site, name) for name in site.check_env_names(args.envs)]
     if not specs:
         raise HubstockError(f"the site {site.dir} has no environments: add envs/<env>/environment.yml.")
-    for spec in specs:
-        result = ensure_build(site, spec, progress)
-        print(f"{spec.name}: {result.build_id} ({'built' if result.built else 'up to date'})")
+    done = []
+    for result in ensure_builds(site, specs, progress):
+        done.append({"env": result.env, "build": result.build_id, "built": result.built})
+        if not args.json:
+            print(f"{result.env}: {result.build_id} ({'built' if result.built else 'up to date'})")
+    if args.json:
+        print(json.dumps({"root": str(site.root), "builds": done}, indent=2))
     return 0
 
 
@@ -118,14 +141,24 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
     from .admin.publish import publish
 
     result = publish(site, progress)
-    print(f"generation {result.generation} ({'published' if result.changed else 'unchanged'})")
+    if args.json:
+        doc = {
+            "generation": result.generation,
+            "published": result.changed,
+            "kernels": list(result.kernels),
+            "removed_staging": list(result.removed_staging),
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"generation {result.generation} ({'published' if result.changed else 'unchanged'})")
     return 0
 
 
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.rollback import rollback
 
-    print(f"generation {rollback(site, args.generation, progress)} is current")
+    gen = rollback(site, args.generation, progress)
+    print(json.dumps({"generation": gen}, indent=2) if args.json else f"generation {gen} is current")
     return 0
 
 
@@ -134,8 +167,20 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
     keep = args.keep if args.keep is not None else site.settings.gc.keep
     if keep < 1:
-        raise HubstockError(f"--keep {keep}: at least the current generation is kept; use 1 or more.")
+        raise UsageError(f"--keep {keep}: at least the current generation is kept; use 1 or more.")
     plan = gc(site, keep, args.dry_run, progress)
+    if args.json:
+        doc = {
+            "dry_run": args.dry_run,
+            "removed" if not args.dry_run else "would_remove": {
+                "generations": plan.generations,
+                "builds": plan.builds,
+                "packages": plan.packages,
+            },
+            "kept": {"generations": plan.kept_generations, "builds": plan.kept_builds},
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
     verb = "would remove" if args.dry_run else "removed"
     for g in plan.generations:
         print(f"{verb} generation {g}")
@@ -181,6 +226,33 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .admin.verify import verify
+
+    report = verify(site, args.envs, args.repair, progress)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for b in report.builds:
+            for f in b.findings:
+                print(f.line())
+            state = "ok" if b.ok else "repaired" if b.repaired else f"DAMAGED ({len(b.findings)} file(s))"
+            print(f"build {b.env}/{b.build_id}: {state}")
+        for dist, findings in sorted(report.cache.items()):
+            for f in findings:
+                print(f.line())
+            print(f"cached package {dist}: {'removed' if dist in report.repaired_cache else 'DAMAGED'}")
+        for line in report.left:
+            print(f"not repaired: {line}")
+        bad = sum(not b.ok for b in report.builds)
+        print(
+            f"verified {len(report.builds)} build(s) and the package cache: {bad} damaged build(s), "
+            f"{len(report.cache)} damaged cached package(s)"
+            + ("" if report.ok or args.repair else "; run `hubstock verify --repair`")
+        )
+    return 0 if report.ok else 1
+
+
 COMMANDS = {
     "lock": cmd_lock,
     "build": cmd_build,
@@ -189,6 +261,7 @@ COMMANDS = {
     "status": cmd_status,
     "rollback": cmd_rollback,
     "gc": cmd_gc,
+    "verify": cmd_verify,
 }
 
 
@@ -197,17 +270,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="hubstock: %(message)s")
     logging.getLogger("hubstock").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     progress = Progress(enabled=False if args.quiet else (True if args.verbose else None))
+    # what hubstock and its tools create is never writable by others, whatever the caller's umask
+    # (the modes that matter are also set explicitly: hubstock.store.perms)
+    old_umask = os.umask(0o022)
     try:
         site = load_site(args.site, args.root)
-        return COMMANDS[args.command](site, args, progress)
+        code = COMMANDS[args.command](site, args, progress)
+        sys.stdout.flush()
+        return code
     except HubstockError as e:
         print(f"hubstock: {e}", file=sys.stderr)
         if e.detail and (args.verbose or e.show_detail):
             print(e.detail.rstrip(), file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        _quiet_stdout()  # the reader went away (`| head`): nothing left to say to it
+        return 0
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        print(f"hubstock: {DiskFullError.at(e.filename or os.getcwd(), 'writing')}", file=sys.stderr)
+        return DiskFullError.exit_code
     except KeyboardInterrupt:
         print("hubstock: interrupted; nothing half-done counts, run the command again.", file=sys.stderr)
         return 130
+    finally:
+        os.umask(old_umask)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def entry() -> None:
@@ -217,6 +315,7 @@ def entry() -> None:
     work is done; leaving with ``os._exit`` keeps the exit code the one ``main`` chose.
     """
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(BrokenPipeError, ValueError):
+            stream.flush()
     os._exit(code)

@@ -95,3 +95,63 @@ class SpawnRefused(HubstockError):
         self.status = status
         #: what JupyterHub shows the user (the spawn form, the progress page, the REST answer)
         self.jupyterhub_message = message
+
+
+class UsageError(HubstockError):
+    """A command-line value that cannot be used (``gc --keep 0``, an unknown generation)."""
+
+    exit_code = 2
+
+
+class DiskFullError(HubstockError):
+    """A filesystem ran out of space (or quota) while hubstock wrote to it; nothing half-done counts."""
+
+    @classmethod
+    def at(cls, path: object, step: str, needs: int | None = None) -> DiskFullError:
+        """The one sentence for ``step`` failing on ``path``'s full filesystem: which filesystem,
+        how much space is left there, and roughly what the step needs."""
+        import os
+
+        where = str(path)
+        probe = where
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe.rstrip("/")) or "/"
+            if probe == "/":
+                break
+        mount, left = _filesystem(probe or "/")
+        need = f"; it needs about {_size(needs)}" if needs else ""
+        return cls(
+            f"{step} failed: the filesystem {mount} (holding {where}) is full, {_size(left)} left{need}; "
+            "free space there (or raise the quota) and run the command again."
+        )
+
+
+def _filesystem(path: str) -> tuple[str, int]:
+    """The mount point holding ``path`` and the bytes left there for an ordinary writer."""
+    import os
+
+    try:
+        st = os.statvfs(path)
+        left = st.f_bavail * st.f_frsize
+    except OSError:
+        return path, 0
+    mount = os.path.realpath(path)
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return mount, left
+
+
+def _size(n: int | None) -> str:
+    value = float(n or 0)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """Whether ``e`` is a write that failed for lack of space or quota (ENOSPC, EDQUOT)."""
+    import errno
+
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)

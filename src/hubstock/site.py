@@ -219,6 +219,13 @@ class Settings(_Model):
     hub: HubSettings = Field(default_factory=HubSettings)
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
 
+    @field_validator("root", mode="before")
+    @classmethod
+    def _root(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("may not be empty; remove the key for the default (.hubstock-root in the site)")
+        return v
+
     @field_validator("platforms")
     @classmethod
     def _platforms(cls, v: list[str]) -> list[str]:
@@ -253,6 +260,8 @@ def load_settings(path: Path) -> Settings:
         return Settings()
     try:
         data: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SiteError(f"{path} is not UTF-8 text (byte {e.start}); save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as e:
         raise SiteError(f"{path}: not valid TOML ({e}); fix the file.") from None
     except OSError as e:
@@ -309,8 +318,10 @@ def load_site(
 ) -> Site:
     """Load the site at ``site_dir`` (or ``$HUBSTOCK_SITE``, or the current directory).
 
-    The root is, in order: ``root``, ``$HUBSTOCK_ROOT``, ``root`` in hubstock.toml
-    (relative to the site), and the embedded default ``<site>/.hubstock-root``.
+    The root is, in order: ``root`` (``--root``) and ``$HUBSTOCK_ROOT`` (both relative to the
+    working directory), ``root`` in hubstock.toml (relative to the site), and the embedded
+    default ``<site>/.hubstock-root``. A root that is empty, the site itself, a file, below a
+    file, or on a pseudo-filesystem such as /proc is a :class:`SiteError`.
     """
     sdir = Path(site_dir or os.environ.get("HUBSTOCK_SITE") or os.getcwd()).absolute()
     if not sdir.is_dir():
@@ -322,6 +333,32 @@ def load_site(
             "run from the site repository or pass --site DIR."
         )
     settings = load_settings(settings_path)
-    chosen = root or os.environ.get("HUBSTOCK_ROOT") or settings.root
-    root_path = (sdir / chosen) if chosen else sdir / EMBEDDED_ROOT
-    return Site(dir=sdir, settings=settings, root=Path(os.path.abspath(root_path)))
+    if root is not None and not os.fspath(root).strip():
+        raise SiteError("--root is empty; give the shared root's path, or leave the option out.")
+    if root:  # on the command line, or from the environment: relative to the working directory
+        root_path, source = Path(os.path.abspath(root)), "--root"
+    elif os.environ.get("HUBSTOCK_ROOT", "").strip():
+        root_path, source = Path(os.path.abspath(os.environ["HUBSTOCK_ROOT"])), "HUBSTOCK_ROOT"
+    elif settings.root is not None:  # in hubstock.toml: relative to the site
+        root_path, source = Path(os.path.abspath(sdir / settings.root)), f"{settings_path}: root"
+    else:
+        root_path, source = sdir / EMBEDDED_ROOT, "the default root"
+    _check_root(root_path, sdir, source)
+    return Site(dir=sdir, settings=settings, root=root_path)
+
+
+def _check_root(root: Path, sdir: Path, source: str) -> None:
+    """The root may not be the site itself (or hold it), a file, below a file, or on /proc."""
+    from .store.root import root_problem
+
+    real, site = Path(os.path.realpath(root)), Path(os.path.realpath(sdir))
+    if real == site or site.is_relative_to(real):
+        raise SiteError(
+            f"{source} is {root}, which is the site repository {'itself' if real == site else 'or holds it'}; "
+            f"give the root a folder of its own, e.g. {sdir / EMBEDDED_ROOT} or /software/hubstock."
+        )
+    problem = root_problem(root)
+    if problem:
+        raise SiteError(
+            f"{source} is {root}, which {problem}; point it at a directory for hubstock's builds."
+        )

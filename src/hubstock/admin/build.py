@@ -14,6 +14,7 @@ removed before the next attempt.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import shutil
@@ -25,19 +26,30 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from .. import __version__
-from ..errors import BuildError, CommandError, IntegrityError
+from ..errors import BuildError, CommandError, DiskFullError, IntegrityError, is_disk_full
 from ..proc import run
 from ..progress import Progress
 from ..site import Site
 from ..store.buildlock import write_lock_copy
-from ..store.builds import current_build, is_complete, mark_complete, write_provenance
+from ..store.builds import (
+    clear_damage,
+    current_build,
+    damage,
+    is_complete,
+    mark_complete,
+    write_build_files,
+    write_provenance,
+)
 from ..store.fs import atomic_symlink, empty_trash, make_read_only, now_iso, remove_tree
+from ..store.perms import ADMIN_DIR, PUBLIC_DIR, make_dir
 from ..store.records import BuildProvenance, LockedPackage
 from ..store.root import Root
+from . import cache
 from .envspec import EnvSpec
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
 from .uv import run_uv, uv_error_summary
+from .verify import build_file_list, recheck_builds
 
 if TYPE_CHECKING:
     from rattler import RepoDataRecord
@@ -67,23 +79,38 @@ def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
     check_server_packages(site, spec.name, (p.name for p in packages_for(lock, platform)))
     root = Root(site.root)
     prefix = root.build(spec.name, bid)
-    if current_build(root, spec.name) == bid:
+    if current_build(root, spec.name) == bid and not damage(root, spec.name, bid):
         progress.step(f"[{spec.name}] build {bid} is up to date")
         return BuildResult(spec.name, bid, prefix, built=False)
     with root.locked(on_wait=progress.step):
         empty_trash(root.trash)
-        if not is_complete(prefix, bid):
+        damaged = is_complete(prefix, bid) and damage(root, spec.name, bid) is not None
+        if damaged or not is_complete(prefix, bid):
             if prefix.exists():
-                progress.step(f"[{spec.name}] removing the interrupted build {bid}")
+                what = "damaged" if damaged else "interrupted"
+                progress.step(f"[{spec.name}] removing the {what} build {bid}")
                 remove_tree(prefix, root.trash)
             _build(site, root, spec, lock, platform, bid, prefix, progress)
-            root.audit("build", env=spec.name, build=bid)
+            clear_damage(root, spec.name, bid)
+            root.audit("build", env=spec.name, build=bid, **({"replaced": "damaged"} if damaged else {}))
             built = True
         else:
             built = False
         atomic_symlink(bid, root.env_current(spec.name))
     progress.step(f"[{spec.name}] build {bid} is complete")
     return BuildResult(spec.name, bid, prefix, built=built)
+
+
+def ensure_builds(site: Site, specs: list[EnvSpec], progress: Progress) -> list[BuildResult]:
+    """:func:`ensure_build` for each of ``specs``; then once more for any whose build a later
+    one found damaged (a cached package it links was changed in place)."""
+    results = [ensure_build(site, spec, progress) for spec in specs]
+    root = Root(site.root)
+    for i, (spec, result) in enumerate(zip(specs, results, strict=True)):
+        if damage(root, spec.name, result.build_id) is not None:
+            again = ensure_build(site, spec, progress)
+            results[i] = BuildResult(spec.name, again.build_id, again.prefix, built=True)
+    return results
 
 
 def _build(
@@ -99,15 +126,19 @@ def _build(
     entries = packages_for(lock, platform)
     conda = [p for p in entries if p.manager == "conda"]
     pip = [p for p in entries if p.manager == "pip"]
-    root.env(spec.name).mkdir(parents=True, exist_ok=True)
-    os.chmod(root.env(spec.name), 0o755)
+    make_dir(root.env(spec.name), PUBLIC_DIR)
+    make_dir(prefix, ADMIN_DIR)  # nobody else may reach into a build before it is read-only
 
     progress.step(f"[{spec.name}] verifying {len(conda)} package archive(s) against the lock")
     archives = [_verified_archive(root, spec.name, p) for p in conda]
     records = asyncio.run(_records(conda, archives))
+    _check_cache(root, spec.name, conda, archives, progress)
 
     progress.step(f"[{spec.name}] installing {len(records)} conda package(s) into {prefix}")
     _install_conda(root, records, prefix, platform, progress)
+    for p, archive in zip(conda, archives, strict=True):
+        cache.seal(root, cache.dist_of(p.url), archive, p.hash.sha256)
+    cache.secure(root, [cache.dist_of(p.url) for p in conda])
     if pip:
         progress.step(f"[{spec.name}] installing {len(pip)} pip package(s) with uv")
         _install_pip(site, spec.name, pip, prefix)
@@ -135,6 +166,7 @@ def _build(
     )
     write_provenance(prefix, provenance)
     write_lock_copy(prefix, _lock_bytes(spec, provenance.lock_platform_hash))  # for users to download
+    write_build_files(prefix, build_file_list(prefix, bid))  # what hubstock verify checks the rest against
     make_read_only(prefix)
     os.chmod(prefix, 0o755)  # the marker is the one write left
     mark_complete(prefix, bid)  # last: from now on the build counts
@@ -150,6 +182,27 @@ def _lock_bytes(spec: EnvSpec, platform_hash: str | None) -> bytes:
             "run the build again."
         )
     return data
+
+
+def _check_cache(
+    root: Root, env: str, conda: list[LockedDependency], archives: list[Path], progress: Progress
+) -> None:
+    """Keep only the cached packages hubstock sealed and that are intact; the installer extracts
+    the others again from their verified archives. Builds that link a damaged one are verified."""
+    progress.step(f"[{env}] checking {len(conda)} cached package(s) against their archives")
+    prepared = cache.prepare(
+        root, {cache.dist_of(p.url): (p.hash.sha256, a) for p, a in zip(conda, archives, strict=True)}
+    )
+    if prepared.damaged:
+        names = ", ".join(sorted(prepared.damaged))
+        progress.step(
+            f"[{env}] the cache's copy of {names} was damaged: extracting it again from the archive"
+        )
+        for check in recheck_builds(root, set(prepared.damaged)):
+            if not check.ok:
+                progress.step(
+                    f"[{env}] build {check.env}/{check.build_id} links the damaged files: it is marked damaged"
+                )
 
 
 def _sha256(path: Path) -> str:
@@ -195,6 +248,8 @@ def _download(url: str, dest: Path, env: str, name: str) -> None:
         os.replace(tmp, dest)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise DiskFullError.at(dest.parent, f"downloading package {name} of env {env!r}") from None
         raise BuildError(
             f"package {name} of env {env!r} could not be downloaded from {url} ({e}); check the "
             "network or the channel."
@@ -230,6 +285,10 @@ def _install_conda(root: Root, records: list, prefix: Path, platform: str, progr
             )
         )
     except (InstallerError, LinkError, TransactionError, OSError) as e:
+        if is_disk_full(e) or _says_disk_full(str(e)):
+            # extracted, roughly three times the archives
+            needs = sum(getattr(r, "size", 0) or 0 for r in records) * 3
+            raise DiskFullError.at(prefix, "installing the conda packages", needs) from None
         raise BuildError(
             f"installing the conda packages into {prefix} failed: {str(e).splitlines()[0]}; "
             "check free space and permissions on the root.",
@@ -259,6 +318,8 @@ def _install_pip(site: Site, env: str, pip: list[LockedDependency], prefix: Path
                 what=f"installing the pip part of env {env!r}",
             )
         except CommandError as e:
+            if _says_disk_full(e.output):
+                raise DiskFullError.at(prefix, f"installing the pip part of env {env!r}") from None
             raise BuildError(
                 f"uv could not install the pip packages of env {env!r}: {uv_error_summary(e.output)}; "
                 "lock again with `nox -s lock` if the lock is old.",
@@ -266,21 +327,41 @@ def _install_pip(site: Site, env: str, pip: list[LockedDependency], prefix: Path
             ) from None
 
 
+def _says_disk_full(text: str) -> bool:
+    """Whether a tool's message is about a full filesystem or quota (os error 28 or 122)."""
+    signs = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+    return any(s in text for s in signs)
+
+
 def _compile(env: str, prefix: Path) -> str:
     """Byte-compile every python file of the build with checked-hash pycs.
 
     Extraction changes mtimes, so only hash-checked pycs stay valid; files whose
     prefix was rewritten at install time are compiled here, after install. A
-    package's stray file that does not compile (py2 test data) is reported, not fatal.
+    package's stray file that does not compile (py2 test data) is reported, not fatal;
+    a pyc that cannot be written (a full disk) fails the build.
     """
     python = prefix / "bin" / "python"
     libs = sorted(p for p in (prefix / "lib").glob("python3*") if p.is_dir())
     if not python.exists() or not libs:
         return ""
     script = Path(__file__).with_name("_compile_env.py")
-    proc = run(
-        [str(python), "-I", str(script), *map(str, libs)],
-        what=f"byte-compiling env {env!r}",
-        env={"PYTHONDONTWRITEBYTECODE": ""},
-    )
+    try:
+        proc = run(
+            [str(python), "-I", str(script), *map(str, libs)],
+            what=f"byte-compiling env {env!r}",
+            env={"PYTHONDONTWRITEBYTECODE": ""},
+        )
+    except CommandError as e:
+        last = (e.output.strip().splitlines() or [""])[-1].split()
+        fields = dict(f.split("=", 1) for f in last if "=" in f)
+        if fields.get("errno") in (str(errno.ENOSPC), str(errno.EDQUOT)):
+            needs = int(fields.get("needs", "0") or 0)
+            raise DiskFullError.at(prefix, f"byte-compiling env {env!r}", needs) from None
+        first = next((ln for ln in e.output.splitlines() if ln.startswith("error ")), "")
+        raise BuildError(
+            f"byte-compiling env {env!r} failed, so the build does not count: "
+            f"{first.split(' ', 3)[-1] if first else e.message}; fix the cause and build again.",
+            detail=e.output,
+        ) from None
     return proc.stdout.strip()

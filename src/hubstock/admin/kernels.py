@@ -10,10 +10,13 @@ directory names, stable across builds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
@@ -179,7 +182,7 @@ def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float)
     """
     if not kernels:
         return
-    with tempfile.TemporaryDirectory(prefix="hubstock-smoke-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hubstock-smoke-") as tmp, _quiet_jupyter_client():
         results = asyncio.run(_smoke_all(kernels, kernels_dir, Path(tmp), timeout))
     for k, err in zip(kernels, results, strict=True):
         if err is not None:
@@ -189,6 +192,21 @@ def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float)
                 f"failed its smoke test: {reason}; nothing was published, the current kernels stay.",
                 detail=log,
             )
+
+
+@contextlib.contextmanager
+def _quiet_jupyter_client() -> Iterator[None]:
+    """jupyter_client logs its own account of a kernel that fails to start; hubstock's one
+    sentence says it (naming the kernel and the fix), so nothing is logged before it."""
+    loggers = [logging.getLogger(name) for name in ("traitlets", "jupyter_client")]
+    saved = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, saved, strict=True):
+            lg.disabled = was
 
 
 async def _smoke_all(kernels, kernels_dir: Path, tmp: Path, timeout: float):
@@ -225,6 +243,9 @@ async def _smoke_one(k: RenderedKernel, kernels_dir: Path, tmp: Path, timeout: f
             return (f"it did not answer within {timeout:.0f} s", _tail(log_path))
         except _SmokeFailure as e:
             return (str(e), "\n".join(x for x in (_tail(log_path), e.detail) if x))
+        except FileNotFoundError as e:
+            exe = e.filename or k.spec["argv"][0]
+            return (f"its executable {exe} does not exist; fix 'argv' in its kernel.json", _tail(log_path))
         except (OSError, RuntimeError) as e:
             return (f"it could not be started ({e})", _tail(log_path))
         finally:

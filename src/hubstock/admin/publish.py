@@ -23,12 +23,21 @@ import os
 import uuid
 from dataclasses import dataclass
 
-from ..errors import PublishError
+from ..errors import DiskFullError, PublishError, is_disk_full
 from ..progress import Progress
 from ..site import Site
-from ..store.builds import current_build, is_complete, read_provenance
+from ..store.builds import current_build, damage, is_complete, read_provenance
 from ..store.fs import current_user, fsync_dir, make_read_only, now_iso, remove_tree
-from ..store.generations import generation, next_generation, resolve_current, staging, switch_current
+from ..store.generations import (
+    STAGING_PREFIX,
+    generation,
+    next_generation,
+    resolve_current,
+    staging,
+    switch_current,
+    unfinished,
+)
+from ..store.perms import ADMIN_DIR, make_dir
 from ..store.records import GenerationManifest, KernelEntry, ManifestBuild
 from ..store.root import Root
 from .extensions import Extensions, load_extensions, render_server_config, write_extensions
@@ -47,6 +56,8 @@ from .policy import check_server_packages
 class PublishResult:
     generation: str
     changed: bool
+    kernels: tuple[str, ...] = ()
+    removed_staging: tuple[str, ...] = ()
 
 
 def build_ref(site: Site, env: str) -> BuildRef:
@@ -59,6 +70,11 @@ def build_ref(site: Site, env: str) -> BuildRef:
         raise PublishError(
             f"env {env!r} has no complete build on {site.root}; run `nox -s build-envs` "
             f"(or `hubstock build {env}`) first."
+        )
+    if damage(root, env, bid) is not None:
+        raise PublishError(
+            f"build {env}/{bid} is damaged (`hubstock verify {env}` lists its files); run "
+            f"`hubstock build {env}` to replace it, then publish."
         )
     if env == site.settings.server.env:
         check_server_packages(site, env, (p.name for p in prov.packages))
@@ -87,6 +103,9 @@ def publish(site: Site, progress: Progress) -> PublishResult:
         server = builds.get(server_env) or build_ref(site, server_env)
 
     with root.locked(on_wait=progress.step):
+        stale = _remove_stale_staging(root)
+        if stale:
+            progress.step(f"removed {len(stale)} staging folder(s) of interrupted publishes")
         resolved = resolve_current(root)
         cur = resolved.name if resolved else None
         prev = resolved.manifest() if resolved else None
@@ -96,12 +115,12 @@ def publish(site: Site, progress: Progress) -> PublishResult:
         digest = _digest(kernels, ext, server, default_kernel)
         if resolved and prev and prev.digest == digest:
             progress.step(f"nothing changed since generation {cur}: not publishing")
-            return PublishResult(resolved.name, changed=False)
+            return PublishResult(resolved.name, False, tuple(all_names), tuple(stale))
 
         gen = next_generation(root)
         final = generation(root, gen)
         stage = staging(root, gen, uuid.uuid4().hex[:8])
-        stage.path.mkdir(parents=True)
+        make_dir(stage.path, ADMIN_DIR)  # nobody else may drop a kernel in while it is smoke-tested
         try:
             for k in kernels:
                 write_kernel(stage.kernels_dir, k)
@@ -113,8 +132,11 @@ def publish(site: Site, progress: Progress) -> PublishResult:
             make_read_only(stage.path)
             os.rename(stage.path, final.path)
             fsync_dir(root.generations)
-        except BaseException:
+        except BaseException as e:
             remove_tree(stage.path, root.trash)
+            if is_disk_full(e):
+                needs = sum(len(json.dumps(k.spec)) + sum(map(len, k.resources.values())) for k in kernels)
+                raise DiskFullError.at(root.generations, f"writing generation {gen}", needs) from None
             raise
         switch_current(root, gen)
         root.audit(
@@ -125,7 +147,16 @@ def publish(site: Site, progress: Progress) -> PublishResult:
             builds={e: b.build_id for e, b in builds.items()},
         )
     progress.step(f"published generation {gen} ({len(kernels)} kernel(s))")
-    return PublishResult(gen, changed=True)
+    return PublishResult(gen, True, tuple(all_names), tuple(stale))
+
+
+def _remove_stale_staging(root: Root) -> list[str]:
+    """Staging folders left by interrupted publishes. Call with the root's lock held: a publish
+    holds it from its staging folder's creation to its rename, so every one found is stale."""
+    stale = [n for n in unfinished(root) if n.startswith(STAGING_PREFIX)]
+    for name in stale:
+        remove_tree(root.generations / name, root.trash)
+    return stale
 
 
 def _pinned_kernels(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import PublishError
+from ..errors import PublishError, UsageError
 from ..progress import Progress
 from ..site import Site
 from ..store.builds import is_complete
@@ -26,7 +26,7 @@ def rollback(site: Site, gen: str | None, progress: Progress) -> str:
             gen = earlier[-1]
         gen = normalise(gen)
         if gen not in gens:
-            raise PublishError(
+            raise UsageError(
                 f"generation {gen!r} does not exist (generations: {', '.join(gens) or 'none'}); "
                 "see `hubstock status`."
             )

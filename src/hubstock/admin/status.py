@@ -6,7 +6,7 @@ from typing import Any
 
 from ..errors import HubstockError
 from ..site import Site
-from ..store.builds import build_ids, current_build, is_complete
+from ..store.builds import build_ids, current_build, damage, is_complete
 from ..store.generations import generations, resolve_current
 from ..store.records import RecordError
 from ..store.root import Root
@@ -33,7 +33,16 @@ def collect_status(site: Site) -> dict[str, Any]:
 
 
 def _builds(root: Root, env: str) -> list[dict[str, Any]]:
-    return [{"id": b, "complete": is_complete(root.build(env, b), b)} for b in build_ids(root, env)]
+    """Each build: complete (its marker), and damaged (the last ``hubstock verify`` found files
+    that differ from what its packages declare: the next ``build`` replaces it)."""
+    out = []
+    for b in build_ids(root, env):
+        entry: dict[str, Any] = {"id": b, "complete": is_complete(root.build(env, b), b)}
+        found = damage(root, env, b)
+        if found is not None:
+            entry["damaged"] = found.count or len(found.problems)
+        out.append(entry)
+    return out
 
 
 def published(root: Root) -> dict[str, Any]:
@@ -63,6 +72,12 @@ def format_status(doc: dict[str, Any]) -> str:
         done = sum(b["complete"] for b in env["builds"])
         cur = env["current"] or "none"
         lines.append(f"  env {name:<16} lock {env['lock']:<8} current {cur:<18} builds {done}/{n} complete")
+        for b in env["builds"]:
+            if b.get("damaged"):
+                lines.append(
+                    f"    build {b['id']} is DAMAGED: {b['damaged']} file(s) differ "
+                    f"(`hubstock verify {name}`); the next `hubstock build` replaces it"
+                )
     pub = doc["published"]
     if pub["generation"]:
         lines.append(f"published generation {pub['generation']}:")

@@ -7,9 +7,11 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from ..proc import run
 from ..site import Site
+from ..store.perms import admin_only
 from ..store.root import Root
 
 
@@ -36,8 +38,21 @@ def uv_env(site: Site) -> dict[str, str]:
 
 
 def run_uv(site: Site, *args: str, what: str) -> subprocess.CompletedProcess[str]:
-    """Run ``uv ARGS`` (no user or project config, quiet) with hubstock's uv environment."""
-    return run([*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]], what=what, env=uv_env(site))
+    """Run ``uv ARGS`` (no user or project config, quiet) with hubstock's uv environment.
+
+    uv sets modes of its own in its cache (its lock files are 0666): the root's uv cache is
+    made the admin's alone afterwards, so no user can change or lock anything in it.
+    """
+    env = uv_env(site)
+    root = Root(site.root)
+    own_cache = Path(env["UV_CACHE_DIR"]) == root.uv_cache
+    if own_cache:
+        root.ensure()
+    try:
+        return run([*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]], what=what, env=env)
+    finally:
+        if own_cache:
+            admin_only(root.cache)
 
 
 def uv_error_summary(output: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import SpawnError
 from ..store.builds import is_complete
 from ..store.fs import now_iso
-from ..store.generations import Generation, resolve_current
+from ..store.generations import Generation, current_name, resolve_current
 from ..store.records import GenerationManifest, RecordError, SessionRecord
 from ..store.root import Root
 from ..store.sessions import register, unregister
@@ -61,9 +61,38 @@ def _broken(gen: Generation, problem: str) -> SpawnError:
 
 
 def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
-    """Pin ``spawner`` to the current generation; register and audit the session."""
+    """Pin ``spawner`` to the current generation; register and audit the session.
+
+    The session's record is written *before* the generation is checked once more: ``hubstock
+    gc`` (which reads the records again after moving what it removes out of the way) then
+    either sees the record and keeps the generation, or has removed it already, and the hook
+    sees that and pins the new current generation instead.
+    """
     r = Root(Path(root))
-    gen, manifest = published_generation(r)
+    for attempt in range(3):
+        was = current_name(r)
+        try:
+            gen, manifest = published_generation(r)
+        except SpawnError:
+            if attempt < 2 and current_name(r) != was:
+                continue  # a publish and a gc came through while it was being read: the new one
+            raise
+        session = SessionRecord(
+            user=spawner.user.name,
+            server=spawner.name or "",
+            generation=gen.name,
+            builds=sorted(manifest.build_keys()),
+            started=now_iso(),
+        )
+        register(r, session)
+        if _still_there(gen, manifest):
+            break
+    else:
+        unregister(r, spawner.user.name, spawner.name or "")
+        raise SpawnError(
+            "The published notebook environment was replaced several times while your server was starting; "
+            "please start it again."
+        )
     server = manifest.server
     assert server is not None  # published_generation refuses a generation without one
     bindir = Path(server.prefix) / "bin"
@@ -77,14 +106,6 @@ def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
         "JUPYTER_CONFIG_PATH": str(gen.config_path),
         "HUBSTOCK_GENERATION": gen.name,
     }
-    session = SessionRecord(
-        user=spawner.user.name,
-        server=spawner.name or "",
-        generation=gen.name,
-        builds=sorted(manifest.build_keys()),
-        started=now_iso(),
-    )
-    register(r, session)
     r.audit(
         "spawn",
         user=session.user,
@@ -100,6 +121,12 @@ def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
 
     spawner.hubstock_on_submit = on_submit
     return session
+
+
+def _still_there(gen: Generation, manifest: GenerationManifest) -> bool:
+    """Whether the generation (and its server build) is still on the root."""
+    server = manifest.server
+    return gen.manifest_path.is_file() and (server is None or is_complete(Path(server.prefix), server.build))
 
 
 def post_stop_hook(spawner: Any, root: str | os.PathLike[str]) -> None:

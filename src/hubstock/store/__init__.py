@@ -10,6 +10,7 @@ records or spells their file names.
 - :mod:`.builds`: is a build complete, which build is current, provenance;
 - :mod:`.generations`: which generation is current (resolved once), what it holds;
 - :mod:`.sessions`: the running servers' records;
+- :mod:`.perms`: who may read and write what on the root, whatever the umask;
 - :mod:`.buildlock`: the copy of its lock each build keeps, read back only from inside the build;
 - :mod:`.catalog`: what users may know of the published generations (cached reads);
 - :mod:`.diff`: what changed between two generations (pure), for ``hubstock diff`` and the hub's page;

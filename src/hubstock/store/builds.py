@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 from .fs import atomic_write
-from .records import BuildProvenance
-from .root import MARKER, PROVENANCE, Root
+from .records import BuildDamage, BuildFiles, BuildProvenance, RecordError
+from .root import BUILD_FILES, MARKER, PROVENANCE, Root
 
 
 def is_complete(prefix: Path, bid: str | None = None) -> bool:
@@ -61,3 +61,39 @@ def write_provenance(prefix: Path, provenance: BuildProvenance) -> None:
 def mark_complete(prefix: Path, bid: str) -> None:
     """Write the completion marker: from now on the build counts. Always the last write."""
     atomic_write(prefix / MARKER, bid + "\n")
+
+
+def write_build_files(prefix: Path, files: BuildFiles) -> None:
+    atomic_write(prefix / BUILD_FILES, files.to_json())
+
+
+def read_build_files(prefix: Path) -> BuildFiles | None:
+    """The build's list of files no package declares (None for a build made before it existed)."""
+    return BuildFiles.read_optional(prefix / BUILD_FILES)
+
+
+#: files of its own that a build holds besides what its packages install
+OWN_FILES = (MARKER, PROVENANCE, BUILD_FILES)
+
+
+def _damage_path(root: Root, env: str, bid: str) -> Path:
+    return root.env(env) / f".damaged-{bid}.json"
+
+
+def record_damage(root: Root, damage: BuildDamage) -> None:
+    """Remember that ``hubstock verify`` found the build damaged (beside it: the build is read-only)."""
+    atomic_write(_damage_path(root, damage.env, damage.build_id), damage.to_json())
+
+
+def clear_damage(root: Root, env: str, bid: str) -> None:
+    _damage_path(root, env, bid).unlink(missing_ok=True)
+
+
+def damage(root: Root, env: str, bid: str) -> BuildDamage | None:
+    """What the last verify found wrong with the build, or None when it verified (or never ran).
+    A damage record that cannot be read counts as damage: verify again to know."""
+    path = _damage_path(root, env, bid)
+    try:
+        return BuildDamage.read_optional(path)
+    except RecordError as e:
+        return BuildDamage(env=env, build_id=bid, checked="", problems=[str(e)], count=1)

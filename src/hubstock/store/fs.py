@@ -8,6 +8,7 @@ replaced with one rename, and trees are renamed away before they are deleted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import os
 import shutil
@@ -15,6 +16,8 @@ import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ..errors import DiskFullError, is_disk_full
 
 
 def now_iso() -> str:
@@ -37,46 +40,98 @@ def fsync_dir(path: Path) -> None:
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write ``path`` so that readers see the old content or the new, never a part."""
+    """Write ``path`` so that readers see the old content or the new, never a part.
+
+    Its mode is ``mode`` whatever the umask. A full filesystem is a :class:`DiskFullError`
+    (one sentence: which filesystem, the space left, the size of the file), and the old
+    content stays.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     raw = data.encode() if isinstance(data, str) else data
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with open(fd, "wb") as f:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(e):
+            raise DiskFullError.at(path, f"writing {path}", len(raw)) from None
         raise
     fsync_dir(path.parent)
+
+
+def read_regular(path: Path, limit: int = 1 << 24) -> bytes | None:
+    """The content of ``path`` if it is a regular file, else None, without ever blocking:
+    a FIFO, a device or a symlink someone put there is skipped, not opened for reading."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while (chunk := os.read(fd, 1 << 16)) and limit > 0:
+            chunks.append(chunk)
+            limit -= len(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def atomic_symlink(target: str, link: Path) -> None:
     """Point ``link`` at ``target`` with one rename: readers never see it missing."""
     tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.symlink(target, tmp)
     try:
+        os.symlink(target, tmp)
         os.replace(tmp, link)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if is_disk_full(e):
+            raise DiskFullError.at(link.parent, f"pointing {link} at {target}", len(target)) from None
         raise
     fsync_dir(link.parent)
 
 
 def remove_tree(path: Path, trash: Path) -> None:
     """Remove ``path``: first renamed away (so it vanishes at once), then deleted."""
+    doomed = move_to_trash(path, trash)
+    if doomed is not None:
+        delete_tree(doomed)
+
+
+def move_to_trash(path: Path, trash: Path) -> Path | None:
+    """Rename ``path`` into ``trash`` (the admin's alone): gone at once for readers, and still
+    there to be renamed back. Returns where it went (None if it did not exist)."""
     if not path.exists() and not path.is_symlink():
-        return
-    trash.mkdir(parents=True, exist_ok=True)
+        return None
+    if not trash.is_dir():
+        trash.mkdir(parents=True, exist_ok=True)
+        os.chmod(trash, 0o700)
     doomed = trash / f"{path.name}.{uuid.uuid4().hex[:8]}"
-    os.rename(path, doomed)
-    _rmtree_writable(doomed)
+    try:
+        os.rename(path, doomed)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        # a folder mounted on its own filesystem: out of the way beside it instead
+        doomed = path.with_name(f".{path.name}.removing-{uuid.uuid4().hex[:8]}")
+        os.rename(path, doomed)
+    return doomed
+
+
+def delete_tree(path: Path) -> None:
+    """Delete ``path`` (a file, a link or a tree, read-only or not)."""
+    _rmtree_writable(path)
 
 
 def empty_trash(trash: Path) -> None:
@@ -122,3 +177,8 @@ def _read_only(p: str) -> None:
         want |= 0o111
     if want != mode:
         os.chmod(p, want)
+
+
+def link_target(path: str | os.PathLike[str]) -> str:
+    """What the symbolic link ``path`` points at, as written (for integrity checks)."""
+    return os.readlink(path)

@@ -207,3 +207,49 @@ class AuditLine(Record):
     def fields(self) -> dict[str, Any]:
         """The action's own fields (``generation``, ``job_id``...)."""
         return dict(self.model_extra or {})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integrity: the package cache and the builds
+
+
+class CacheSeal(Record):
+    """An extracted package in the cache that hubstock checked against its verified archive.
+
+    Written into the package's folder after every file matched; an extracted package
+    without a seal, or that no longer matches it, is never linked into a build.
+    """
+
+    WHAT: ClassVar[str] = "package cache seal"
+
+    package: str  # '<name>-<version>-<build>'
+    archive_sha256: str
+    #: sha256 of every file under info/ (paths.json included: what the package declares)
+    info: dict[str, str] = Field(default_factory=dict)
+    #: the target of every symbolic link the package declares
+    links: dict[str, str] = Field(default_factory=dict)
+    sealed: str
+    by: str
+
+
+class BuildFiles(Record):
+    """The sha256 of every file of a build that no package declares (its byte-code, files
+    written at install time), recorded when the build was made, for ``hubstock verify``."""
+
+    WHAT: ClassVar[str] = "build file list"
+
+    build_id: str
+    files: dict[str, str] = Field(default_factory=dict)
+
+
+class BuildDamage(Record):
+    """What the last ``hubstock verify`` found wrong with a build: it no longer counts as
+    complete for ``status``, and the next ``build`` of its env replaces it."""
+
+    WHAT: ClassVar[str] = "build damage record"
+
+    env: str
+    build_id: str
+    checked: str
+    problems: list[str] = Field(default_factory=list)  # first few: '<flags> <path>'
+    count: int = 0

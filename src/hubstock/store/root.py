@@ -8,9 +8,11 @@
     $ROOT/cache/uv/                    uv's cache for the pip part
     $ROOT/sessions/                    running sessions, so gc keeps what they use
     $ROOT/audit.log                    one JSON line per build, publish, rollback, gc, spawn
-    $ROOT/.hubstock.lock               held while anything changes the root
+    $ROOT/.hubstock.lock               held while anything changes the root (mode 0600)
+    $ROOT/.hubstock.holder             who holds it (written once it is held)
 
-Nothing outside ``hubstock.store`` spells these names.
+Nothing outside ``hubstock.store`` spells these names. Who may read and write each of
+them is :mod:`.perms`' business.
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ import contextlib
 import errno
 import fcntl
 import os
+import socket
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fs import current_user, now_iso
+from ..errors import DiskFullError, is_disk_full
+from .fs import atomic_write, current_user, now_iso
+from .perms import ADMIN_DIR, LOCK_FILE, PUBLIC_DIR, PUBLIC_FILE, admin_of, make_dir, private_modes, set_mode
 from .records import AuditLine, RecordError
 
 MARKER = ".hubstock-complete"
 PROVENANCE = ".hubstock-build.json"
 MANIFEST = "manifest.json"
+#: in a build: the sha256 of the files no package declares
+BUILD_FILES = ".hubstock-files.json"
+#: in an extracted package of the cache: hubstock checked it against its archive
+CACHE_SEAL = ".hubstock-sealed.json"
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,29 @@ class Root:
     def downloads(self) -> Path:
         return self.pkgs / "downloads"
 
+    def pkg_entry(self, dist: str) -> Path:
+        """The extracted package ``<name>-<version>-<build>`` in the cache."""
+        return self.pkgs / dist
+
+    def pkg_lock(self, dist: str) -> Path:
+        """The installer's own lock and revision file of a cached package."""
+        return self.pkgs / f"{dist}.lock"
+
+    def pkg_seal(self, dist: str) -> Path:
+        return self.pkg_entry(dist) / CACHE_SEAL
+
+    @property
+    def pkgs_lock(self) -> Path:
+        """The installer's lock of the whole cache."""
+        return self.pkgs / ".cache.lock"
+
+    @property
+    def cache(self) -> Path:
+        return self.path / "cache"
+
     @property
     def uv_cache(self) -> Path:
-        return self.path / "cache" / "uv"
+        return self.cache / "uv"
 
     @property
     def generations(self) -> Path:
@@ -87,45 +117,108 @@ class Root:
         return self.path / ".hubstock.lock"
 
     @property
+    def holder_file(self) -> Path:
+        return self.path / ".hubstock.holder"
+
+    @property
     def trash(self) -> Path:
         return self.path / ".trash"
 
     def ensure(self) -> None:
-        """Create the root's top level (world-readable, so servers can use it)."""
-        for d in (self.path, self.envs, self.pkgs, self.generations):
-            d.mkdir(parents=True, exist_ok=True)
-            os.chmod(d, 0o755)
+        """Create the root's top level with its modes, whatever the umask: the root, ``envs/`` and
+        ``generations/`` readable by all (servers use them), the caches and the trash the admin's alone.
+        A setgid root (the group the hub and the admins share, see :mod:`.perms`) stays setgid."""
+        try:
+            setgid = os.stat(self.path).st_mode & stat.S_ISGID
+        except OSError:
+            setgid = 0
+        make_dir(self.path, PUBLIC_DIR | setgid)
+        for d in (self.envs, self.generations):
+            make_dir(d, PUBLIC_DIR)
+        for d in (self.pkgs, self.cache, self.trash):
+            make_dir(d, ADMIN_DIR)
 
     @contextlib.contextmanager
-    def locked(self, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-        """Hold the root's lock: one writer at a time; a second one waits its turn."""
-        self.ensure()
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    def locked(self, on_wait: Callable[[str], None] | None = None, *, create: bool = True) -> Iterator[None]:
+        """Hold the root's lock: one writer at a time; a second one waits its turn.
+
+        The lock file is the admin's alone (0600): ``flock`` needs nothing but an open file, so
+        a file others could open would let any user stall every build. With ``create=False``
+        (a dry run) nothing is created: a root that has no lock file yet is read as it is.
+        """
+        if create:
+            self.ensure()
+        elif not self.lock_file.exists():
+            yield
+            return
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = os.open(self.lock_file, flags, LOCK_FILE)
         try:
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) != LOCK_FILE:
+                os.fchmod(fd, LOCK_FILE)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 if on_wait:
-                    on_wait(f"waiting for {holder} to finish with {self.path}")
+                    on_wait(f"waiting for {self._holder(st)} to finish with {self.path}")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"hubstock pid {os.getpid()}\n".encode(), 0)
-            yield
+            me = f"hubstock pid {os.getpid()} on {socket.gethostname()} (user {current_user()})"
+            if create:  # a note only: a full disk must not stop gc, which frees space
+                with contextlib.suppress(OSError, DiskFullError):
+                    atomic_write(self.holder_file, me + "\n", mode=PUBLIC_FILE)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(OSError):
+                    if self.holder_file.read_text().strip() == me:
+                        self.holder_file.unlink()
         finally:
             os.close(fd)  # closing releases the lock, as does the process dying
 
-    def audit(self, action: str, **fields: Any) -> None:
-        """Append one :class:`AuditLine` (O_APPEND: concurrent writers do not mix)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        line = AuditLine(time=now_iso(), action=action, by=current_user(), **fields).to_line().encode()
-        fd = os.open(self.audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    def _holder(self, st: os.stat_result) -> str:
+        """Who holds the lock now: the kernel's lock table names the process; the holder file,
+        written only once the lock is held, says more about it when it names that process."""
+        pid = _flock_holder(st)
         try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+            text = self.holder_file.read_text().strip()
+        except OSError:
+            text = ""
+        named = _pid_in(text)
+        if pid is not None:
+            return text if named == pid else f"process {pid}"
+        if text and named and f" on {socket.gethostname()} " in text and not _alive(named):
+            return "another process"  # left by a hubstock that died holding the lock
+        return text or "another process"
+
+    def audit(self, action: str, **fields: Any) -> None:
+        """Append one :class:`AuditLine` (O_APPEND: concurrent writers do not mix).
+
+        The log is readable by its owner only (0600; written by root, the root's owner: the
+        admin), or by the root's shared group too (0660) where the root is setgid (see :mod:`.perms`).
+        """
+        if not self.path.is_dir():
+            make_dir(self.path, PUBLIC_DIR)
+        _dmode, fmode, gid = private_modes(self.path)
+        line = AuditLine(time=now_iso(), action=action, by=current_user(), **fields).to_line().encode()
+        try:
+            fd = os.open(
+                self.audit_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, fmode
+            )
+            try:
+                set_mode(self.audit_log, fmode, gid, admin_of(self.path))
+                if os.write(fd, line) < len(line):  # the disk filled up mid-line: end the torn line
+                    with contextlib.suppress(OSError):
+                        os.write(fd, b"\n")
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.audit_log))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if is_disk_full(e):
+                raise DiskFullError.at(self.audit_log, "writing the audit log", len(line)) from None
+            raise
 
     def audit_lines(self) -> list[AuditLine]:
         """Every readable line of the audit log, oldest first (damaged lines are skipped)."""
@@ -140,3 +233,112 @@ class Root:
             with contextlib.suppress(RecordError):
                 out.append(AuditLine.from_text(line, f"{self.audit_log}:{n}"))
         return out
+
+
+def _flock_holder(st: os.stat_result) -> int | None:
+    """The pid holding a ``flock`` on the file ``st`` describes, from ``/proc/locks`` (Linux)."""
+    try:
+        with open("/proc/locks") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":  # '->' marks a waiter, not the holder
+            continue
+        try:
+            major, minor, ino = parts[5].split(":")
+            same = (int(major, 16), int(minor, 16), int(ino)) == (
+                os.major(st.st_dev),
+                os.minor(st.st_dev),
+                st.st_ino,
+            )
+            if same:
+                return int(parts[4])
+        except ValueError:
+            continue
+    return None
+
+
+def _pid_in(text: str) -> int | None:
+    parts = text.split()
+    if len(parts) >= 3 and parts[:2] == ["hubstock", "pid"] and parts[2].isdigit():
+        return int(parts[2])
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+#: filesystems that hold no files of their own: a root there is a mistake
+PSEUDO_FILESYSTEMS = frozenset(
+    [
+        "proc",
+        "sysfs",
+        "devtmpfs",
+        "devpts",
+        "cgroup",
+        "cgroup2",
+        "securityfs",
+        "debugfs",
+        "tracefs",
+        "bpf",
+        "pstore",
+        "configfs",
+        "fusectl",
+        "mqueue",
+        "efivarfs",
+        "binfmt_misc",
+        "autofs",
+        "rpc_pipefs",
+        "nsfs",
+        "selinuxfs",
+    ]
+)
+
+
+def root_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a shared root (None when it can): it is a file, it lies below a
+    file, or it is on a pseudo-filesystem such as /proc. A path that does not exist yet is fine."""
+    if os.path.lexists(path) and not path.is_dir():
+        return "is a file, not a directory"
+    probe = path.parent
+    while not os.path.lexists(probe):
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"is below {probe}, which is a file, not a directory"
+    real = os.path.realpath(path if os.path.lexists(path) else probe)
+    fstype = _fstype(real)
+    if fstype in PSEUDO_FILESYSTEMS:
+        return f"is on the {fstype} pseudo-filesystem, which holds no files of its own"
+    return None
+
+
+def _fstype(path: str) -> str | None:
+    """The type of the filesystem mounted at the longest mount point holding ``path``."""
+    best, fstype = "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return next((t for top, t in (("/proc", "proc"), ("/sys", "sysfs")) if _under(path, top)), None)
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        mount = fields[4].replace("\\040", " ")
+        if _under(path, mount) and len(mount) >= len(best):
+            best, fstype = mount, right.split()[0]
+    return fstype
+
+
+def _under(path: str, top: str) -> bool:
+    return top == "/" or path == top or path.startswith(top.rstrip("/") + "/")

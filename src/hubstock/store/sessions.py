@@ -16,7 +16,8 @@ import stat
 import time
 from pathlib import Path
 
-from .fs import atomic_write
+from .fs import atomic_write, read_regular
+from .perms import admin_of, make_dir, private_modes, set_mode
 from .records import RecordError, SessionRecord
 from .root import Root
 
@@ -28,9 +29,15 @@ def record_path(root: Root, user: str, server: str) -> Path:
 
 
 def register(root: Root, session: SessionRecord) -> Path:
-    root.sessions.mkdir(parents=True, exist_ok=True)
+    """Write ``session``'s record, readable by the hub's account and the admins only (see
+    :mod:`.perms`: 0600 in a 0700 folder, or 0660 in a 2770 folder of the root's shared group;
+    written by root, both belong to the root's owner, the admin)."""
+    dmode, fmode, gid = private_modes(root.path)
+    uid = admin_of(root.path)
+    make_dir(root.sessions, dmode, gid, uid)
     path = record_path(root, session.user, session.server)
-    atomic_write(path, session.to_json())
+    atomic_write(path, session.to_json(), mode=fmode)
+    set_mode(path, fmode, gid, uid)
     return path
 
 
@@ -41,8 +48,9 @@ def unregister(root: Root, user: str, server: str) -> None:
 def live_sessions(root: Root, max_age_hours: float) -> list[SessionRecord]:
     """Sessions whose records are younger than ``max_age_hours``.
 
-    Anything that is not a regular file is skipped without being opened (a FIFO
-    would block the reader), and so is a record that cannot be read.
+    Anything that is not a regular file is skipped without blocking: it is checked with
+    ``lstat`` first, and opened non-blocking without following links, so a FIFO or a link
+    put there in between is skipped too. A record that cannot be read is skipped as well.
     """
     if not root.sessions.is_dir():
         return []
@@ -55,8 +63,11 @@ def live_sessions(root: Root, max_age_hours: float) -> list[SessionRecord]:
             continue
         if not stat.S_ISREG(st.st_mode) or st.st_mtime < cutoff:
             continue
+        data = read_regular(path)
+        if data is None:
+            continue
         try:
-            out.append(SessionRecord.read(path))
+            out.append(SessionRecord.from_text(data, str(path)))
         except RecordError:
             continue
     return out

@@ -1,0 +1,378 @@
+"""The package cache under the root (``$ROOT/pkgs/``): trusted only once hubstock checked it.
+
+Builds hard-link their files from the extracted packages in the cache, so whatever is
+there ends up in every build. Archives are checked against the lock's sha256 before
+anything is installed; an *extracted* package is trusted only when hubstock itself has
+checked it against that verified archive and sealed it:
+
+- after an install, every package the installer extracted is compared, file by file,
+  with what its archive declares (``info/paths.json`` read from the archive itself:
+  type, size, sha256); then it is made read-only and a seal is written into it (the
+  archive's sha256 and the sha256 of every file under ``info/``);
+- before the next install, every sealed package is checked again: the seal must match
+  the archive the lock names, ``info/`` must match the seal, every file its
+  ``paths.json`` declares must match, and nothing may be owned by another account or
+  writable by anyone but the admin. A package that fails (a file changed, replaced,
+  deleted, a forged ``paths.json``, a file added) or has no seal is removed, and the
+  installer extracts it again from the verified archive. A damaged cache never blocks
+  the root.
+
+A file changed in place in the cache is changed in every build that links it: the builds
+that use a package found damaged are verified at once (:mod:`.verify`), so ``status``
+shows them damaged and the next ``build`` replaces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import IntegrityError
+from ..store.fs import (
+    current_user,
+    fsync_dir,
+    link_target,
+    make_read_only,
+    now_iso,
+    read_regular,
+    remove_tree,
+)
+from ..store.perms import ADMIN_DIR, admin_only, set_mode
+from ..store.records import CacheSeal, RecordError
+from ..store.root import CACHE_SEAL, Root
+
+ARCHIVE_EXTS = (".conda", ".tar.bz2")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One file that differs from what its package declares, ``rpm -V`` style.
+
+    ``flags``: ``S`` size, ``M`` mode (writable by others), ``5`` sha256, ``L`` link
+    target, ``U`` owner, ``T`` type; or ``missing`` / ``extra`` / ``unsealed`` / ``seal``.
+    """
+
+    flags: str
+    path: Path
+    package: str
+
+    def line(self) -> str:
+        return f"{self.flags:<9} {self.path}  ({self.package})"
+
+
+def dist_of(url_or_filename: str) -> str:
+    """``<name>-<version>-<build>``: the cache folder of an archive."""
+    fn = url_or_filename.rsplit("/", 1)[-1]
+    for ext in ARCHIVE_EXTS:
+        if fn.endswith(ext):
+            return fn[: -len(ext)]
+    return fn
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def hash_many(paths: Iterable[str]) -> dict[str, str | None]:
+    """sha256 of each file (None for one that cannot be read), a few at a time."""
+    todo = list(paths)
+
+    def one(p: str) -> str | None:
+        try:
+            return sha256_file(p)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
+        return dict(zip(todo, pool.map(one, todo), strict=True))
+
+
+# --- checking an extracted package ---------------------------------------------------------
+
+
+def _declared(entry: Path) -> list[dict]:
+    """The entries of the package's own ``info/paths.json`` (``_path``, ``path_type``, ...)."""
+    data = json.loads((entry / "info" / "paths.json").read_bytes())
+    paths = data.get("paths") if isinstance(data, dict) else None
+    if not isinstance(paths, list):
+        raise ValueError("no 'paths' list")
+    return [p for p in paths if isinstance(p, dict) and isinstance(p.get("_path"), str)]
+
+
+def check_files(
+    top: Path, declared: Iterable[dict], package: str, owner: int | None, modes: bool = True
+) -> list[Finding]:
+    """Compare the files under ``top`` with ``declared`` (entries in the form of ``paths.json``:
+    ``_path``, ``path_type``, ``sha256``, ``size_in_bytes``): type, size, sha256, link target;
+    with ``owner``, whose they are; with ``modes``, that nobody else may write them."""
+    findings: list[Finding] = []
+    to_hash: dict[str, tuple[Path, str]] = {}
+    for d in declared:
+        rel = d["_path"]
+        path = top / rel
+        kind = d.get("path_type", "hardlink")
+        try:
+            st = os.lstat(path)
+        except OSError:
+            findings.append(Finding("missing", path, package))
+            continue
+        flags = set()
+        if owner is not None and st.st_uid != owner and not stat.S_ISLNK(st.st_mode):
+            flags.add("U")
+        if kind == "softlink":
+            if not stat.S_ISLNK(st.st_mode):
+                flags.add("T")
+            elif not _link_matches(link_target(path), d):
+                flags.add("L")
+        elif kind == "directory":
+            if not stat.S_ISDIR(st.st_mode):
+                flags.add("T")
+        elif not stat.S_ISREG(st.st_mode):
+            flags.add("T")
+        else:
+            if modes and stat.S_IMODE(st.st_mode) & 0o022:
+                flags.add("M")
+            size = d.get("size_in_bytes")
+            if isinstance(size, int) and st.st_size != size:
+                flags.add("S")
+            if d.get("sha256"):
+                to_hash[str(path)] = (path, d["sha256"])
+        if flags:
+            findings.append(Finding(_flags(flags), path, package))
+    hashes = hash_many(to_hash)
+    bad = {Path(p) for p, got in hashes.items() if got != to_hash[p][1]}
+    merged = {f.path: f for f in findings}
+    for path in bad:
+        old = merged.get(path)
+        merged[path] = Finding(_flags({*(old.flags if old else ""), "5"}), path, package)
+    return sorted(merged.values(), key=lambda f: str(f.path))
+
+
+def _link_matches(target: str, d: dict) -> bool:
+    if "target" in d and target != d["target"]:
+        return False
+    return "target_sha256" not in d or hashlib.sha256(target.encode()).hexdigest() == d["target_sha256"]
+
+
+def _flags(flags: Iterable[str]) -> str:
+    """``rpm -V``'s layout: one column per check, '.' where it passed."""
+    have = set(flags)
+    return "".join(c if c in have else "." for c in "SM5LUT")
+
+
+def check_entry(
+    root: Root, dist: str, archive_sha256: str | None = None, archive: Path | None = None
+) -> list[Finding]:
+    """What is wrong with the cached package ``dist`` (empty: it is sealed and intact).
+
+    With ``archive`` (already verified against ``archive_sha256``), the package's
+    ``info/paths.json`` must also say what the archive's own says: a forged seal cannot
+    make a forged ``paths.json`` pass.
+    """
+    entry = root.pkg_entry(dist)
+    owner = _admin_uid(root)
+    try:
+        st = os.lstat(entry)
+    except OSError:
+        return [Finding("missing", entry, dist)]
+    if not stat.S_ISDIR(st.st_mode):
+        return [Finding(_flags("T"), entry, dist)]
+    data = read_regular(root.pkg_seal(dist))
+    if data is None:
+        return [Finding("unsealed", entry, dist)]
+    try:
+        seal = CacheSeal.from_text(data, str(root.pkg_seal(dist)))
+    except RecordError:
+        return [Finding("seal", root.pkg_seal(dist), dist)]
+    if seal.package != dist or (archive_sha256 and seal.archive_sha256 != archive_sha256):
+        return [Finding("seal", root.pkg_seal(dist), dist)]
+    findings = []
+    # info/: exactly what was sealed (paths.json among it: the declarations themselves)
+    info_found = {
+        os.path.relpath(os.path.join(d, f), entry)
+        for d, _dirs, files in os.walk(entry / "info")
+        for f in files
+    }
+    info_declared = [{"_path": rel, "sha256": sha} for rel, sha in seal.info.items()]
+    findings += check_files(entry, info_declared, dist, owner)
+    findings += [Finding("extra", entry / rel, dist) for rel in sorted(info_found - set(seal.info))]
+    try:
+        declared = _declared(entry)
+    except (OSError, ValueError):
+        return findings or [Finding("missing", entry / "info" / "paths.json", dist)]
+    if archive is not None and not _same_declarations(declared, _archive_paths(archive)):
+        findings.append(Finding(_flags("5"), entry / "info" / "paths.json", dist))
+    links = {rel: {"_path": rel, "path_type": "softlink", "target": t} for rel, t in seal.links.items()}
+    declared = [links.get(d["_path"], d) for d in declared]
+    findings += check_files(entry, declared, dist, owner)
+    # nothing else may be there, nor writable by others
+    known = {d["_path"] for d in declared} | set(seal.info) | {CACHE_SEAL}
+    for dirpath, dirnames, filenames in os.walk(entry):
+        rel_dir = os.path.relpath(dirpath, entry)
+        dst = os.lstat(dirpath)
+        dflags = {"M"} if stat.S_IMODE(dst.st_mode) & 0o022 else set()
+        if owner is not None and dst.st_uid != owner:
+            dflags.add("U")
+        if dflags:
+            findings.append(Finding(_flags(dflags), Path(dirpath), dist))
+        if rel_dir == "info":
+            continue
+        for name in (*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))):
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel not in known:
+                findings.append(Finding("extra", entry / rel, dist))
+    return findings
+
+
+def _admin_uid(root: Root) -> int | None:
+    """Whose the cache is: the owner of ``pkgs/`` (the admin who builds)."""
+    try:
+        return os.lstat(root.pkgs).st_uid
+    except OSError:
+        return None
+
+
+# --- before and after an install ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What :func:`prepare` found: packages removed because they were damaged or unsealed."""
+
+    damaged: dict[str, list[Finding]]
+    unsealed: list[str]
+
+
+def prepare(root: Root, packages: dict[str, tuple[str, Path]]) -> Prepared:
+    """Before an install: keep each cached package of ``packages`` (``dist`` -> the sha256 of
+    its verified archive, and the archive) only if it is sealed, intact and declares what its
+    archive declares; remove any other, so the installer extracts it again from the archive."""
+    damaged: dict[str, list[Finding]] = {}
+    unsealed = []
+    for dist, (sha, archive) in packages.items():
+        entry = root.pkg_entry(dist)
+        if not os.path.lexists(entry):
+            root.pkg_lock(dist).unlink(missing_ok=True)  # the installer's record of an entry now gone
+            continue
+        findings = check_entry(root, dist, sha, archive)
+        if not findings:
+            continue
+        if findings[0].flags == "unsealed":
+            unsealed.append(dist)
+        else:
+            damaged[dist] = findings
+        discard(root, dist)
+    return Prepared(damaged, unsealed)
+
+
+def discard(root: Root, dist: str) -> None:
+    """Remove a cached package (and the installer's record of it): it is extracted again."""
+    remove_tree(root.pkg_entry(dist), root.trash)
+    root.pkg_lock(dist).unlink(missing_ok=True)
+
+
+def seal(root: Root, dist: str, archive: Path, sha256: str) -> None:
+    """After an install: check the package the installer extracted from ``archive`` (verified:
+    ``sha256``) against the archive's own declarations, make it read-only, and seal it.
+    A package already sealed was checked before the install and is left as it is."""
+    entry = root.pkg_entry(dist)
+    if read_regular(root.pkg_seal(dist)) is not None:
+        return
+    declared = _archive_paths(archive)
+    findings = []
+    try:
+        same = _same_declarations(_declared(entry), declared)
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        findings.append(Finding(_flags("5"), entry / "info" / "paths.json", dist))
+    findings += check_files(entry, declared, dist, None, modes=False)  # modes: made read-only below
+    if findings:
+        discard(root, dist)
+        raise IntegrityError(
+            f"package {dist} in the cache {root.pkgs} did not match its verified archive {archive.name} "
+            f"right after it was extracted ({findings[0].flags.strip('.') or findings[0].flags} "
+            f"{findings[0].path}); it was removed: run the build again, and check who writes to {root.pkgs}."
+        )
+    info = {
+        os.path.relpath(os.path.join(d, f), entry): ""
+        for d, _dirs, files in os.walk(entry / "info")
+        for f in files
+    }
+    hashes = hash_many(str(entry / rel) for rel in info)
+    links = {d["_path"]: link_target(entry / d["_path"]) for d in declared if d["path_type"] == "softlink"}
+    record = CacheSeal(
+        package=dist,
+        archive_sha256=sha256,
+        info={rel: hashes[str(entry / rel)] or "" for rel in info},
+        links=links,
+        sealed=now_iso(),
+        by=current_user(),
+    )
+    set_mode(entry, 0o700)
+    (entry / CACHE_SEAL).unlink(missing_ok=True)
+    fd = os.open(entry / CACHE_SEAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    with open(fd, "wb") as f:
+        f.write(record.to_json().encode())
+        f.flush()
+        os.fsync(f.fileno())
+    make_read_only(entry)
+    fsync_dir(entry)
+
+
+def secure(root: Root, dists: Iterable[str]) -> None:
+    """The installer's own lock files in the cache, whatever the umask made them: the admin's
+    alone (a lock file others can open is a lock they can hold, stalling every build)."""
+    set_mode(root.pkgs, ADMIN_DIR)
+    for path in (root.pkgs_lock, *(root.pkg_lock(d) for d in dists)):
+        set_mode(path, 0o600)
+    if root.downloads.is_dir():
+        admin_only(root.downloads)
+
+
+def _same_declarations(a: list[dict], b: list[dict]) -> bool:
+    return {d["_path"]: _essence(d) for d in a} == {d["_path"]: _essence(d) for d in b}
+
+
+def _essence(d: dict) -> tuple:
+    """What a ``paths.json`` entry says of a file (an absent size is 0, an absent hash empty)."""
+    return (d.get("path_type") or "hardlink", d.get("sha256") or "", d.get("size_in_bytes") or 0)
+
+
+def _archive_paths(archive: Path) -> list[dict]:
+    """``info/paths.json`` as the verified archive itself declares it."""
+    from rattler import PathsJson
+
+    out = []
+    for e in PathsJson.from_package_archive(archive).paths:
+        kind = "softlink" if e.path_type.softlink else "directory" if e.path_type.directory else "hardlink"
+        out.append(
+            {
+                "_path": e.relative_path.as_posix(),
+                "path_type": kind,
+                "sha256": e.sha256.hex() if e.sha256 else None,
+                "size_in_bytes": e.size_in_bytes,
+            }
+        )
+    return out
+
+
+def cache_entries(root: Root) -> list[str]:
+    """Every extracted package in the cache."""
+    if not root.pkgs.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in root.pkgs.iterdir()
+        if not p.name.startswith(".") and p != root.downloads and p.is_dir() and not p.is_symlink()
+    )

@@ -1,0 +1,96 @@
+"""The command line's conventions: -q/-v anywhere, a closed stdout ends quietly, one table of exit
+statuses (0 success, 1 failure, 2 usage or site configuration), and --json on every command that
+changes the root, saying what was done."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+KERNEL = {
+    "argv": ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    "display_name": "Python (stock)",
+    "language": "python",
+    "metadata": {"hubstock": {"env": "py", "check": "import demo_c"}},
+}
+
+
+def py_env(demo_c: str) -> str:
+    return f"dependencies:\n  - python\n  - demo-c {demo_c}\n  - pip:\n    - ipykernel\n"
+
+
+def test_verbose_and_quiet_go_before_or_after_the_command(make_site, hubstock):
+    site = make_site({"demo": "dependencies:\n  - python\n"})
+    hubstock(site, "lock", check=True)
+    for argv in (["-v", "build"], ["build", "-v"], ["build", "demo", "--verbose"]):
+        res = hubstock(site, *argv, check=True)
+        assert "hubstock [" in res.stderr, argv  # progress lines, shown with -v
+    for argv in (["-q", "status"], ["status", "-q"], ["gc", "--quiet", "--dry-run"]):
+        res = hubstock(site, *argv, check=True)
+        assert res.stderr == "", argv
+
+
+def test_a_closed_stdout_ends_quietly(make_site):
+    site = make_site({"demo": "dependencies:\n  - python\n"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubstock", "--site", str(site.dir), "status", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    proc.stdout.close()  # `hubstock status | head -0`: the reader is gone before anything is written
+    err = proc.stderr.read()
+    assert proc.wait(60) == 0 and err == ""
+
+
+def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, hubstock):
+    site = make_site({"py": py_env("0.1")})
+    (site.dir / "kernels" / "stock").mkdir(parents=True)
+    (site.dir / "kernels" / "stock" / "kernel.json").write_text(json.dumps(KERNEL))
+    hubstock(site, "lock", check=True)
+
+    def run(*argv: str, code: int = 0) -> dict:
+        res = hubstock(site, *argv, "--json")
+        assert res.returncode == code, (argv, res.stderr)
+        return json.loads(res.stdout)
+
+    first = run("build")["builds"]
+    assert [(b["env"], b["built"]) for b in first] == [("py", True)]
+    assert run("build")["builds"] == [{**first[0], "built": False}]
+    stale = site.root / "generations" / ".staging-0007-0badf00d"  # left by a publish that was killed
+    (stale / "share" / "jupyter" / "kernels" / "evil").mkdir(parents=True)
+    pub = run("publish")
+    assert pub == {
+        "generation": "0001",
+        "published": True,
+        "kernels": ["stock"],
+        "removed_staging": [stale.name],
+    }
+    assert not stale.exists()
+    assert run("publish")["published"] is False
+
+    (site.envs_dir / "py" / "environment.yml").write_text(py_env("0.2"))
+    assert hubstock(site, "lock", "--check").returncode == 1  # a failure: 1
+    hubstock(site, "lock", check=True)
+    second = run("build")["builds"][0]
+    assert second["built"] and second["build"] != first[0]["build"]
+    assert run("publish")["generation"] == "0002"
+    assert run("rollback") == {"generation": "0001"}
+    assert run("rollback", "2") == {"generation": "0002"}
+
+    dry = run("gc", "--keep", "1", "--dry-run")
+    assert dry["dry_run"] is True and dry["would_remove"]["generations"] == ["0001"]
+    done = run("gc", "--keep", "1")
+    assert done["removed"]["generations"] == ["0001"] and done["kept"]["generations"] == ["0002"]
+    assert f"py/{second['build']}" in done["kept"]["builds"]
+
+    report = run("verify")
+    assert report["ok"] is True and {b["build"] for b in report["builds"]} >= {second["build"]}
+    assert all(b["findings"] == [] for b in report["builds"])
+    assert hubstock(site, "gc", "--keep", "0").returncode == 2  # usage: 2
+    assert hubstock(site, "rollback", "99").returncode == 2
