@@ -17,7 +17,11 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parent.parent / "src" / "hubstock"
-HUB_MODULES = sorted(f"hubstock.hub.{p.stem}" for p in (SRC / "hub").glob("*.py") if p.stem != "__init__")
+HUB_MODULES = sorted(  # every module of the hub wing, its subpackages' too (hubstock.hub.doctor.job...)
+    ".".join(("hubstock", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+    for p in (SRC / "hub").rglob("*.py")
+    if p.parent != SRC / "hub" or p.stem != "__init__"
+)
 SOLVER_MODULES = ("rattler", "conda_lock", "uv")
 
 

@@ -7,6 +7,7 @@
                                        diff [GEN_A] [GEN_B] [--json]
                                        rollback [GEN]
                                        gc [--keep N] [--dry-run]
+                                       doctor [--json] [--as-user USER] [--queue Q] [--no-job] [--timeout S]
                                        verify [ENV...] [--repair]
 
 ``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags (``--root`` and
@@ -81,6 +82,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     df.add_argument("gen_b", nargs="?", metavar="GEN_B", help="the later one (default: the current one)")
     df.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dr = sub.add_parser("doctor", help="check the site end to end, on the hub node and from a compute node")
+    dr.add_argument("--json", action="store_true", help="machine-readable output: one entry per check")
+    dr.add_argument("--as-user", metavar="USER", help="the probe job's account (default: [doctor] user)")
+    dr.add_argument("--queue", metavar="Q", help="the probe job's queue (default: [doctor] queue, the default queue)")
+    dr.add_argument("--no-job", action="store_true", help="only check the hub node: submit no probe job")
+    dr.add_argument(
+        "--timeout", type=float, metavar="S", help="seconds the probe job may take (default: [doctor] timeout)"
+    )
 
     for cmd in sub.choices.values():  # -v and -q after the command too (SUPPRESS: unset keeps the top's)
         cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as above")
@@ -253,6 +263,31 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_doctor(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    """One line per check (ok, warn or FAIL with its fix), or ``--json``; exit 1 on any FAIL. The probe
+    job is cancelled on Ctrl-C and SIGTERM before doctor exits."""
+    from .errors import SiteError
+    from .hub.doctor import DoctorOptions, exit_code, format_check, run_doctor
+
+    opts = DoctorOptions(as_user=args.as_user, queue=args.queue, job=not args.no_job, timeout=args.timeout)
+    if args.timeout is not None and args.timeout <= 0:
+        raise SiteError(f"--timeout {args.timeout:g}: give the probe job a positive number of seconds.")
+    try:
+        checks = run_doctor(
+            site,
+            opts,
+            emit=(lambda c: None) if args.json else (lambda c: print(format_check(c), flush=True)),
+            log=progress.step,
+        )
+    except KeyboardInterrupt:
+        print("hubstock doctor: interrupted; the probe job was cancelled.", file=sys.stderr)
+        return 130
+    if args.json:
+        worst = "FAIL" if exit_code(checks) else "warn" if any(c.status == "warn" for c in checks) else "ok"
+        print(json.dumps({"status": worst, "checks": [c.model_dump() for c in checks]}, indent=2))
+    return exit_code(checks)
+
+
 COMMANDS = {
     "lock": cmd_lock,
     "build": cmd_build,
@@ -261,6 +296,7 @@ COMMANDS = {
     "status": cmd_status,
     "rollback": cmd_rollback,
     "gc": cmd_gc,
+    "doctor": cmd_doctor,
     "verify": cmd_verify,
 }
 

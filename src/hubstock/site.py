@@ -197,6 +197,20 @@ class HubSettings(_Model):
     stock_page: StockPageSettings = Field(default_factory=StockPageSettings)
 
 
+class DoctorSettings(_Model):
+    """``hubstock doctor``: the account and queue of its probe job on a compute node."""
+
+    user: str | None = Field(
+        None,
+        description="the test account the probe job runs as (its home must be on the shared filesystem), "
+        "e.g. 'hubtest'; unset: only `hubstock doctor --as-user USER` submits a probe job",
+    )
+    queue: str | None = Field(None, description="the queue the probe job runs in (default: the default queue)")
+    timeout: float = Field(
+        180, gt=0, description="seconds the probe job may take from submission to its report, queueing included"
+    )
+
+
 class Settings(_Model):
     """The schema of ``hubstock.toml``."""
 
@@ -218,6 +232,7 @@ class Settings(_Model):
     gc: GcSettings = Field(default_factory=GcSettings)
     hub: HubSettings = Field(default_factory=HubSettings)
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
+    doctor: DoctorSettings = Field(default_factory=DoctorSettings)
 
     @field_validator("root", mode="before")
     @classmethod

@@ -1,0 +1,703 @@
+"""``hubstock doctor``'s checks, one by one, with fakes: no scheduler, no hub, no root needed.
+
+Each check is a function of what it reads (a folder, a file's mode, a scheduler's output, the
+probe's report); these tests give it that directly. The probe job's life (submit, wait, report,
+cancel) runs against stand-in ``sbatch``/``squeue``/``scancel`` scripts that run the job script
+in the background, as the user running the tests. ``tests/test_doctor_hub.py`` runs the whole
+command on the Slurm rig with a real hub.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from hubstock.hub.doctor import DoctorOptions, run_doctor
+from hubstock.hub.doctor.hubcheck import (
+    HubProbe,
+    check_hub_running,
+    check_login,
+    check_port,
+    check_secrets,
+    check_state_dir,
+    check_tls,
+)
+from hubstock.hub.doctor.job import ProbeJob, ProbePlan
+from hubstock.hub.doctor.jobscript import (
+    JobCommands,
+    job_commands,
+    job_logs,
+    job_state,
+    output_file,
+    parse_job_id,
+    probe_options,
+    probe_shell,
+    render_probe_script,
+)
+from hubstock.hub.doctor.model import Check, exit_code, fail, format_check, ok
+from hubstock.hub.doctor.node import NodeExpect, node_checks, version_tuple
+from hubstock.hub.doctor.node_probe import main as probe_main
+from hubstock.hub.doctor.rootcheck import (
+    check_generation,
+    check_lock,
+    check_root,
+    compare_versions,
+    installed_version,
+    major_minor,
+)
+from hubstock.hub.doctor.scheduler import (
+    check_scheduler,
+    compare_queue,
+    gres_gpus,
+    parse_pbs_blocks,
+    parse_slurm_records,
+    pbs_limits,
+    pbs_size,
+    slurm_limits,
+    slurm_time,
+)
+from hubstock.limits import Limits, MiB, Queue, Seconds
+from hubstock.site import HubSettings, load_site
+from hubstock.store.builds import mark_complete
+from hubstock.store.generations import Generation, switch_current
+from hubstock.store.records import GenerationManifest, KernelEntry, ManifestBuild
+from hubstock.store.root import Root
+from hubstock.store.scan import scan_root, writable_by_others
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def statuses(checks: list[Check]) -> dict[str, str]:
+    return {c.name: c.status for c in checks}
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+def test_a_check_is_one_line_with_its_fix_and_any_fail_fails_the_command():
+    line = format_check(fail("queue.gpu", "no partition 'gpu'", "create it."))
+    assert line.startswith("FAIL  queue.gpu") and line.endswith("no partition 'gpu' Fix: create it.")
+    assert "\n" not in line
+    assert "Fix" not in format_check(ok("root", "fine"))
+    assert exit_code([ok("a", "x")]) == 0 and exit_code([ok("a", "x"), fail("b", "y", "z.")]) == 1
+    assert set(Check.model_fields) == {"name", "status", "detail", "fix"}
+
+
+# ---------------------------------------------------------------------------------------------- the root
+
+
+def _tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "envs" / "python" / "b1" / "bin").mkdir(parents=True)
+    (root / "envs" / "python" / "b1" / "bin" / "python").write_text("")
+    (root / "pkgs" / "x").mkdir(parents=True)
+    (root / "pkgs" / "x" / "lock").write_text("")
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    (root / "pkgs").chmod(0o700)
+    (root / "pkgs" / "x" / "lock").chmod(0o666)  # out of reach: pkgs/ is the admin's alone
+    return root
+
+
+def test_the_scan_finds_what_users_may_change_and_nothing_out_of_their_reach(tmp_path):
+    root = _tree(tmp_path)
+    assert writable_by_others(root) == []
+    (root / "envs" / "python").chmod(0o777)
+    (root / "envs" / "python" / "b1" / "bin" / "python").chmod(0o664)
+    scan = scan_root(root)
+    assert {p.name for p, _ in scan.writable} == {"python"} and scan.writable_count == 2
+    checks = check_root(Root(root))
+    assert statuses(checks) == {"root": "ok", "root.owner": "ok", "root.writable": "FAIL"}
+    assert "chmod -R go-w" in checks[2].fix
+
+
+def test_a_group_writable_path_is_fine_when_the_group_is_the_roots_shared_one(tmp_path):
+    root = _tree(tmp_path)
+    (root / "sessions").mkdir()
+    root.chmod(0o2755)  # the group the hub and the admins share (store.perms)
+    (root / "sessions").chmod(0o2770)
+    assert writable_by_others(root) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_path_owned_by_someone_else_is_named(tmp_path):
+    root = _tree(tmp_path)
+    os.chown(root / "envs" / "python" / "b1" / "bin" / "python", 65534, 65534)
+    os.chown(root, 0, 0)
+    checks = check_root(Root(root))
+    assert statuses(checks)["root.owner"] == "FAIL" and "nobody" in checks[1].detail
+
+
+def test_a_missing_root_fails_with_where_to_set_it(tmp_path):
+    (check,) = check_root(Root(tmp_path / "nowhere"))
+    assert check.status == "FAIL" and "hubstock.toml" in check.fix
+
+
+def test_the_lock_is_tried_without_waiting(tmp_path):
+    root = Root(tmp_path)
+    assert check_lock(root).status == "ok"  # no lock file yet
+    root.lock_file.write_text("")
+    assert check_lock(root).status == "ok"
+    fd = os.open(root.lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held = check_lock(root)
+    finally:
+        os.close(fd)
+    assert held.status == "warn" and held.detail.startswith("held by ")
+    assert check_lock(root).status == "ok"  # released again
+
+
+def _published(tmp_path: Path, complete: bool = True) -> Root:
+    root = Root(tmp_path / "root")
+    server, py = root.build("server", "s1"), root.build("python", "p1")
+    for prefix, bid in ((server, "s1"), (py, "p1")):
+        (prefix / "bin").mkdir(parents=True)
+        if complete or bid == "p1":
+            mark_complete(prefix, bid)
+    (server / "bin" / "jupyterhub-singleuser").write_text("#!/bin/sh\n")
+    gen = Generation("0001", root.generation("0001"))
+    (gen.kernel_dir("python-stock")).mkdir(parents=True)
+    (gen.kernel_dir("python-stock") / "kernel.json").write_text("{}")
+    gen.write_manifest(
+        GenerationManifest(
+            generation="0001",
+            digest="d" * 64,
+            created="2026-11-28T10:00:00+00:00",
+            by="admin",
+            default_kernel="python-stock",
+            server=ManifestBuild(env="server", build="s1", prefix=str(server)),
+            builds={"python": ManifestBuild(env="python", build="p1", prefix=str(py))},
+            kernels=[KernelEntry(name="python-stock", display_name="Py", env="python", build="p1")],
+        )
+    )
+    switch_current(root, "0001")
+    return root
+
+
+def test_the_current_generation_must_be_whole(tmp_path):
+    check, gen, manifest = check_generation(_published(tmp_path))
+    assert check.status == "ok" and gen.name == "0001" and manifest.server.build == "s1"
+    check, _, _ = check_generation(_published(tmp_path / "broken", complete=False))
+    assert check.status == "FAIL" and "server build server/s1 is missing or incomplete" in check.detail
+    check, gen, _ = check_generation(Root(tmp_path / "empty"))
+    assert check.status == "FAIL" and gen is None and "hubstock publish" in check.fix
+
+
+def test_versions_compare_by_major_and_minor(tmp_path):
+    prefix = tmp_path / "server"
+    info = prefix / "lib" / "python3.12" / "site-packages" / "jupyterhub-5.2.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: jupyterhub\nVersion: 5.2.1\n")
+    (prefix / "conda-meta").mkdir()
+    (prefix / "conda-meta" / "batchspawner-1.3.0-pyhd8ed1ab_0.json").write_text(
+        json.dumps({"name": "batchspawner", "version": "1.3.0"})
+    )
+    assert installed_version(prefix, "jupyterhub") == "5.2.1"
+    assert installed_version(prefix, "batchspawner") == "1.3.0"
+    assert installed_version(prefix, "jupyterlab") is None
+    assert major_minor("5.2.1") == "5.2" and major_minor("6.0.0rc1") == "6.0"
+    assert compare_versions("jupyterhub", "5.2.4", "5.2.1", "server").status == "ok"
+    bad = compare_versions("jupyterhub", "6.1.1", "5.2.1", "server")
+    assert bad.status == "FAIL" and "6.1.*" in bad.fix and "envs/server/environment.yml" in bad.fix
+    assert compare_versions("batchspawner", "1.3.0", None, "server").status == "FAIL"
+
+
+# ---------------------------------------------------------------------------------------------- the hub
+
+
+def test_a_port_is_free_ours_or_someone_elses(tmp_path):
+    def never() -> bool:
+        return False
+
+    assert check_port("port", "ip", "127.0.0.1", 8000, never, tmp_path, bind=lambda i, p: 0).status == "ok"
+    ours = check_port(
+        "port", "ip", "127.0.0.1", 8000, lambda: True, tmp_path, bind=lambda i, p: errno.EADDRINUSE
+    )
+    assert ours.status == "ok" and "this hub" in ours.detail
+    (tmp_path / "jupyterhub.pid").write_text(f"{os.getpid()}\n")  # our pid file names the listener
+    mine = check_port(
+        "hub_port", "hub_ip", "127.0.0.1", 8081, never, tmp_path,
+        bind=lambda i, p: errno.EADDRINUSE, owner=lambda p: os.getpid(),
+    )  # fmt: skip
+    assert mine.status == "ok"
+    other = check_port(
+        "hub_port", "hub_ip", "127.0.0.1", 8081, never, tmp_path / "x",
+        bind=lambda i, p: errno.EADDRINUSE, owner=lambda p: 1,
+    )  # fmt: skip
+    assert other.status == "FAIL" and "[hub] hub_port" in other.fix and "pid 1" in other.detail
+    nowhere = check_port("port", "ip", "10.9.8.7", 80, never, tmp_path, bind=lambda i, p: errno.EADDRNOTAVAIL)
+    assert nowhere.status == "FAIL" and "[hub] ip" in nowhere.fix
+
+
+def test_a_real_listener_that_is_not_the_hub_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        check = check_port("port", "ip", "127.0.0.1", port, lambda: False, tmp_path)
+    assert check.status == "FAIL" and f"pid {os.getpid()}" in check.detail
+
+
+def test_the_state_folder_and_the_secrets_are_private(tmp_path):
+    state = tmp_path / "state"
+    assert check_state_dir(state).status == "warn"
+    state.mkdir(mode=0o700)
+    state.chmod(0o700)
+    assert check_state_dir(state).status == "ok"
+    state.chmod(0o755)
+    assert check_state_dir(state).status == "FAIL" and "chmod 700" in check_state_dir(state).fix
+    assert check_secrets(state, demo=False).status == "ok"  # none yet
+    for name in ("jupyterhub_cookie_secret", "proxy_auth_token"):
+        (state / name).write_text("s\n")
+        (state / name).chmod(0o600)
+    assert check_secrets(state, demo=False).status == "ok"
+    (state / "jupyterhub_cookie_secret").chmod(0o644)
+    bad = check_secrets(state, demo=False)
+    assert (
+        bad.status == "FAIL"
+        and "jupyterhub_cookie_secret" in bad.detail
+        and "proxy_auth_token" not in bad.detail
+    )
+    assert bad.fix == f"run `chmod 600 {state / 'jupyterhub_cookie_secret'}`."
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_the_tls_key_is_private_and_the_certificates(tmp_path):
+    pytest.importorskip("ssl")
+    for name, days in (("a", "60"), ("b", "2")):
+        _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
+                 "-days", days, "-subj", "/CN=127.0.0.1", cwd=tmp_path)  # fmt: skip
+        (tmp_path / f"{name}.key").chmod(0o600)
+
+    def hub(cert: str, key: str) -> HubSettings:
+        return HubSettings(ssl_cert=tmp_path / cert, ssl_key=tmp_path / key)
+
+    assert check_tls(HubSettings()).status == "ok"
+    good = check_tls(hub("a.pem", "a.key"))
+    assert good.status == "ok" and "matches" in good.detail and "more days" in good.detail
+    soon = check_tls(hub("b.pem", "b.key"))
+    assert soon.status == "warn" and "expires in" in soon.detail
+    mismatch = check_tls(hub("a.pem", "b.key"))
+    assert mismatch.status == "FAIL" and "does not match" in mismatch.detail
+    (tmp_path / "a.key").chmod(0o640)
+    assert check_tls(hub("a.pem", "a.key")).status == "FAIL"
+    assert check_tls(HubSettings(ssl_cert=tmp_path / "a.pem")).status == "FAIL"
+
+
+def test_the_pam_service_and_the_allowed_group(tmp_path):
+    (tmp_path / "pam.d").mkdir()
+    hub = HubSettings(allowed_group="no-such-group-hubstock")
+    checks = check_login(hub, pam_dirs=(tmp_path / "pam.d",))
+    assert statuses(checks) == {"hub.pam": "FAIL", "hub.allowed_group": "FAIL"}
+    assert "groupadd no-such-group-hubstock" in checks[1].fix
+    (tmp_path / "pam.d" / "login").write_text("@include common-auth\n")
+    checks = check_login(HubSettings(allowed_group="root"), pam_dirs=(tmp_path / "pam.d",))
+    assert statuses(checks) == {"hub.pam": "ok", "hub.allowed_group": "ok"}
+
+
+def test_a_hub_that_is_not_running_is_a_warning():
+    assert check_hub_running(HubProbe("http://127.0.0.1:1/hub", True, "6.1.1", "")).status == "ok"
+    down = check_hub_running(HubProbe("http://127.0.0.1:1/hub", False, None, "Connection refused"))
+    assert down.status == "warn" and "not running" in down.detail
+
+
+# ---------------------------------------------------------------------------------------------- the scheduler
+
+SCONTROL_PARTITIONS = """\
+PartitionName=debug AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=UNLIMITED MaxCPUsPerNode=UNLIMITED Nodes=n[1-2] State=UP TotalCPUs=8 DefMemPerNode=UNLIMITED MaxMemPerNode=UNLIMITED
+PartitionName=short Default=NO MaxTime=02:00:00 MaxCPUsPerNode=2 Nodes=n[1-2] State=UP MaxMemPerNode=2048
+PartitionName=gpu Default=NO MaxTime=1-00:00:00 MaxCPUsPerNode=UNLIMITED Nodes=g1 State=UP MaxMemPerNode=UNLIMITED
+PartitionName=old Default=NO MaxTime=UNLIMITED Nodes=n1 State=DOWN
+"""
+SCONTROL_NODES = """\
+NodeName=n1 Arch=x86_64 CPUTot=4 Gres=(null) OS=Linux 6.1.0-13-amd64 #1 SMP PREEMPT_DYNAMIC Debian RealMemory=15000 State=IDLE Partitions=debug,short,old
+NodeName=n2 Arch=x86_64 CPUTot=4 Gres=(null) RealMemory=15000 State=DOWN* Partitions=debug,short
+NodeName=g1 Arch=x86_64 CPUTot=16 Gres=gpu:a100:2(S:0-1) RealMemory=250000 State=MIXED Partitions=gpu
+"""
+
+
+def _queue(name: str, cpus: int = 2, mem: str = "2G", gpus: int = 0, walltime: str = "01:00:00") -> Queue:
+    return Queue(name=name, max_cpus=cpus, max_memory=mem, max_gpus=gpus, max_walltime=walltime)
+
+
+def test_slurm_partitions_and_nodes_are_read():
+    assert (
+        slurm_time("1-00:00:00") == 86400 and slurm_time("02:00:00") == 7200 and slurm_time("30:00") == 1800
+    )
+    assert slurm_time("UNLIMITED") is None and slurm_time("90") == 5400
+    assert gres_gpus("gpu:a100:2(S:0-1),shard:8") == 2 and gres_gpus("(null)") == 0
+    nodes = parse_slurm_records(SCONTROL_NODES)
+    assert nodes[0]["OS"].startswith("Linux 6.1.0") and nodes[0]["RealMemory"] == "15000"
+    found = slurm_limits(parse_slurm_records(SCONTROL_PARTITIONS), nodes)
+    assert found["debug"].cpus == 4 and found["debug"].memory == 15000 and found["debug"].walltime is None
+    assert found["short"].cpus == 2 and found["short"].memory == 2048 and found["short"].walltime == 7200
+    assert found["gpu"].gpus == 2 and found["gpu"].walltime == 86400
+    assert not found["old"].up
+
+
+def test_a_queue_must_exist_be_up_and_allow_what_the_form_offers():
+    found = slurm_limits(parse_slurm_records(SCONTROL_PARTITIONS), parse_slurm_records(SCONTROL_NODES))
+    known = sorted(found)
+    assert compare_queue(_queue("debug", cpus=4, mem="8G"), found["debug"], "slurm", known).status == "ok"
+    missing = compare_queue(_queue("bigmem"), None, "slurm", known)
+    assert (
+        missing.status == "FAIL"
+        and "no partition 'bigmem'" in missing.detail
+        and "debug, gpu" in missing.detail
+    )
+    short = compare_queue(
+        _queue("short", cpus=4, mem="4G", walltime="08:00:00"), found["short"], "slurm", known
+    )
+    assert short.status == "FAIL"
+    assert "max_walltime 08:00:00 but partition allows 02:00:00 (MaxTime)" in short.detail
+    assert "max_cpus 4 but partition allows 2 (MaxCPUsPerNode)" in short.detail
+    assert "max_memory = '2G'" in short.fix and "max_cpus = 2" in short.fix
+    assert compare_queue(_queue("gpu", gpus=4), found["gpu"], "slurm", known).status == "FAIL"
+    assert compare_queue(_queue("gpu", gpus=2, cpus=16), found["gpu"], "slurm", known).status == "ok"
+    down = compare_queue(_queue("old"), found["old"], "slurm", known)
+    assert down.status == "FAIL" and "State=UP" in down.fix
+
+
+QMGR = """\
+Queue workq
+    queue_type = Execution
+    resources_max.walltime = 24:00:00
+    resources_max.ncpus = 8
+    enabled = True
+    started = True
+
+Queue gpuq
+    queue_type = Execution
+    resources_max.walltime = 04:00:00
+    resources_max.mem = 64gb
+    resources_max.ngpus = 2
+    enabled = True
+    started = False
+"""
+PBSNODES_PRO = """\
+vm
+     Mom = 198.18.0.1
+     state = free
+     resources_available.mem = 16331512kb
+     resources_available.ncpus = 4
+     resources_available.ngpus = 0
+"""
+QSTAT_QF_TORQUE = """\
+Queue:\tdebug
+\tqueue_type = Execution
+\tenabled = yes
+\tstarted = yes
+
+"""
+PBSNODES_TORQUE = """\
+localhost
+    state = free
+    np = 2
+    status = rectime=1,state=free,ncpus=2,availmem=21694mb,opsys=linux
+"""
+
+
+def test_pbs_queues_and_nodes_are_read():
+    assert pbs_size("16331512kb") == 15948 and pbs_size("8gb") == 8192 and pbs_size("1024") == 0
+    found = pbs_limits(parse_pbs_blocks(QMGR), parse_pbs_blocks(PBSNODES_PRO))
+    assert found["workq"].cpus == 4 and found["workq"].walltime == 86400 and found["workq"].memory == 15948
+    assert not found["gpuq"].up
+    torque = pbs_limits(parse_pbs_blocks(QSTAT_QF_TORQUE), parse_pbs_blocks(PBSNODES_TORQUE))
+    assert torque["debug"].up and torque["debug"].cpus == 2 and torque["debug"].memory == 21694
+
+
+def test_a_scheduler_that_does_not_answer_fails_once():
+    checks = check_scheduler(
+        "slurm", (_queue("debug"),), lambda cmd: (1, "", "Unable to contact slurm controller")
+    )
+    assert statuses(checks) == {"scheduler": "FAIL"} and "Unable to contact" in checks[0].detail
+
+    def pbs(cmd: list[str]) -> tuple[int, str, str]:
+        return 0, {"qstat": "Server ...", "qmgr": QMGR, "pbsnodes": PBSNODES_PRO}[cmd[0]], ""
+
+    checks = check_scheduler("pbs", (_queue("workq"), _queue("nope")), pbs)
+    assert statuses(checks) == {"scheduler": "ok", "queue.workq": "ok", "queue.nope": "FAIL"}
+
+
+# ---------------------------------------------------------------------------------------------- the node
+
+EXPECT = NodeExpect(
+    root="/sw/root", server_prefix="/sw/root/envs/server/s1", glibc="2.28", linux="5.10", cuda=None,
+    gpu=False, hub_url="http://hub01:8081/hub/api", hub_running=True, user="hubtest",
+)  # fmt: skip
+REPORT = {
+    "started": 1.0, "host": "node042", "user": "hubtest", "python": "3.12.1",
+    "root": {"visible": True, "unreadable": []},
+    "singleuser": {"ok": True, "version": "5.2.1"},
+    "glibc": "2.36", "linux": "6.1.0-13-amd64", "cuda": None,
+    "hub_api": {"status": 200, "version": "5.2.1"},
+}  # fmt: skip
+
+
+def test_a_good_report_is_all_ok():
+    assert version_tuple("6.1.0-13-amd64") == (6, 1, 0) and version_tuple("x") == ()
+    assert set(statuses(node_checks(REPORT, EXPECT)).values()) == {"ok"}
+
+
+@pytest.mark.parametrize(
+    ("change", "expect", "failing", "says"),
+    [
+        ({"root": {"visible": True, "unreadable": [{"path": "/sw/root/envs/python/p1/lib", "error": "Permission denied"}]}},
+         {}, "node.root", "chmod -R a+rX /sw/root/envs/python/p1/lib"),
+        ({"root": {"visible": False, "unreadable": []}}, {}, "node.root", "mount the shared root"),
+        ({"singleuser": {"ok": False, "error": "ImportError"}}, {}, "node.python", "run it on a compute node"),
+        ({}, {"glibc": "2.99"}, "node.glibc", "glibc = '2.36'"),
+        ({"hub_api": {"status": 0, "error": "Connection refused"}}, {}, "node.hub_api", "[hub] hub_connect_ip"),
+        ({"cuda": {"version": None, "error": "no driver"}}, {"gpu": True}, "node.cuda", "NVIDIA driver"),
+        ({"cuda": {"version": "12.2"}}, {"gpu": True, "cuda": "12.4"}, "node.cuda", "cuda = '12.2'"),
+    ],
+)  # fmt: skip
+def test_each_problem_on_the_node_is_its_own_fail(change, expect, failing, says):
+    from dataclasses import replace
+
+    checks = node_checks({**REPORT, **change}, replace(EXPECT, **expect))
+    bad = [c for c in checks if c.status != "ok"]
+    assert [c.name for c in bad] == [failing] and bad[0].status == "FAIL"
+    assert says in bad[0].fix
+
+
+def test_no_hub_api_when_the_hub_is_down_is_only_a_warning():
+    from dataclasses import replace
+
+    checks = node_checks(
+        {**REPORT, "hub_api": {"status": 0, "error": "refused"}}, replace(EXPECT, hub_running=False)
+    )
+    assert statuses(checks)["node.hub_api"] == "warn"
+
+
+def test_a_python_that_cannot_run_still_says_whether_the_root_is_there():
+    report = {
+        "probe_failed": 126,
+        "host": "n1",
+        "started": 1.0,
+        "root_readable": True,
+        "python_executable": False,
+    }
+    s = statuses(node_checks(report, EXPECT))
+    assert s == {"node.root": "ok", "node.python": "FAIL", "node.glibc": "warn", "node.hub_api": "warn"}
+
+
+def test_the_probe_reports_what_it_sees(tmp_path):
+    prefix = tmp_path / "root" / "envs" / "server" / "s1"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "jupyterhub-singleuser").write_text("#!/bin/sh\necho 9.9.9\n")
+    (prefix / "bin" / "jupyterhub-singleuser").chmod(0o755)
+    hidden = tmp_path / "root" / "envs" / "python"
+    hidden.mkdir()
+    (hidden / "inside").mkdir()
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({"version": "9.9.9"}).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    args = {
+        "dirs": [str(tmp_path / "root")], "trees": [str(prefix), str(hidden)], "files": [str(tmp_path / "nope")],
+        "server_prefix": str(prefix), "hub_api": f"http://127.0.0.1:{server.server_address[1]}/hub/api",
+    }  # fmt: skip
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from hubstock.hub.doctor.node_probe import main; sys.exit(main(sys.argv))",
+         str(tmp_path / "args.json"), "12.5"], capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    server.shutdown()
+    report = json.loads(out)
+    assert report["started"] == 12.5 and report["root"]["visible"]
+    assert [p["path"] for p in report["root"]["unreadable"]] == [str(tmp_path / "nope")]
+    assert report["singleuser"] == {"ok": True, "version": "9.9.9"}
+    assert report["hub_api"] == {"status": 200, "version": "9.9.9"}
+    assert report["glibc"] and report["cuda"] is None
+    assert callable(probe_main)
+
+
+# ---------------------------------------------------------------------------------------------- the job
+
+
+def test_the_probe_script_is_the_sites_batch_script_with_the_probe_as_its_command(tmp_path):
+    site_dir = tmp_path / "site"
+    (site_dir / "spawner").mkdir(parents=True)
+    (site_dir / "spawner" / "slurm.sh").write_text((REPO / "spawner" / "slurm.sh").read_text())
+    (site_dir / "hubstock.toml").write_text(
+        '[spawner]\nprologue = "module load x"\naccount = "proj1"\n'
+        '[[spawner.queues]]\nname = "gpu"\nmax_cpus = 4\nmax_memory = "8G"\nmax_gpus = 2\nmax_walltime = "24:00:00"\n'
+        '[spawner.defaults]\nwalltime = "08:00:00"\n'
+    )
+    site = load_site(site_dir)
+    cmds = job_commands(site)
+    assert cmds.submit == "sbatch --parsable" and cmds.srun == "srun" and cmds.prologue == "module load x"
+    opts = probe_options(site.settings.spawner, "gpu")
+    assert opts.gpus == 1 and opts.walltime == 600  # at most ten minutes for the probe
+    script = render_probe_script(
+        cmds, site.settings.spawner, opts, "hubtest", "/home/hubtest", "PATH,USER", "/bin/sh /p/probe.sh"
+    )
+    assert "#SBATCH --partition=gpu" in script and "#SBATCH --gres=gpu:1" in script
+    assert "#SBATCH --account=proj1" in script and "#SBATCH --time=00:10:00" in script
+    assert "module load x" in script and "srun /bin/sh /p/probe.sh" in script
+    assert "#SBATCH --export=PATH,USER" in script
+    assert job_logs(script, "77", tmp_path) == [Path("/home/hubtest/.jupyterhub-slurm-77.log")]
+    assert output_file("#PBS -o /home/u/.jupyterhub-pbs.log\n", "3.vm") == Path("/home/u/.jupyterhub-pbs.log")
+    assert output_file("#SBATCH --output=%u-%j.log\n", "3") is None
+    (site_dir / "hubstock.toml").write_text(
+        '[spawner]\nscheduler = "torque"\nsubmit_cmd = "{site}/spawner/qsub-stdin"\n'
+    )
+    torque = job_commands(load_site(site_dir))
+    assert torque.submit == f"{site_dir}/spawner/qsub-stdin" and torque.query == "qstat -f {job_id}"
+
+
+def test_job_ids_and_states_are_read_as_batchspawner_reads_them():
+    slurm = JobCommands(
+        "slurm", "", "", "", "", r"^(?:PENDING|CONFIGURING)", r"^(?:RUNNING|COMPLETING)", "", "", ""
+    )
+    assert parse_job_id("slurm", "Submitted\n4242;cluster\n") == "4242"
+    assert parse_job_id("pbs", "17.pbs01\n") == "17.pbs01"
+    with pytest.raises(ValueError):
+        parse_job_id("slurm", "sbatch: error: invalid partition")
+    assert job_state(slurm, 0, "RUNNING node1", "") == "running"
+    assert job_state(slurm, 0, "PENDING n/a", "") == "pending"
+    assert job_state(slurm, 0, "COMPLETED node1", "") == "gone"
+    assert job_state(slurm, 1, "", "slurm_load_jobs error: Invalid job id specified") == "gone"
+    assert job_state(slurm, 1, "", "Unable to contact slurm controller") == "unknown"
+
+
+# stand-ins for sbatch / squeue / scancel: the job runs in the background, as the test's user
+SBATCH = """#!/bin/sh
+cat > "$STATE/job.sh"
+echo RUNNING > "$STATE/state"
+setsid sh -c 'bash "$STATE/job.sh" > "$STATE/job.out" 2>&1; echo COMPLETED > "$STATE/state"' </dev/null >/dev/null 2>&1 &
+echo $! > "$STATE/pid"
+echo 4242
+"""
+SQUEUE = """#!/bin/sh
+echo "$(cat "$STATE/state") node1"
+"""
+SCANCEL = """#!/bin/sh
+echo "$@" >> "$STATE/cancelled"
+kill -TERM -- "-$(cat "$STATE/pid")" 2>/dev/null
+echo CANCELLED > "$STATE/state"
+"""
+
+
+def _plan(tmp_path: Path, prologue: str = "", timeout: float = 30) -> ProbePlan:
+    bindir, state, home = tmp_path / "bin", tmp_path / "state", tmp_path / "home"
+    for d in (bindir, state, home):
+        d.mkdir(exist_ok=True)
+    for name, text in (("sbatch", SBATCH), ("squeue", SQUEUE), ("scancel", SCANCEL)):
+        (bindir / name).write_text(text)
+        (bindir / name).chmod(0o755)
+    prefix = tmp_path / "server"
+    (prefix / "bin").mkdir(parents=True, exist_ok=True)
+    if not (prefix / "bin" / "python").exists():
+        (prefix / "bin" / "python").symlink_to(sys.executable)
+        (prefix / "bin" / "jupyterhub-singleuser").write_text("#!/bin/sh\necho 9.9.9\n")
+        (prefix / "bin" / "jupyterhub-singleuser").chmod(0o755)
+    cmds = JobCommands(
+        "slurm", "", "sbatch --parsable", "squeue -h -j {job_id} -o '%T %B'", "scancel {job_id}",
+        r"^(?:PENDING|CONFIGURING)", r"^(?:RUNNING|COMPLETING)",
+        (REPO / "spawner" / "slurm.sh").read_text(), "", prologue,
+    )  # fmt: skip
+    limits = Limits(
+        queues=(Queue(name="debug", max_cpus=1, max_memory=MiB(8192), max_walltime=Seconds(3600)),)
+    )
+    probe_dir = home / ".hubstock-doctor-test"
+    args = {
+        "dirs": [str(tmp_path)],
+        "trees": [str(prefix / "bin")],
+        "files": [],
+        "server_prefix": str(prefix),
+    }
+    me = os.getuid()
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "STATE": str(state)}
+    script = render_probe_script(
+        cmds,
+        limits,
+        limits.defaults_for(limits.queues[0]),
+        "me",
+        str(home),
+        "PATH",
+        f"/bin/sh {probe_dir}/probe.sh",
+    )
+    return ProbePlan(
+        cmds=cmds, user="me", uid=me, home=home, dir=probe_dir,
+        files={
+            "probe.sh": probe_shell(probe_dir, str(prefix / "bin" / "python"), str(tmp_path)),
+            "node_probe.py": (REPO / "src" / "hubstock" / "hub" / "doctor" / "node_probe.py").read_text(),
+            "args.json": json.dumps(args),
+        },
+        script=script, submit_env=env, query_env=env, cwd=tmp_path, queue="debug", timeout=timeout,
+    )  # fmt: skip
+
+
+def test_the_probe_job_reports_and_leaves_nothing_behind(tmp_path):
+    result = ProbeJob(_plan(tmp_path)).run()
+    assert result.check.status == "ok", result.check
+    assert result.job == "4242" and result.report["singleuser"] == {"ok": True, "version": "9.9.9"}
+    assert "job 4242 as me in queue 'debug' ran on" in result.check.detail
+    assert not (tmp_path / "home" / ".hubstock-doctor-test").exists()
+    assert not (tmp_path / "state" / "cancelled").exists()  # it ended by itself
+
+
+def test_a_probe_job_that_does_not_report_in_time_is_cancelled(tmp_path):
+    result = ProbeJob(_plan(tmp_path, prologue="sleep 30", timeout=2)).run()
+    assert result.check.status == "FAIL" and "did not report within 2 s" in result.check.detail
+    assert (tmp_path / "state" / "cancelled").read_text().split() == ["4242"]
+    assert (tmp_path / "state" / "state").read_text().strip() == "CANCELLED"
+    assert not (tmp_path / "home" / ".hubstock-doctor-test").exists()
+
+
+def test_a_probe_job_is_cancelled_when_doctor_is_interrupted(tmp_path):
+    """SIGTERM (as from systemd or a monitoring system's timeout) while the job runs: it is cancelled."""
+    job = ProbeJob(_plan(tmp_path, prologue="sleep 30"))
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            job.run()
+    finally:
+        timer.cancel()
+    assert (tmp_path / "state" / "cancelled").read_text().split() == ["4242"]
+    assert (tmp_path / "state" / "state").read_text().strip() == "CANCELLED"
+    assert not (tmp_path / "home" / ".hubstock-doctor-test").exists()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_doctor_without_a_probe_account_says_how_to_name_one(tmp_path):
+    root = _published(tmp_path)
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "hubstock.toml").write_text(
+        f'root = "{root.path}"\n[hub]\nstate_dir = "{tmp_path / "state"}"\nhub_port = 1\n'
+        '[spawner]\nscheduler = "slurm"\nenvironment = {PATH = "/nonexistent"}\n'
+    )
+    checks = run_doctor(load_site(site_dir), DoctorOptions(job=True))
+    s = statuses(checks)
+    assert s["scheduler"] == "FAIL" and s["node.job"] == "warn" and s["root"] == "ok"
+    assert not [c for c in checks if c.name.startswith("queue.")]
