@@ -26,7 +26,7 @@ STEPS = {
     "install conda": "_install_conda",
     "install pip": "_install_pip",
     "byte-compile": "_compile",
-    "read-only": "_make_read_only",
+    "read-only": "make_read_only",
 }
 
 
@@ -56,7 +56,7 @@ def _timed(fn, label: str, spent: dict[str, float]):
 
 def main(argv: list[str]) -> dict[str, float]:
     site_dir, root, env = argv
-    from hubstock import building
+    from hubstock.admin import build as building
     from hubstock.admin.envspec import load_env_spec
     from hubstock.progress import Progress
     from hubstock.site import load_site

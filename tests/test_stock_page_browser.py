@@ -51,12 +51,18 @@ def hub(hub_workdir, hub_site, channel, slurm_rig, reader):
 
 @pytest.fixture
 def upgraded_later(hub_site, hub_workdir):
-    """Lets the test publish demo-c 0.2; afterwards the site and its root are as they were."""
+    """Starts from demo-c 0.1 (other tests publish either version on the shared site) and lets
+    the test publish demo-c 0.2; afterwards the site and its root are as they were."""
     root = Root(hub_workdir / "root")
-    before = resolve_current(root)
-    assert before is not None
+    original = resolve_current(root)
+    assert original is not None
     env_file = hub_site / "envs" / "python" / "environment.yml"
     spec = env_file.read_text()
+    env_file.write_text(py_env("0.1"))
+    for step in ("lock", "build", "publish"):
+        cli(hub_site, step)
+    before = resolve_current(root)
+    assert before is not None
 
     def publish_upgrade() -> str:
         env_file.write_text(py_env("0.2"))
@@ -70,7 +76,7 @@ def upgraded_later(hub_site, hub_workdir):
     env_file.write_text(spec)
     for step in ("lock", "build"):
         cli(hub_site, step)
-    cli(hub_site, "rollback", before.name)
+    cli(hub_site, "rollback", original.name)
 
 
 def test_a_user_finds_a_package_and_sees_its_upgrade(page, hub, artifacts, upgraded_later):  # noqa: F811
