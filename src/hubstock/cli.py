@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import DiskFullError, HubstockError, UsageError, is_disk_full
@@ -72,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
     vf.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: every env on the root)")
     vf.add_argument("--repair", action="store_true", help="remove damaged cache entries, rebuild builds")
     vf.add_argument("--json", action="store_true", help="machine-readable output")
+
+    un = sub.add_parser("units", help="render the hub's and the proxy's systemd units from hubstock.toml")
+    un.add_argument("--out", metavar="DIR", help="write the unit files into DIR (default: print them)")
+    un.add_argument("--jupyterhub", metavar="PATH", help="the jupyterhub command (default: found on PATH)")
+    un.add_argument("--proxy", metavar="PATH", help="configurable-http-proxy (default: [hub] proxy_command)")
 
     st = sub.add_parser("status", help="show locks, builds and what is published")
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -203,6 +209,41 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    import shutil
+
+    from .errors import SiteError
+    from .hub.config import ensure_secret_file
+    from .hub.units import Executables, render_units, state_dir
+    from .store.fs import atomic_write
+
+    def find(given: str | None, name: str, what: str) -> str:
+        path = given or shutil.which(name)
+        if not path:
+            raise SiteError(f"{what} ({name!r}) is not on PATH; install it or pass its path.")
+        return os.path.abspath(path)
+
+    exe = Executables(
+        jupyterhub=find(args.jupyterhub, "jupyterhub", "--jupyterhub"),
+        proxy=find(args.proxy, site.settings.hub.proxy_command[0], "--proxy"),
+    )
+    units = render_units(site, exe)
+    if args.out and site.settings.hub.proxy_external:
+        # the proxy's unit reads the token the hub uses: make it now (mode 0600), so the
+        # proxy can start before the hub's first start
+        state = state_dir(site)
+        state.mkdir(parents=True, exist_ok=True)
+        os.chmod(state, 0o700)
+        ensure_secret_file(state / "proxy_auth_token")
+    for name, text in units.items():
+        if args.out:
+            atomic_write(Path(args.out) / name, text)
+            progress.step(f"wrote {Path(args.out) / name}")
+        else:
+            print(f"# --- {name}\n{text}")
+    return 0
+
+
 def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     """Reads only the root: it still answers after the site repository has moved on."""
     from .store.catalog import Catalog, previous_generation
@@ -296,6 +337,7 @@ COMMANDS = {
     "status": cmd_status,
     "rollback": cmd_rollback,
     "gc": cmd_gc,
+    "units": cmd_units,
     "doctor": cmd_doctor,
     "verify": cmd_verify,
 }
