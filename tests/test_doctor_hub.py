@@ -5,7 +5,8 @@ account and reaches the hub's API). Then each broken variant gives exactly its o
 with a fix, and nothing else fails; no job is left in the scheduler after any run. Variants
 that need a different hubstock.toml get a site folder of their own (the site's spawner/ and
 that hubstock.toml); those that break the root or the hub's state change it for the test only.
-A last test interrupts doctor while its probe job runs, and the job is cancelled.
+A last test interrupts doctor while its probe job runs, and the job is cancelled. The healthy
+site is also checked on the OpenPBS rig (marked ``pbs``), with the hub in the rig's namespace.
 """
 
 from __future__ import annotations
@@ -125,15 +126,53 @@ EVERY_CHECK = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("scheduler", ["slurm", "torque"])
-def test_a_healthy_site_is_all_ok(ds, scheduler):
-    site = ds.site(f"healthy-{scheduler}", scheduler=scheduler)  # torque: the rig's qsub-stdin
-    code, checks, err = ds.doctor(site)
+@pytest.mark.parametrize("scheduler", ["slurm", "torque", pytest.param("pbs", marks=pytest.mark.pbs)])
+def test_a_healthy_site_is_all_ok(request, scheduler):
+    """On the Slurm rig, through Slurm's commands and its Torque wrappers; and on the OpenPBS rig."""
+    if scheduler == "pbs":
+        code, checks, err, connect = doctor_on_openpbs(request)
+    else:
+        ds = request.getfixturevalue("ds")
+        site = ds.site(f"healthy-{scheduler}", scheduler=scheduler)  # torque: the rig's qsub-stdin
+        code, checks, err = ds.doctor(site)
+        connect = f"127.0.0.1:{ds.ports[1]}"
     assert {c["name"]: c["status"] for c in checks} == dict.fromkeys(EVERY_CHECK, "ok"), err
     assert code == 0
     by_name = {c["name"]: c for c in checks}
     assert f"as {USER} in queue 'debug' ran on" in by_name["node.job"]["detail"]
     assert "in use by this hub" in by_name["port.hub_port"]["detail"]
+    assert f"{connect}/hub/api" in by_name["node.hub_api"]["detail"]
+
+
+def doctor_on_openpbs(request: pytest.FixtureRequest) -> tuple[int, list[dict], str, str]:
+    """doctor on the OpenPBS rig: the hub, its proxy, doctor and the job all in the rig's network
+    namespace; the job reaches the hub's API by the rig's host name (hub_connect_ip)."""
+    rig = request.getfixturevalue("openpbs_rig")  # first: without OpenPBS, skip before anything starts
+    clusters = pytest.importorskip("rigs.clusters", reason="the hub tests' face of the OpenPBS rig")
+    hub_workdir, channel = request.getfixturevalue("hub_workdir"), request.getfixturevalue("channel")
+    hub_site, user = request.getfixturevalue("hub_site"), request.getfixturevalue("probe_user")
+    cluster = clusters.PBSCluster(rig)
+    workdir = hub_workdir / "doctor-pbs"
+    ports = [free_port() for _ in range(3)]
+    site = workdir / "site"
+    shutil.copytree(hub_site / "spawner", site / "spawner", dirs_exist_ok=True)
+    (site / "hubstock.toml").write_text(
+        hub_settings(hub_workdir / "root", channel, workdir / "state", ports=ports, **cluster.settings())
+        + f'\n[doctor]\nuser = "{user}"\ntimeout = 120\n'
+    )
+    hub = start_hub(
+        site, ports[0], workdir / "hub.log", extra_env=cluster.hub_env(), launcher=cluster.launcher,
+        netns=cluster.netns,
+    )  # fmt: skip
+    try:
+        cmd = [sys.executable, "-m", "hubstock", "--site", str(site), "doctor", "--json"]
+        p = rig.run(cmd, timeout=400, check=False)
+        assert cluster.jobs() == []
+    finally:
+        hub.stop()
+        cluster.close()
+    assert p.stdout.strip(), p.stderr
+    return p.returncode, json.loads(p.stdout)["checks"], p.stderr, f"{rig.host}:{ports[1]}"
 
 
 def test_the_text_output_is_one_line_per_check(ds):

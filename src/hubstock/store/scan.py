@@ -2,9 +2,9 @@
 
 A path is *writable by users* when it is not a symbolic link and others may write it, or its
 group may and that group is not the root's shared group (a setgid root's group, which the hub
-and the admins share: see the module about permissions). A path is *foreign* when someone
-other than the root's owner (or uid 0) owns it; the hub's own records (``sessions/``, the
-audit log) are the hub's account's and are not counted. A folder nobody else may enter
+and the admins share: see :mod:`.perms`). A path is *foreign* when someone other than the
+root's owner (the admin: :func:`.perms.admin_of`) or uid 0 owns it; the hub's own records
+(``sessions/``, the audit log) are not counted. A folder nobody else may enter
 (no search permission for group or other) is not walked into: users cannot reach what is
 inside, and a hard link to it elsewhere is found where it is reachable.
 
@@ -18,6 +18,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .perms import admin_of, shared_group, writable_by_others
 from .root import Root
 
 
@@ -35,12 +36,11 @@ class RootScan:
 
 
 def user_writable(st: os.stat_result, shared_gid: int | None) -> bool:
-    """Whether users may change a path with this ``lstat``: written by other, or by a group that
-    is not the root's shared group (symbolic links never: their mode means nothing)."""
-    if stat.S_ISLNK(st.st_mode):
+    """Whether users may change a path with this ``lstat``: :func:`.perms.writable_by_others`,
+    except group write for the root's shared group (the hub's and the admins', by design)."""
+    if not writable_by_others(st):
         return False
-    mode = stat.S_IMODE(st.st_mode)
-    return bool(mode & 0o002) or bool(mode & 0o020 and st.st_gid != shared_gid)
+    return bool(st.st_mode & 0o002) or st.st_gid != shared_gid
 
 
 def _reachable(st: os.stat_result, shared_gid: int | None) -> bool:
@@ -53,10 +53,10 @@ def scan_root(path: Path, limit: int = 10) -> RootScan:
     """Walk the root at ``path`` (which must exist) without following symbolic links."""
     root = Root(path)
     top = os.lstat(path)
-    shared_gid = top.st_gid if top.st_mode & stat.S_ISGID else None
+    shared_gid = shared_group(path)
     hubs_own = {str(root.sessions), str(root.audit_log)}
     scan = RootScan(owner=top.st_uid)
-    allowed = {top.st_uid, 0}
+    allowed = {admin_of(path), 0}
 
     def visit(p: str, st: os.stat_result, foreign_ok: bool) -> None:
         scan.scanned += 1
@@ -91,6 +91,6 @@ def scan_root(path: Path, limit: int = 10) -> RootScan:
     return scan
 
 
-def writable_by_others(path: Path, limit: int = 10) -> list[Path]:
+def user_writable_paths(path: Path, limit: int = 10) -> list[Path]:
     """Up to ``limit`` paths under the root at ``path`` that users may change (see :func:`scan_root`)."""
     return [p for p, _mode in scan_root(path, limit).writable]

@@ -314,7 +314,7 @@ class ProbeJob:
         left = False
         if self.job:
             deadline = time.monotonic() + (15 if got_report else 0)
-            while self.query() in ("pending", "running") and time.monotonic() < deadline:
+            while self.query() in ("pending", "running", "ending") and time.monotonic() < deadline:
                 time.sleep(0.5)
             if self.state != "gone":
                 p.log(f"cancelling job {self.job}")

@@ -147,14 +147,22 @@ def parse_job_id(scheduler: Scheduler, out: str) -> str:
     return job
 
 
+#: states in which a job is neither pending nor running for the spawner, yet still in the scheduler
+#: (PBS: exiting, begun, suspended, in transit; Slurm: suspended, stopped, requeued, signalled...)
+_ENDING = re.compile(
+    r"job_state = [EBSTU]\b|^(?:SUSPENDED|STOPPED|REQUEUE\w*|RESIZING|SIGNALING|STAGE_OUT|PREEMPTED)", re.M
+)
+
+
 def job_state(cmds: JobCommands, code: int, out: str, err: str) -> str:
-    """'pending', 'running', 'gone' (finished or unknown to the scheduler) or 'unknown' (no answer)."""
+    """'pending', 'running' (the spawner's regexes), 'ending' (still in the scheduler, neither),
+    'gone' (finished, or unknown to the scheduler) or 'unknown' (the scheduler did not answer)."""
     if code == 0:
         if re.search(cmds.running_re, out):
             return "running"
         if re.search(cmds.pending_re, out):
             return "pending"
-        return "gone"
+        return "ending" if _ENDING.search(out) else "gone"
     if re.search(r"invalid job id|unknown job id|does not exist", err + out, re.I):
         return "gone"
     return "unknown"

@@ -14,7 +14,7 @@ import pwd
 import re
 from pathlib import Path
 
-from ...store.builds import is_complete
+from ...store.builds import damage, is_complete
 from ...store.generations import Generation, resolve_current
 from ...store.records import GenerationManifest, RecordError
 from ...store.root import Root
@@ -97,9 +97,8 @@ def check_lock(root: Root) -> Check:
         if e.errno not in (errno.EAGAIN, errno.EACCES):
             raise
         holder = ""
-        holder_file = getattr(root, "holder_file", None)  # where the root records who holds its lock
         with contextlib.suppress(OSError):
-            holder = holder_file.read_text().strip() if holder_file is not None else ""
+            holder = root.holder_file.read_text().strip()
         return warn(
             "root.lock",
             f"held by {holder or 'another process'}: a build, publish, rollback or gc is running",
@@ -147,6 +146,11 @@ def check_generation(root: Root) -> tuple[Check, Generation | None, GenerationMa
             problems.append(f"kernel {k.name}'s build {k.env}/{k.build} is missing or incomplete")
         elif not (gen.kernel_dir(k.name) / "kernel.json").is_file():
             problems.append(f"kernel {k.name} has no kernel.json")
+    used = {(k.env, k.build) for k in manifest.kernels} | ({(server.env, server.build)} if server else set())
+    for env, bid in sorted(used):
+        if found := damage(root, env, bid):
+            problems.append(f"`hubstock verify` found build {env}/{bid} damaged ({found.count} file(s))")
+            redo = "repair it (`hubstock verify --repair`, or `hubstock build`) and publish again."
     if problems:
         return fail(name, f"generation {gen.name}: {'; '.join(problems)}", redo), gen, manifest
     assert server is not None
