@@ -244,6 +244,9 @@ def pbs_limits(queues: dict[str, dict[str, str]], nodes: dict[str, dict[str, str
 # ---------------------------------------------------------------------------------------------- checks
 
 
+_WHO = {"slurm": "Slurm", "pbs": "PBS", "torque": "Torque"}
+
+
 def compare_queue(queue: Queue, limits: QueueLimits | None, scheduler: str, known: list[str]) -> Check:
     """``queue.<name>``: the queue exists, is up, and allows the form's maxima."""
     name = f"queue.{queue.name}"
@@ -251,7 +254,7 @@ def compare_queue(queue: Queue, limits: QueueLimits | None, scheduler: str, know
     if limits is None:
         return fail(
             name,
-            f"{scheduler} has no {kind} {queue.name!r} (it has: {', '.join(known) or 'none'})",
+            f"{_WHO.get(scheduler, scheduler)} has no {kind} {queue.name!r} (it has: {', '.join(known) or 'none'})",
             f"create the {kind}, or rename or remove [[spawner.queues]] {queue.name!r} in hubstock.toml.",
         )
     if not limits.up:
