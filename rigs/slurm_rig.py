@@ -318,8 +318,12 @@ class SlurmRig:
         partitions: Iterable[str] = ("debug", "batch"),
         min_job_age: int = 10,
         cluster_name: str = "hubstock",
+        oversubscribe: int = 0,
     ) -> None:
+        """``oversubscribe``: each core may be shared by up to that many jobs (0: not shared), for
+        many small servers on a small machine."""
         self.workdir = Path(workdir).resolve()
+        self.oversubscribe = oversubscribe
         self.partitions = tuple(partitions)
         if not self.partitions:
             raise ValueError("at least one partition is needed")
@@ -441,6 +445,75 @@ class SlurmRig:
         self.helpers.clear()
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
+
+    def stop_controller(self, timeout: float = 10) -> None:
+        """Stop slurmctld alone (TERM, wait, KILL), by its PID: a controller outage. slurmd, munged
+        and the jobs keep running; ``start_controller`` brings it back with the jobs' state."""
+        self._refresh_pids()
+        ctld = self.procs.get("slurmctld")
+        if ctld is None or not _alive(*ctld):
+            raise RigError(f"slurmctld is not running in {self.workdir}")
+        self._record_helpers()
+        helpers = [(p, s) for p, s in self.helpers.items() if p in _descendants(ctld[0])]
+        _terminate([ctld], timeout=timeout)
+        _terminate([(p, s) for p, s in helpers if _alive(p, s)], timeout=timeout)
+        for pid, _ in helpers:
+            self.helpers.pop(pid, None)
+        self.procs.pop("slurmctld", None)
+        self._save_state()
+
+    def start_controller(self, timeout: float = 60) -> None:
+        """Start slurmctld again after ``stop_controller``; it recovers its jobs from its state
+        folder (no ``-c``). Returns once the controller answers."""
+        self._refresh_pids()
+        ctld = self.procs.get("slurmctld")
+        if ctld is not None and _alive(*ctld):
+            raise RigError(f"slurmctld is already running in {self.workdir} (pid {ctld[0]})")
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_files["slurmctld"].unlink()
+        deadline = time.monotonic() + timeout
+        self._start_daemon("slurmctld", ["slurmctld"], deadline)
+        while self.run(["scontrol", "ping"], check=False, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise RigError(f"slurmctld did not answer within {timeout} s\n{self.logs_tail()}")
+            time.sleep(0.2)
+        self._record_helpers()
+
+    def rpc_counts(self) -> dict[str, int]:
+        """slurmctld's RPC counts by message type since start or ``reset_rpc_counts`` (``sdiag``)."""
+        out = self.run(["sdiag"], timeout=20).stdout
+        counts: dict[str, int] = {}
+        section = out.split("Remote Procedure Call statistics by message type", 1)[-1]
+        section = section.split("Remote Procedure Call statistics by user", 1)[0]
+        for line in section.splitlines():
+            words = line.split()
+            # "REQUEST_JOB_INFO_SINGLE ( 2021) count:12 ave_time:161 total_time:1939"
+            if words and words[0].isupper() and "(" in line:
+                count = next((w.split(":", 1)[1] for w in words if w.startswith("count:")), None)
+                if count is not None:
+                    counts[words[0]] = int(count)
+        return counts
+
+    #: the RPCs of status queries (squeue, scontrol show job, the PBS wrappers' qstat)
+    STATUS_RPCS = frozenset(
+        {
+            "REQUEST_JOB_INFO",
+            "REQUEST_JOB_INFO_SINGLE",
+            "REQUEST_JOB_USER_INFO",
+            "REQUEST_PARTITION_INFO",
+            "REQUEST_FED_INFO",
+            "REQUEST_NODE_INFO",
+            "REQUEST_NODE_INFO_SINGLE",
+        }
+    )
+
+    def status_rpcs(self) -> int:
+        """How many status-query RPCs slurmctld served since start or ``reset_rpc_counts``."""
+        return sum(n for kind, n in self.rpc_counts().items() if kind in self.STATUS_RPCS)
+
+    def reset_rpc_counts(self) -> None:
+        """Set slurmctld's RPC counts to zero (``sdiag --reset``, as root)."""
+        self.run(["sdiag", "--reset"], timeout=20)
 
     def jobs(self, *, active_only: bool = False) -> list[str]:
         """Job ids known to squeue: any state (including completed jobs not yet purged,
@@ -599,9 +672,10 @@ class SlurmRig:
 
     def _slurm_conf_text(self) -> str:
         w = self.workdir
+        share = f" OverSubscribe=FORCE:{self.oversubscribe}" if self.oversubscribe else ""
         parts = "\n".join(
             f"PartitionName={p} Nodes={self.node} Default={'YES' if i == 0 else 'NO'} "
-            f"MaxTime=INFINITE State=UP"
+            f"MaxTime=INFINITE State=UP{share}"
             for i, p in enumerate(self.partitions)
         )
         return f"""\

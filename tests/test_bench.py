@@ -28,9 +28,10 @@ BENCHMARKS = {
     "publish",
     "hook",
     "spawn_to_ready",
+    "status_rpcs_per_interval",
 }
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "goal"}
-NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready"}
+NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready", "status_rpcs_per_interval"}
 
 
 def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
@@ -63,6 +64,9 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
         assert readonly["files_written"] == 0, readonly
     spawn = [r for r in results if r["benchmark"] == "spawn_to_ready" and not r.get("skipped")]
     assert all(r["active_jobs_after"] == 0 and r["rig_processes_after"] == 0 for r in spawn), spawn
+    rpcs = next(r for r in results if r["name"] == "status_rpcs_per_interval")
+    if not rpcs.get("skipped"):  # one status query per interval, whatever the number of servers
+        assert rpcs["met"] and rpcs["value"] < rpcs["baseline_value"], rpcs
     # the table: a header, then one row per figure
     table = res.stdout[res.stdout.index("name ") :]
     assert "baseline value" in table and "met?" in table

@@ -65,7 +65,7 @@ def _options(queue: str, cpus: int, memory: str, gpus: int, walltime: str) -> Op
 
 
 def test_batch_vars_by_value_for_slurm():
-    assert batch_vars(_options("debug", 2, "4G", 0, "1:30"), "slurm", LIMITS) == {
+    assert batch_vars(_options("debug", 2, "4G", 0, "1:30:00"), "slurm", LIMITS) == {
         "partition": "debug",
         "runtime": "01:30:00",
         "memory": "4096M",
@@ -93,7 +93,12 @@ def test_batch_vars_by_value_for_slurm():
         "directives": "#SBATCH --exclusive\n#SBATCH --comment=hub",
     }
     gpu = batch_vars(_options("gpu", 8, "64G", 2, "1-00:00:00"), "slurm", WITH_EXTRAS["slurm"])
-    assert (gpu["gres"], gpu["ngpus"], gpu["memory"], gpu["runtime"]) == ("gpu:2", "2", "65536M", "24:00:00")
+    assert (gpu["gres"], gpu["ngpus"], gpu["memory"], gpu["runtime"]) == (
+        "gpu:2",
+        "2",
+        "65536M",
+        "1-00:00:00",
+    )
     assert (gpu["account"], gpu["qos"], gpu["reservation"], gpu["directives"]) == (
         "gpu-proj",
         "",
@@ -126,17 +131,42 @@ def test_batch_vars_by_value_for_pbs_pro_and_torque():
         "account": "gpu-proj",
         "directives": "",
     }
-    cpu = _options("debug", 2, "1G", 0, "0:30")
+    cpu = _options("debug", 2, "1G", 0, "0:30:00")
     assert batch_vars(cpu, "pbs", LIMITS)["resources"] == "select=1:ncpus=2:mem=1024mb"
     assert batch_vars(cpu, "torque", LIMITS)["resources"] == "nodes=1:ppn=2"
     assert batch_vars(cpu, "torque", WITH_EXTRAS["pbs"])["directives"] == "#PBS -W group_list=hpc"
+
+
+@pytest.mark.parametrize(
+    ("walltime", "slurm", "pbs"),
+    [
+        ("00:01:00", "00:01:00", "00:01:00"),
+        # "2:15" is refused: minutes:seconds to Slurm, hours:minutes to PBS
+        ("02:15:00", "02:15:00", "02:15:00"),
+        ("23:59:59", "23:59:59", "23:59:59"),
+        ("24:00:00", "1-00:00:00", "24:00:00"),
+        ("1-12:30:00", "1-12:30:00", "36:30:00"),
+        ("36:30:00", "1-12:30:00", "36:30:00"),
+        ("7-00:00:00", "7-00:00:00", "168:00:00"),
+    ],
+)
+def test_the_walltime_each_scheduler_reads(walltime, slurm, pbs):
+    """The batch script spells the walltime as each scheduler reads it: Slurm's ``--time`` takes
+    ``D-HH:MM:SS`` (two fields would be minutes:seconds), PBS Pro's and Torque's ``walltime=``
+    take hours past 24 (no days field)."""
+    queue = {"name": "long", "max_cpus": 1, "max_memory": "1G", "max_walltime": "7-00:00:00"}
+    limits = limits_from_config([queue], {"walltime": "00:01:00", "memory": "1G"})
+    opts = _options("long", 1, "1G", 0, walltime)
+    assert batch_vars(opts, "slurm", limits)["runtime"] == slurm
+    assert batch_vars(opts, "pbs", limits)["runtime"] == pbs
+    assert batch_vars(opts, "torque", limits)["runtime"] == pbs
 
 
 def test_the_slurm_script_by_value():
     template = (REPO / "spawner" / "slurm.sh").read_text()
     script = render_batch_script(
         template,
-        {**SUBVARS, **batch_vars(_options("debug", 2, "4G", 0, "1:30"), "slurm", LIMITS), "srun": "srun"},
+        {**SUBVARS, **batch_vars(_options("debug", 2, "4G", 0, "1:30:00"), "slurm", LIMITS), "srun": "srun"},
     )
     body = [ln for ln in script.splitlines() if not ln.startswith("# ")]
     assert body == [
@@ -159,7 +189,7 @@ def test_the_slurm_script_by_value():
         template,
         {
             **SUBVARS,
-            **batch_vars(_options("gpu", 1, "1G", 2, "1:00"), "slurm", WITH_EXTRAS["slurm"]),
+            **batch_vars(_options("gpu", 1, "1G", 2, "1:00:00"), "slurm", WITH_EXTRAS["slurm"]),
             "srun": "",
         },
     )
@@ -180,7 +210,7 @@ def test_the_slurm_script_by_value():
         template,
         {
             **SUBVARS,
-            **batch_vars(_options("debug", 1, "1G", 0, "1:00"), "slurm", WITH_EXTRAS["slurm"]),
+            **batch_vars(_options("debug", 1, "1G", 0, "1:00:00"), "slurm", WITH_EXTRAS["slurm"]),
             "srun": "",
         },
     )

@@ -64,13 +64,9 @@ def limits() -> Limits:
         ("1:00:00", 3600),
         ("48:00:00", 172800),
         ("00:01:30", 90),
-        ("2:15", 8100),
-        ("0:05", 300),
         ("1-12:00:00", 129600),
         ("0-00:00:59", 59),
         ("  04:00:00 ", 14400),
-        (90, 5400),
-        (0, 0),
     ],
 )
 def test_parse_walltime(text, seconds):
@@ -84,6 +80,13 @@ def test_parse_walltime(text, seconds):
         "1",
         "90",
         "1:5",
+        "2:15",  # minutes:seconds to Slurm, hours:minutes to PBS: refused
+        "0:05",
+        "1-12",  # Slurm's days-hours forms
+        "1-12:30",
+        "1-2:00:00",
+        90,  # a number: minutes to Slurm, seconds to PBS
+        0,
         "01:60:00",
         "01:00:60",
         "1-24:00:00",
@@ -254,8 +257,8 @@ def test_limits_from_config(limits):
 
 def test_limits_from_config_optional_keys():
     limits = limits_from_config(
-        [{"name": "short", "max_cpus": 2, "max_memory": 8, "max_walltime": 30}],
-        {"memory": "2G", "walltime": "0:30"},
+        [{"name": "short", "max_cpus": 2, "max_memory": 8, "max_walltime": "00:30:00"}],
+        {"memory": "2G", "walltime": "0:30:00"},
     )
     assert limits.default_queue == "short"
     assert limits.queues[0] == Queue(
@@ -306,8 +309,8 @@ def test_limits_from_config_refuses(queues, defaults, match):
 
 def test_missing_defaults_take_the_one_fallback():
     # hubstock.toml, the spawner's configuration and the models share one set of fallbacks
-    limits = limits_from_config([QUEUES[0]], {"queue": "debug", "walltime": "1:00"})
-    assert limits.defaults == Defaults(queue="debug", walltime="1:00")
+    limits = limits_from_config([QUEUES[0]], {"queue": "debug", "walltime": "1:00:00"})
+    assert limits.defaults == Defaults(queue="debug", walltime="1:00:00")
     assert (limits.defaults.cpus, limits.defaults.memory, limits.defaults.gpus) == (1, 4096, 0)
     assert Limits().queues == (Queue(name="batch", max_cpus=4, max_memory="16G", max_walltime="08:00:00"),)
     assert Limits().default_queue == "batch"
@@ -326,11 +329,13 @@ def test_the_models_read_and_write_the_grammar():
         "max_walltime": "24:00:00",
     }
     assert Queue.model_validate(q.model_dump()) == q
-    # a MiB or Seconds is taken as it is; a plain int is what a user means by it (GiB, minutes)
+    # a MiB or Seconds is taken as it is; a plain int memory is GiB; a walltime is always text
     assert Queue(name="q", max_cpus=1, max_memory=MiB(512), max_walltime=Seconds(120)).max_memory == 512
-    assert Queue(name="q", max_cpus=1, max_memory=2, max_walltime=2).max_walltime == 120
+    assert Queue(name="q", max_cpus=1, max_memory=2, max_walltime="00:02:00").max_walltime == 120
+    with pytest.raises(ValueError, match=r"max_walltime\n.*must be HH:MM:SS or D-HH:MM:SS"):
+        Queue(name="q", max_cpus=1, max_memory=2, max_walltime=2)
     with pytest.raises(ValueError, match="max_memory"):
-        Queue(name="q", max_cpus=1, max_memory=MiB(100), max_walltime="1:00")
+        Queue(name="q", max_cpus=1, max_memory=MiB(100), max_walltime="1:00:00")
 
 
 @pytest.mark.parametrize(
@@ -443,8 +448,8 @@ def test_rest_shaped_input(limits):
         "gpus": 4,
         "walltime": "30:30:00",
     }
-    # ints: memory in GiB, walltime in minutes
-    assert validate_options({"memory": 8, "walltime": 90}, limits).to_user_options() == {
+    # ints: memory in GiB; a walltime is text (a number would be minutes to Slurm, seconds to PBS)
+    assert validate_options({"memory": 8, "walltime": "1:30:00"}, limits).to_user_options() == {
         "queue": "debug",
         "cpus": 1,
         "memory": "8G",
@@ -454,7 +459,7 @@ def test_rest_shaped_input(limits):
 
 
 def test_canonical_options_round_trip(limits):
-    for raw in ({}, {"queue": "gpu", "cpus": 3, "memory": "300M", "gpus": 1, "walltime": "2:05"}):
+    for raw in ({}, {"queue": "gpu", "cpus": 3, "memory": "300M", "gpus": 1, "walltime": "2:05:00"}):
         opts = validate_options(raw, limits)
         assert validate_options(opts.to_user_options(), limits) == opts
 
@@ -538,8 +543,14 @@ def test_unknown_key_is_named_with_the_allowed_ones(limits):
         ({"walltime": "04:00:01"}, r"walltime must be a duration from 00:01:00 to 04:00:00 .*'debug'"),
         ({"walltime": "00:00:59"}, "walltime must be a duration from 00:01:00"),
         ({"walltime": 0}, "walltime must be"),
-        ({"queue": "gpu", "walltime": "2-00:00:01"}, "to 48:00:00 as HH:MM:SS on queue 'gpu'"),
+        ({"queue": "gpu", "walltime": "2-00:00:01"}, "to 48:00:00 as HH:MM:SS or D-HH:MM:SS on queue 'gpu'"),
         ({"walltime": "4"}, "walltime must be"),
+        (
+            {"walltime": "2:15"},
+            r"walltime must be .*as HH:MM:SS or D-HH:MM:SS on queue 'debug' \(you asked for '2:15'\)",
+        ),
+        ({"walltime": 90}, r"walltime must be .* \(you asked for 90\)"),
+        ({"walltime": "1-2"}, "walltime must be"),
     ],
 )
 def test_refusals(limits, raw, match):
@@ -649,7 +660,8 @@ def test_render_options_form(limits):
     )
     assert (
         '<input type="text" name="walltime" id="hubstock-walltime" class="form-control" '
-        'value="01:00:00" placeholder="01:00:00" pattern="[0-9]{1,4}:[0-5][0-9]:[0-5][0-9]"'
+        'value="01:00:00" placeholder="01:00:00" '
+        'pattern="([0-9]{1,3}-([01][0-9]|2[0-3])|[0-9]{1,4}):[0-5][0-9]:[0-5][0-9]"'
     ) in html
     assert html.count('<div class="form-group">') == 5
     assert '<label for="hubstock-walltime">Walltime</label>' in html
@@ -692,7 +704,7 @@ def test_render_options_form_without_gpus():
 class Conf(traitlets.HasTraits):
     walltime = Walltime()
     memory = Memory()
-    max_walltime = Walltime("4:00")
+    max_walltime = Walltime("4:00:00")
     max_memory = Memory(16)
 
 
@@ -702,14 +714,16 @@ def test_traits_normalize():
     c.walltime = "2-00:00:00"
     c.memory = "1.5gb"
     assert (c.walltime, c.memory) == ("48:00:00", "1536M")
-    c.walltime = 90
+    c.walltime = "1:30:00"
     c.memory = 8
     assert (c.walltime, c.memory) == ("01:30:00", "8G")
     c.memory = "512MiB"
     assert c.memory == "512M"
 
 
-@pytest.mark.parametrize("bad", ["soon", "0:00", "01:00:00; reboot", True, 2.5, None, "٠١:٠٠:٠٠"])
+@pytest.mark.parametrize(
+    "bad", ["soon", "0:00", "4:00", "1-12", 90, "01:00:00; reboot", True, 2.5, None, "٠١:٠٠:٠٠"]
+)
 def test_walltime_trait_refuses(bad):
     c = Conf()
     with pytest.raises(

@@ -32,6 +32,7 @@ from traitlets.config import Config, PyFileConfigLoader
 from hubstock.errors import SiteError
 from hubstock.hub.config import apply_site
 from hubstock.hub.spawner import PBSSpawner, SlurmSpawner
+from hubstock.hub.status import forget_pollers
 
 REPO = Path(__file__).resolve().parent.parent
 ME = pwd.getpwuid(os.getuid()).pw_name  # batchspawner looks the user's home up in the password database
@@ -231,7 +232,7 @@ EXPECTED_LINES = {
 def test_submit_poll_progress_and_cancel(rig):
     scheduler, sched, config = rig
     spawner = jupyterhub_spawner(config)
-    spawner.user_options = {"queue": "debug", "cpus": "2", "memory": "2G", "walltime": "1:30"}
+    spawner.user_options = {"queue": "debug", "cpus": "2", "memory": "2G", "walltime": "1:30:00"}
     submitted: list[str] = []
     spawner.hubstock_on_submit = submitted.append  # what the pre-spawn hook sets, to record the job id
 
@@ -250,8 +251,9 @@ def test_submit_poll_progress_and_cancel(rig):
             await anext(progress)
         assert await spawner.poll() is None  # running
         sched.set("gone")
+        forget_pollers()  # poll reads the hub's shared answer of the last interval: this asks anew
         assert await spawner.poll() == 1  # the job ended on its own
-        assert spawner.job_id == "" and spawner.get_state() == {}
+        assert spawner.job_id == "" and set(spawner.get_state()) == {"stop_reason"}  # kept for the user
         return messages
 
     messages = run(scenario())
@@ -276,7 +278,9 @@ def test_submit_poll_progress_and_cancel(rig):
         "pbs": f"-fx {JOB}.pbs01",
         "torque": f"-f {JOB}.pbs01",
     }[scheduler]
-    assert set(sched.calls(query)) == {expected_query}
+    # the hub's shared query of all its jobs (here one), and the job's own when that one does not list it
+    batched = f"-h -t all -j {JOB} -o %i|%T %B|%r" if scheduler == "slurm" else expected_query
+    assert set(sched.calls(query)) <= {expected_query, batched} and batched in sched.calls(query)
 
     # a second server: cancelled by the hub
     sched.set("pending")
@@ -297,7 +301,7 @@ def test_submit_poll_progress_and_cancel(rig):
 def test_a_queue_overrides_the_sites_account(rig):
     scheduler, sched, config = rig
     spawner = jupyterhub_spawner(config)
-    spawner.user_options = {"queue": "long", "walltime": 2880}
+    spawner.user_options = {"queue": "long", "walltime": "2-00:00:00"}
     sched.set("running")
     run(spawner.start())
     lines = sched.script.splitlines()
@@ -308,7 +312,7 @@ def test_a_queue_overrides_the_sites_account(rig):
     # the user named no cpus or memory: the defaults, capped at the queue's maxima
     if scheduler == "slurm":
         assert {"#SBATCH --partition=long", "#SBATCH --cpus-per-task=1", "#SBATCH --mem=1024M"} <= set(lines)
-        assert "#SBATCH --time=48:00:00" in lines
+        assert "#SBATCH --time=2-00:00:00" in lines  # Slurm's days-hours:minutes:seconds
     else:
         assert "#PBS -q long" in lines and "#PBS -l walltime=48:00:00" in lines
 

@@ -9,8 +9,10 @@ The grammar, in one place (the spawn form, the REST API and hubstock.toml alike)
 - **Memory**: ``"4G"``, ``"4GB"``, ``"4GiB"``, ``"512M"``, ``"1.5G"``, ``"2T"`` (any case).
   Units are binary, as Slurm and PBS read them: ``G`` = ``GB`` = ``GiB`` = 1024 MiB. **A bare
   number means GiB** (``"4"`` or ``4``). Fractions are rounded down to a whole MiB.
-- **Walltime**: ``"HH:MM:SS"``, ``"H:MM"`` or ``"D-HH:MM:SS"``; an ``int`` is minutes. A string
-  of digits alone is refused (``"4"`` is too easily meant as hours).
+- **Walltime**: ``"HH:MM:SS"`` (the hours may exceed 24) or ``"D-HH:MM:SS"``, nothing else.
+  Two fields are refused (``"2:15"`` is 2 min 15 s to Slurm but 2 h 15 min to PBS), as are
+  Slurm's other ``days-hours[:minutes]`` forms, digits alone and numbers. The batch script
+  gets each scheduler's own spelling of the same duration (:func:`format_walltime_for`).
 - Every grammar is an anchored, ASCII-only regular expression matched in full, so shell text,
   newlines and non-ASCII digits (``"٣"``) never get through.
 
@@ -40,7 +42,6 @@ MIN_WALLTIME_S = 60
 #: the longest string value accepted from a user, before anything else is looked at
 MAX_VALUE_CHARS = 64
 _ECHO_CHARS = 40  # at most this many characters of a bad value are echoed back
-_MAX_MINUTES = 999_999
 _MAX_MEMORY_NUMBER = 9_999_999
 _UNIT_MIB = {"m": 1, "g": 1024, "t": 1024 * 1024}
 
@@ -52,8 +53,10 @@ _MEMORY = re.compile(
     r"(?P<whole>[0-9]{1,7})(?:\.(?P<frac>[0-9]{1,3}))?(?P<unit>[mgt](?:i?b)?)?", re.ASCII | re.I
 )
 _HMS = re.compile(r"(?P<h>[0-9]{1,4}):(?P<m>[0-5][0-9]):(?P<s>[0-5][0-9])", re.ASCII)
-_HM = re.compile(r"(?P<h>[0-9]{1,4}):(?P<m>[0-5][0-9])", re.ASCII)
-_DHMS = re.compile(r"(?P<d>[0-9]{1,3})-(?P<h>[0-9]{1,2}):(?P<m>[0-5][0-9]):(?P<s>[0-5][0-9])", re.ASCII)
+_DHMS = re.compile(r"(?P<d>[0-9]{1,3})-(?P<h>[01][0-9]|2[0-3]):(?P<m>[0-5][0-9]):(?P<s>[0-5][0-9])", re.ASCII)
+_TWO_FIELDS = re.compile(r"[0-9]{1,4}:[0-9]{1,2}", re.ASCII)
+#: the walltime grammar, as users read it in messages
+WALLTIME_FORMAT = "HH:MM:SS or D-HH:MM:SS"
 
 Scheduler = Literal["slurm", "pbs", "torque"]
 
@@ -98,30 +101,26 @@ def is_int(value: object) -> bool:
 
 
 def parse_walltime(value: object) -> int:
-    """Seconds of a walltime: ``"HH:MM:SS"``, ``"H:MM"``, ``"D-HH:MM:SS"``, or an ``int`` of minutes.
+    """Seconds of a walltime: ``"HH:MM:SS"`` (hours may exceed 24) or ``"D-HH:MM:SS"`` (hours below 24).
 
-    >>> parse_walltime("01:30:00"), parse_walltime("2:15"), parse_walltime("1-12:00:00"), parse_walltime(90)
-    (5400, 8100, 129600, 5400)
+    >>> parse_walltime("01:30:00"), parse_walltime("36:00:00"), parse_walltime("1-12:00:00")
+    (5400, 129600, 129600)
 
-    Anything else (a bool, a float, digits alone, whitespace inside, non-ASCII digits) raises OptionsError.
+    Anything else raises OptionsError: two fields (``"2:15"``, which Slurm reads as minutes:seconds
+    and PBS as hours:minutes), Slurm's ``"1-12"`` and ``"1-12:30"``, digits alone, numbers, bools,
+    whitespace inside, non-ASCII digits.
     """
-    problem = (
-        f"walltime must be HH:MM:SS, H:MM, D-HH:MM:SS or a whole number of minutes (you gave {show(value)})."
-    )
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= _MAX_MINUTES:
-            raise OptionsError(problem)
-        return value * 60
+    problem = f"walltime must be {WALLTIME_FORMAT}, e.g. '01:30:00' or '1-12:00:00' (you gave {show(value)})"
     text = clean_text(value) if isinstance(value, str) else None
     if text is None:
-        raise OptionsError(problem)
+        raise OptionsError(problem + ".")
     if m := _HMS.fullmatch(text):
         return int(m["h"]) * 3600 + int(m["m"]) * 60 + int(m["s"])
-    if m := _HM.fullmatch(text):
-        return int(m["h"]) * 3600 + int(m["m"]) * 60
-    if (m := _DHMS.fullmatch(text)) and int(m["h"]) < 24:
+    if m := _DHMS.fullmatch(text):
         return int(m["d"]) * 86400 + int(m["h"]) * 3600 + int(m["m"]) * 60 + int(m["s"])
-    raise OptionsError(problem)
+    if _TWO_FIELDS.fullmatch(text):
+        problem += "; two fields are minutes:seconds to Slurm but hours:minutes to PBS, so write all three"
+    raise OptionsError(problem + ".")
 
 
 def format_walltime(seconds: int) -> str:
@@ -133,6 +132,17 @@ def format_walltime(seconds: int) -> str:
     minutes, secs = divmod(seconds, 60)
     hours, mins = divmod(minutes, 60)
     return f"{hours:02d}:{mins:02d}:{secs:02d}"
+
+
+def format_walltime_for(seconds: int, scheduler: Scheduler) -> str:
+    """The walltime as ``scheduler`` reads it: Slurm's ``--time`` takes ``D-HH:MM:SS`` from a day up
+    (``"1-12:00:00"``) and ``HH:MM:SS`` below; PBS Pro and Torque's ``walltime=`` take
+    ``HH:MM:SS`` with as many hours as needed (``"36:00:00"``). All of them mean ``seconds``."""
+    text = format_walltime(seconds)
+    if scheduler == "slurm" and seconds >= 86400:
+        days, rest = divmod(seconds, 86400)
+        return f"{days}-{format_walltime(rest)}"
+    return text
 
 
 def parse_memory(value: object) -> int:
@@ -203,7 +213,7 @@ def _walltime(value: object) -> Seconds:
             seconds = parse_walltime(value)
         except OptionsError:
             raise ValueError(
-                f"must be HH:MM:SS, H:MM, D-HH:MM:SS or whole minutes, not {show(value)}"
+                f"must be {WALLTIME_FORMAT} (e.g. '08:00:00' or '1-00:00:00'), not {show(value)}"
             ) from None
     if seconds < MIN_WALLTIME_S:
         raise ValueError(
@@ -246,7 +256,7 @@ def _directive(value: object) -> str:
 
 #: a memory size of at least 256M; held as :class:`MiB`, written as ``"4G"``
 Memory = Annotated[MiB, PlainValidator(_memory), PlainSerializer(format_memory, return_type=str)]
-#: a walltime of at least a minute; held as :class:`Seconds`, written as ``"HH:MM:SS"``
+#: a walltime of at least a minute, ``"HH:MM:SS"`` or ``"D-HH:MM:SS"``; held as :class:`Seconds`, written as ``"HH:MM:SS"``
 Walltime = Annotated[Seconds, PlainValidator(_walltime), PlainSerializer(format_walltime, return_type=str)]
 Cpus = Annotated[int, PlainValidator(_at_least(1))]
 Gpus = Annotated[int, PlainValidator(_at_least(0))]

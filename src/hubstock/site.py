@@ -126,6 +126,20 @@ class SpawnerSettings(Limits):
     srun: str = Field(
         "srun", description="Slurm only: prefix that runs the server as a job step ('' for none)"
     )
+    status_interval: float = Field(
+        10,
+        ge=1,
+        le=300,
+        description="seconds between two status queries of all the hub's jobs (one squeue or qstat for "
+        "every server); a job that ended is noticed within one interval, e.g. 10",
+    )
+    submit_timeout: float = Field(
+        10,
+        ge=1,
+        le=600,
+        description="seconds the scheduler may take to accept a job; longer, and the user is told it is "
+        "not answering (a job it accepts later is cancelled), e.g. 10",
+    )
 
 
 class StockPageSettings(_Model):

@@ -13,11 +13,12 @@ directive may set what hubstock sets itself (the queue, the limits, the account.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from batchspawner.batchspawner import format_template
 
-from ..limits import JobExtras, Limits, LimitsError, Options, Scheduler, check_mib, format_walltime
+from ..limits import JobExtras, Limits, LimitsError, Options, Scheduler, check_mib, format_walltime_for
 
 #: each scheduler's directive prefix
 DIRECTIVE_PREFIX: dict[str, str] = {"slurm": "#SBATCH ", "pbs": "#PBS ", "torque": "#PBS "}
@@ -59,11 +60,14 @@ def batch_vars(opts: Options, scheduler: Scheduler, limits: Limits) -> dict[str,
       ``gres="gpu:1"``;
     - pbs (PBS Pro): ``queue="gpu"``, ``resources="select=1:ncpus=2:mem=4096mb:ngpus=1"``;
     - torque: ``queue="gpu"``, ``resources="nodes=1:ppn=2:gpus=1"``, ``memory="4096mb"``.
+
+    The walltime is spelt as each scheduler reads it: 36 hours is ``runtime="1-12:00:00"`` for
+    Slurm's ``--time`` and ``runtime="36:00:00"`` for PBS's ``walltime=``.
     """
     extras = limits.extras_for(opts.queue)
     gpus = str(opts.gpus) if opts.gpus else ""
     common = {
-        "runtime": format_walltime(opts.walltime),
+        "runtime": format_walltime_for(opts.walltime, scheduler),
         "nprocs": str(opts.cpus),
         "ngpus": gpus,
         "account": extras.account or "",
@@ -123,3 +127,35 @@ def _check(extras: JobExtras, scheduler: Scheduler, where: str) -> None:
             raise LimitsError(
                 f"{where}: directive {line!r} sets what hubstock sets itself; remove it and set {use} instead."
             )
+
+
+_SLURM_OUTPUT = re.compile(r"#SBATCH\s+(?:--output(?:=|\s+)|-o\s*)(\S+)")
+_SLURM_CHDIR = re.compile(r"#SBATCH\s+(?:--chdir(?:=|\s+)|-D\s*)(\S+)")
+_PBS_OUTPUT = re.compile(r"#PBS\s+-o\s+(\S+)")
+
+
+def output_path(script: str, scheduler: Scheduler, job_id: str, username: str, homedir: str) -> str | None:
+    """Where the job's own output goes, from its batch script: the last ``#SBATCH --output``
+    (or ``-o``), Slurm's ``slurm-%j.out`` in its working folder without one, or the last
+    ``#PBS -o`` (its ``host:`` part dropped). Slurm's ``%j``, ``%u``, ``%x`` and ``%%`` are
+    filled in; a relative path is taken from the job's working folder (``--chdir``, or the
+    home folder). None when the script does not say (PBS without ``-o``).
+
+    >>> output_path("#SBATCH --output=/home/ada/.jupyterhub-slurm-%j.log", "slurm", "42", "ada", "/home/ada")
+    '/home/ada/.jupyterhub-slurm-42.log'
+    """
+    lines = [ln.strip() for ln in script.splitlines()]
+    if scheduler == "slurm":
+        found = [m[1] for ln in lines if (m := _SLURM_OUTPUT.match(ln))]
+        path = found[-1] if found else "slurm-%j.out"
+        name = next((ln.split("=", 1)[1] for ln in lines if ln.startswith("#SBATCH --job-name=")), "")
+        path = re.sub(r"%(%|j|u|x)", lambda m: {"%": "%", "j": job_id, "u": username, "x": name}[m[1]], path)
+        chdirs = [m[1] for ln in lines if (m := _SLURM_CHDIR.match(ln))]
+        base = chdirs[-1] if chdirs else homedir
+    else:
+        found = [m[1] for ln in lines if (m := _PBS_OUTPUT.match(ln))]
+        if not found:
+            return None
+        path = found[-1].split(":", 1)[-1] if ":" in found[-1] else found[-1]
+        base = homedir
+    return path if path.startswith("/") else f"{base.rstrip('/')}/{path}"

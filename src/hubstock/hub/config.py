@@ -164,6 +164,16 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
     for key in ("account", "reservation", "qos", "constraint"):
         cls[key] = getattr(sp, key) or ""
     cls.directives = list(sp.directives or ())
+    cls.status_interval = float(sp.status_interval)
+    cls.submit_timeout = float(sp.submit_timeout)
+    cls.hubstock_root = str(site.root)  # a refused request is audited there
+    # the "server not running" page says why the user's last server ended
+    ours = str(Path(__file__).with_name("templates") / "stopped")
+    paths = c.JupyterHub.template_paths
+    if isinstance(paths, list | tuple):
+        c.JupyterHub.template_paths = [ours, *paths]
+    else:
+        paths.prepend([ours])
 
 
 def _apply_hooks(c: Any, site: Site) -> None:

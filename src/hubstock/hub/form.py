@@ -15,7 +15,7 @@ import jinja2
 from ..limits import MAX_VALUE_CHARS, Limits, format_memory, format_walltime
 
 #: the HTML ``pattern`` attributes of the form's text inputs (a subset of what the server accepts)
-WALLTIME_PATTERN = "[0-9]{1,4}:[0-5][0-9]:[0-5][0-9]"
+WALLTIME_PATTERN = "([0-9]{1,3}-([01][0-9]|2[0-3])|[0-9]{1,4}):[0-5][0-9]:[0-5][0-9]"
 MEMORY_PATTERN = "[0-9]{1,7}(\\.[0-9]{1,3})?([MmGgTt]([Ii]?[Bb])?)?"
 
 

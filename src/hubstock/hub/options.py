@@ -10,7 +10,8 @@ The rules, in one place:
 - Values are ``str`` or ``int`` (never ``bool``), or a one-element list of ``str`` as
   JupyterHub's form data gives. Strings are at most 64 characters of printable ASCII;
   spaces around them are ignored; an empty string means "not given".
-- Memory and walltime follow the grammar of :mod:`hubstock.limits`.
+- Memory and walltime follow the grammar of :mod:`hubstock.limits` (a walltime is ``HH:MM:SS``
+  or ``D-HH:MM:SS``, never two fields or a number).
 - Requests need ``cpus >= 1``, ``gpus >= 0``, memory of at least 256 MiB and a walltime of
   at least a minute, within the chosen queue's maxima. A missing value takes the site
   default, capped at the chosen queue's maximum.
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 from ..limits import (
     MIN_MEMORY_MIB,
     MIN_WALLTIME_S,
+    WALLTIME_FORMAT,
     Defaults,
     Limits,
     LimitsError,
@@ -165,7 +167,8 @@ def validate_options(raw: Mapping[str, Any], limits: Limits) -> Options:
         parse_walltime,
         MIN_WALLTIME_S,
         queue.max_walltime,
-        f"a duration from {format_walltime(MIN_WALLTIME_S)} to {format_walltime(queue.max_walltime)} as HH:MM:SS",
+        f"a duration from {format_walltime(MIN_WALLTIME_S)} to {format_walltime(queue.max_walltime)} "
+        f"as {WALLTIME_FORMAT}",
         defaults.walltime,
     )
     return Options(queue=queue.name, cpus=cpus, memory=MiB(memory), gpus=gpus, walltime=Seconds(walltime))

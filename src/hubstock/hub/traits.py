@@ -5,7 +5,7 @@ and :data:`hubstock.limits.Walltime` check them) and hold the canonical text, so
 reads back as it would be written::
 
     c.SlurmSpawner.default_memory = "1.5gb"   # reads back as "1536M"
-    c.SlurmSpawner.default_walltime = 90      # minutes; reads back as "01:30:00"
+    c.SlurmSpawner.default_walltime = "1-12:00:00"   # reads back as "36:00:00"
 """
 
 from __future__ import annotations
@@ -23,15 +23,13 @@ _DEFAULTS = limits.Defaults()
 
 
 class Walltime(traitlets.TraitType[str, str | int]):
-    """A walltime trait: ``"HH:MM:SS"``, ``"H:MM"``, ``"D-HH:MM:SS"`` or an int of minutes; holds ``"HH:MM:SS"``.
+    """A walltime trait: ``"HH:MM:SS"`` or ``"D-HH:MM:SS"``; holds ``"HH:MM:SS"``.
 
     Example: ``Walltime("04:00:00", help="Longest session, e.g. '04:00:00'.").tag(config=True)``
     """
 
     default_value = limits.format_walltime(_DEFAULTS.walltime)
-    info_text = (
-        "a walltime of at least a minute: 'HH:MM:SS', 'H:MM', 'D-HH:MM:SS' or a whole number of minutes"
-    )
+    info_text = "a walltime of at least a minute: 'HH:MM:SS' or 'D-HH:MM:SS'"
 
     def validate(self, obj: Any, value: Any) -> str:
         """The normalized ``"HH:MM:SS"``; a TraitError for anything else or for less than a minute."""
