@@ -111,3 +111,41 @@ def test_a_broken_generation_gives_a_clear_message(tmp_path, damage):
         pre_spawn_hook(_spawner(), root.path)
     msg = e.value.jupyterhub_message
     assert "(generation 0001) is broken" in msg and "hubstock rollback" in msg
+
+
+def test_in_the_hubs_event_loop_every_disk_write_runs_in_a_thread(tmp_path, monkeypatch):
+    """JupyterHub awaits PreSpawnHook: the session record's fsync and the audit lines happen in
+    worker threads, and the record is on disk before the hook returns (before the job is submitted)."""
+    import asyncio
+    import threading
+
+    from hubstock.hub import hooks
+    from hubstock.hub.hooks import PostStopHook, PreSpawnHook
+    from hubstock.store import fs
+
+    root = Root(tmp_path / "root")
+    _publish(root)
+    writers: list[str] = []
+    real_fsync = fs.os.fsync
+
+    def fsync(fd: int) -> None:
+        writers.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(fs.os, "fsync", fsync)
+    sp = _spawner()
+
+    async def spawn_and_stop() -> str:
+        loop_thread = threading.current_thread().name
+        await PreSpawnHook(root.path)(sp)
+        assert live_sessions(root, 1)[0].generation == "0001"  # durable before the job is submitted
+        sp.hubstock_on_submit("77")
+        await asyncio.gather(*hooks._pending)
+        assert live_sessions(root, 1)[0].job_id == "77"
+        await PostStopHook(root.path)(sp)
+        return loop_thread
+
+    loop_thread = asyncio.run(spawn_and_stop())
+    assert writers and loop_thread not in writers, writers
+    assert sp.environment["HUBSTOCK_GENERATION"] == "0001"
+    assert live_sessions(root, 1) == []

@@ -1,20 +1,24 @@
 """The pre-spawn and post-stop hooks: pin each session to the published generation.
 
-``pre_spawn_hook(spawner, root)`` resolves ``$ROOT/current`` once and points the
+``PreSpawnHook`` (what JupyterHub calls; ``pre_spawn_hook`` is the same, all at once) resolves ``$ROOT/current`` once and points the
 server at that generation: the server command and ``batchspawner-singleuser``
 from the published server build, and ``PATH``, ``JUPYTER_PATH`` and
 ``JUPYTER_CONFIG_PATH`` into the generation. A publish during the session never
 changes it. It registers the session (so ``hubstock gc`` keeps what it uses) and
 writes an audit record; the batch job id is added once the job is submitted.
 With nothing published, or a broken generation, the user gets a clear message
-instead of a failed job.
+instead of a failed job. Every disk access runs in a thread: the hub's event loop only
+sets the spawner's command and environment (:func:`apply_pin`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,67 +64,111 @@ def _broken(gen: Generation, problem: str) -> SpawnError:
     )
 
 
-def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
-    """Pin ``spawner`` to the current generation; register and audit the session.
+@dataclass(frozen=True)
+class Pin:
+    """What the pre-spawn hook pins a server to: a generation and its server build."""
 
-    The session's record is written *before* the generation is checked once more: ``hubstock
-    gc`` (which reads the records again after moving what it removes out of the way) then
-    either sees the record and keeps the generation, or has removed it already, and the hook
-    sees that and pins the new current generation instead.
+    root: Root
+    session: SessionRecord
+    generation: Generation
+    server_bindir: Path
+
+
+def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> Pin:
+    """Every disk step of the pre-spawn hook: resolve ``current``, register the session, audit it.
+
+    The session's record is written (and fsynced) *before* the generation is checked once
+    more: ``hubstock gc`` (which reads the records again after moving what it removes out of
+    the way) then either sees the record and keeps the generation, or has removed it already,
+    and the hook sees that and pins the new current generation instead.
     """
-    r = Root(Path(root))
     for attempt in range(3):
-        was = current_name(r)
+        was = current_name(root)
         try:
-            gen, manifest = published_generation(r)
+            gen, manifest = published_generation(root)
         except SpawnError:
-            if attempt < 2 and current_name(r) != was:
+            if attempt < 2 and current_name(root) != was:
                 continue  # a publish and a gc came through while it was being read: the new one
             raise
         session = SessionRecord(
-            user=spawner.user.name,
-            server=spawner.name or "",
+            user=user,
+            server=server,
             generation=gen.name,
             builds=sorted(manifest.build_keys()),
             started=now_iso(),
         )
-        register(r, session)
+        register(root, session)
         if _still_there(gen, manifest):
             break
     else:
-        unregister(r, spawner.user.name, spawner.name or "")
+        unregister(root, user, server)
         raise SpawnError(
             "The published notebook environment was replaced several times while your server was starting; "
             "please start it again."
         )
-    server = manifest.server
-    assert server is not None  # published_generation refuses a generation without one
-    bindir = Path(server.prefix) / "bin"
+    assert manifest.server is not None  # published_generation refuses a generation without one
+    root.audit(
+        "spawn",
+        user=user,
+        server=server,
+        generation=gen.name,
+        server_build=manifest.server.build,
+        options=options,
+    )
+    return Pin(root, session, gen, Path(manifest.server.prefix) / "bin")
+
+
+def apply_pin(spawner: Any, pin: Pin) -> None:
+    """Point ``spawner`` at the pinned generation (no disk access: safe in the hub's event loop)."""
+    bindir = pin.server_bindir
     spawner.cmd = [str(bindir / "jupyterhub-singleuser")]
     if hasattr(spawner, "batchspawner_singleuser_cmd"):
         spawner.batchspawner_singleuser_cmd = str(bindir / "batchspawner-singleuser")
     spawner.environment = {
         **spawner.environment,
         "PATH": f"{bindir}:{BASE_PATH}",
-        "JUPYTER_PATH": str(gen.jupyter_path),
-        "JUPYTER_CONFIG_PATH": str(gen.config_path),
-        "HUBSTOCK_GENERATION": gen.name,
+        "JUPYTER_PATH": str(pin.generation.jupyter_path),
+        "JUPYTER_CONFIG_PATH": str(pin.generation.config_path),
+        "HUBSTOCK_GENERATION": pin.generation.name,
     }
-    r.audit(
-        "spawn",
-        user=session.user,
-        server=session.server,
-        generation=gen.name,
-        server_build=server.build,
-        options=dict(spawner.user_options or {}),
+    spawner.hubstock_on_submit = functools.partial(_on_submit, pin)
+
+
+def _on_submit(pin: Pin, job_id: str) -> None:
+    """Record the job id; inside the hub's event loop the writes go to a thread."""
+    session = pin.session
+
+    def record() -> None:
+        register(pin.root, session.model_copy(update={"job_id": job_id}))
+        pin.root.audit(
+            "submitted",
+            user=session.user,
+            server=session.server,
+            generation=session.generation,
+            job_id=job_id,
+        )
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        record()
+    else:
+        _pending.add(task := loop.create_task(asyncio.to_thread(record)))
+        task.add_done_callback(_pending.discard)
+
+
+#: writes started off the event loop, kept referenced until they finish
+_pending: set[asyncio.Task[None]] = set()
+
+
+def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
+    """Pin ``spawner`` to the current generation; register and audit the session (all at once,
+    for callers outside the hub's event loop; JupyterHub gets :class:`PreSpawnHook`)."""
+    pin = pin_session(
+        Root(Path(root)), spawner.user.name, spawner.name or "", dict(spawner.user_options or {})
     )
-
-    def on_submit(job_id: str) -> None:
-        register(r, session.model_copy(update={"job_id": job_id}))
-        r.audit("submitted", user=session.user, server=session.server, generation=gen.name, job_id=job_id)
-
-    spawner.hubstock_on_submit = on_submit
-    return session
+    apply_pin(spawner, pin)
+    return pin.session
 
 
 def _still_there(gen: Generation, manifest: GenerationManifest) -> bool:
@@ -144,8 +192,13 @@ class PreSpawnHook:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def __call__(self, spawner: Any) -> None:
-        pre_spawn_hook(spawner, self.root)
+    async def __call__(self, spawner: Any) -> None:
+        """The disk work (reading the generation, the session record's fsync, the audit line) runs
+        in a thread, so the hub's event loop never waits on the shared filesystem; the record is
+        durable before this returns, so before the job is submitted."""
+        user, server, options = spawner.user.name, spawner.name or "", dict(spawner.user_options or {})
+        pin = await asyncio.to_thread(pin_session, Root(self.root), user, server, options)
+        apply_pin(spawner, pin)
 
     def __repr__(self) -> str:
         return f"PreSpawnHook({str(self.root)!r})"
@@ -157,8 +210,8 @@ class PostStopHook:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def __call__(self, spawner: Any) -> None:
-        post_stop_hook(spawner, self.root)
+    async def __call__(self, spawner: Any) -> None:
+        await asyncio.to_thread(post_stop_hook, spawner, self.root)
 
     def __repr__(self) -> str:
         return f"PostStopHook({str(self.root)!r})"
