@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from rigs.channel import add_package, cached_channel
+from rigs.clusters import Cluster, PBSCluster
 from rigs.hub_rig import Hub
 from rigs.hubsite import (
     base_settings,
@@ -806,7 +807,72 @@ def _tokens(hub: Hub, users: dict[str, str]) -> dict[str, str]:
     return tokens
 
 
-def spawn_round(hub: Hub, rig: SlurmRig, tokens: dict[str, str]) -> list[float]:
+def spawn_to_ready_pbs(b: Bench) -> list[dict[str, Any]]:
+    """``spawn_to_ready_1`` on the private OpenPBS (PBS Pro): from the spawn request to a ready server
+    for one user, against the same server started by the local-process spawner. Both hubs, their
+    proxies and the client run in the OpenPBS rig's network namespace; rounds alternate between them.
+    Not in the tiny run (it builds OpenPBS the first time); skipped without root or OpenPBS."""
+    if b.tiny:
+        return []
+    name, base = "spawn_to_ready_1_pbs", "the same with the local-process spawner (in the rig's namespace)"
+    goal = "report (no target)"
+    if os.geteuid() != 0:
+        return [
+            skipped("spawn_to_ready_pbs", name, "s", base, goal, "needs root (the OpenPBS rig, PAM users)")
+        ]
+    from rigs.openpbs_rig import OpenPBSMissing, OpenPBSRig, locate_openpbs
+
+    try:
+        prefix, built = locate_openpbs(log=b.say)
+    except OpenPBSMissing as e:
+        return [skipped("spawn_to_ready_pbs", name, "s", base, goal, str(e))]
+    site = b.hub_site()
+    user = f"hsbench{secrets.token_hex(2)}p"
+    users = {user: secrets.token_urlsafe(12)}
+    times: dict[str, list[float]] = {"pbs": [], "local": []}
+    checks: dict[str, Any] = {}
+    rig = OpenPBSRig(site.parent / "openpbs", prefix=prefix)
+    rig.start()
+    checks["openpbs_start_s"] = _round(rig.timings.get("start"))
+    if built is not None:
+        checks["openpbs_build_s"] = _round(built)
+    cluster = PBSCluster(rig)
+    try:
+        create_user(user, users[user], site.parent / "homes")
+        with (
+            running_hub(site, "pbs", rig, cluster) as pbs,
+            running_hub(site, "local", rig, cluster) as local,
+        ):
+            hubs = {"pbs": (pbs, _tokens(pbs, users)), "local": (local, _tokens(local, users))}
+            for scheduler, (hub, tokens) in hubs.items():  # warms the user's home
+                checks[f"first_round_{scheduler}_s"] = _round(max(spawn_round(hub, cluster, tokens)))
+            for _ in range(b.repeat):
+                for scheduler, (hub, tokens) in hubs.items():
+                    times[scheduler] += spawn_round(hub, cluster, tokens)
+        checks["active_jobs_after"] = len(cluster.jobs(active_only=True))
+    finally:
+        remove_user(user)
+        cluster.close()
+        rig.stop()
+    checks["rig_processes_after"] = len(rig.stray_processes())
+    return [
+        result(
+            "spawn_to_ready_pbs",
+            median(times["pbs"]),
+            "s",
+            base,
+            median(times["local"]),
+            goal,
+            name=name,
+            users=1,
+            measure="one user, OpenPBS (PBS Pro) job",
+            **checks,
+            **timings(times["pbs"], times["local"]),
+        )
+    ]
+
+
+def spawn_round(hub: Hub, rig: SlurmRig | Cluster, tokens: dict[str, str]) -> list[float]:
     """Start the users' servers at once, then stop them (and wait for their jobs to end)."""
     took = spawn_all(hub, tokens)
     stop_all(hub, tokens)
@@ -828,24 +894,35 @@ class OversubscribedRig(SlurmRig):
 
 
 @contextmanager
-def running_hub(site: Path, scheduler: str, rig: SlurmRig) -> Iterator[Hub]:
-    """JupyterHub on the hub site with ``scheduler`` (slurm or local); stopped by PID afterwards."""
+def running_hub(site: Path, scheduler: str, rig: Any, cluster: Cluster | None = None) -> Iterator[Hub]:
+    """JupyterHub on the hub site with ``scheduler`` (slurm, pbs or local); stopped by PID afterwards.
+    With ``cluster`` (the OpenPBS rig's), the hub and its client run in the rig's network namespace."""
     hub_dir = site.parent
     ports = [free_port() for _ in range(3)]
-    conf = rig.slurm_conf if scheduler == "slurm" else None
+    label = scheduler if cluster is None else f"{scheduler}-{cluster.name}"
+    if cluster is not None and scheduler != "local":
+        settings, env = cluster.settings(), cluster.hub_env()
+    else:
+        conf = rig.slurm_conf if scheduler == "slurm" else None
+        settings = {"scheduler": scheduler, "slurm_conf": conf}
+        env = rig.env if scheduler == "slurm" else None
     (site / "hubstock.toml").write_text(
-        hub_settings(
-            hub_dir / "root", cached_channel(), hub_dir / f"state-{scheduler}", scheduler, ports, conf
-        )
+        hub_settings(hub_dir / "root", cached_channel(), hub_dir / f"state-{label}", ports=ports, **settings)
     )
-    env = rig.env if scheduler == "slurm" else None
-    hub = start_hub(site, ports[0], hub_dir / f"hub-{scheduler}.log", extra_env=env)
+    hub = start_hub(
+        site,
+        ports[0],
+        hub_dir / f"hub-{label}.log",
+        extra_env=env,
+        launcher=cluster.launcher if cluster else None,
+        netns=cluster.netns if cluster else None,
+    )
     try:
         yield hub
     finally:
         hub.stop()
-        if scheduler == "slurm":
-            rig.wait_no_jobs(timeout=120, active_only=True)
+        if scheduler != "local":
+            (cluster or rig).wait_no_jobs(timeout=120, active_only=True)
 
 
 def spawn_all(hub: Hub, tokens: dict[str, str]) -> list[float]:
@@ -1028,6 +1105,7 @@ CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [
     ("publish", publish),
     ("hook", hook),
     ("spawn_to_ready", spawn_to_ready),
+    ("spawn_to_ready_pbs", spawn_to_ready_pbs),
     ("status_rpcs_per_interval", status_rpcs_per_interval),
 ]
 

@@ -2,7 +2,7 @@
 
 Run from the repository root (``nox -s demo`` does this)::
 
-    python -m rigs.demo [--dir DIR] [--port 8000] [--user demo] [--check]
+    python -m rigs.demo [--dir DIR] [--port 8000] [--user demo] [--scheduler slurm|pbs] [--check]
 
 It builds the offline test channel (once, in the tests' cache), writes a demo site
 (a server env and a stock Python kernel env) into ``DIR/site``, locks, builds and
@@ -12,6 +12,10 @@ site's own ``spawner/jupyterhub_config.py``:
 - as root: a private single-node Slurm (``DIR/slurm``) runs the servers as batch
   jobs of a PAM user (``demo``, home under ``DIR/homes``, password generated once
   and kept in ``DIR/demo-password``, mode 0600);
+- as root with ``--scheduler pbs``: a private single-node OpenPBS (PBS Pro, ``DIR/openpbs``,
+  built once from ``HUBSTOCK_OPENPBS_SOURCE``) runs them instead. That rig lives in its own
+  network namespace, and so do the hub and its proxy; the demo relays the printed address
+  (127.0.0.1 of this machine) to the hub there;
 - otherwise: servers run as this user on this machine (the ``simple`` scheduler),
   login with any name and the password the hub keeps in ``DIR/state/demo_password``.
 
@@ -42,8 +46,10 @@ from hubstock.store.generations import resolve_current
 from hubstock.store.root import Root
 
 from .channel import cached_channel
-from .hub_rig import Hub, HubError
+from .clusters import PBSCluster
+from .hub_rig import Forwarder, Hub, HubError
 from .hubsite import base_settings, build_site, free_port, hub_settings, start_hub, test_cache
+from .openpbs_rig import OpenPBSRig
 from .slurm_rig import (
     RigError,
     SlurmRig,
@@ -106,7 +112,10 @@ class Demo:
         self.as_root = os.geteuid() == 0
         self.user: str = args.user
         self.password = ""
-        self.rig: SlurmRig | None = None
+        self.scheduler: str = args.scheduler
+        self.rig: SlurmRig | OpenPBSRig | None = None
+        self.cluster: PBSCluster | None = None
+        self.forwarder: Forwarder | None = None
         self.hub: Hub | None = None
         self.channel: Path | None = None
         self.url = ""
@@ -139,11 +148,20 @@ class Demo:
 
     def start(self) -> None:
         slurm_conf = None
-        if self.as_root:
+        if self.as_root and self.scheduler == "pbs":
+            self.rig = OpenPBSRig(self.dir / "openpbs")
+            say(
+                "starting a private single-node OpenPBS in its own network namespace (the first run builds it)..."
+            )
+            self.rig.start()
+            self.cluster = PBSCluster(self.rig)
+            say(f"OpenPBS up ({self.rig.start_kind} start) in {self.rig.timings['start']:.0f} s")
+        elif self.as_root:
             self.rig = SlurmRig(self.dir / "slurm")
             say("starting a private single-node Slurm (munged, slurmctld, slurmd)...")
             self.rig.start()
             slurm_conf = self.rig.slurm_conf
+        if self.as_root:
             self.password = ensure_secret_file(self.dir / "demo-password", 9)
             create_user(self.user, self.password, self.dir / "homes")
             say(f"PAM user {self.user} ready (home {self.dir / 'homes' / self.user})")
@@ -155,21 +173,34 @@ class Demo:
             if (p := free_port()) not in ports:
                 ports.append(p)
         say("starting JupyterHub and its proxy (the first run installs configurable-http-proxy with npm)...")
+        if self.cluster:  # the hub, its proxy and its API inside the OpenPBS rig's namespace
+            settings = self.cluster.settings()
+            hub_env: dict[str, str] | None = self.cluster.hub_env()
+        else:
+            settings = {"scheduler": "slurm" if self.as_root else "simple", "slurm_conf": slurm_conf}
+            hub_env = self.rig.env if isinstance(self.rig, SlurmRig) else None
         (self.site / "hubstock.toml").write_text(
             hub_settings(
                 self.root,
                 self.channel,
                 self.state,
-                "slurm" if self.as_root else "simple",
-                ports,
-                slurm_conf,
+                ports=ports,
                 authenticator="pam" if self.as_root else "shared-password",
+                **settings,
             )
         )
         self.hub = start_hub(
-            self.site, port, self.dir / "hub.log", self.rig.env if self.rig else None, start=False
+            self.site,
+            port,
+            self.dir / "hub.log",
+            hub_env,
+            start=False,
+            launcher=self.cluster.launcher if self.cluster else None,
+            netns=self.cluster.netns if self.cluster else None,
         )
         self.hub.start(timeout=120)
+        if self.cluster and self.cluster.netns:  # this machine's 127.0.0.1:port -> the hub's, in the rig
+            self.forwarder = Forwarder(self.cluster.netns, "127.0.0.1", port, port)
         self.url = self.hub.url + "/"
         if not self.as_root:
             self.password = (self.state / "demo_password").read_text().strip()
@@ -189,9 +220,20 @@ class Demo:
         if self.as_root and (rig := SlurmRig(self.dir / "slurm")).running():
             say("stopping the Slurm rig an earlier run left running")
             rig.stop()
+        if (
+            self.as_root
+            and (self.dir / "openpbs").exists()
+            and (pbs := OpenPBSRig(self.dir / "openpbs")).running()
+        ):
+            say("stopping the OpenPBS rig an earlier run left running")
+            pbs.stop()
 
     def show(self, generation: str, kernels: list[str]) -> None:
-        if self.as_root:
+        if self.as_root and self.scheduler == "pbs":
+            how = (
+                f"servers run as OpenPBS jobs of user {self.user} (private OpenPBS in {self.dir / 'openpbs'})"
+            )
+        elif self.as_root:
             how = f"servers run as Slurm jobs of user {self.user} (private Slurm in {self.dir / 'slurm'})"
         else:
             how = "servers run as you on this machine (not root: no Slurm, no PAM)"
@@ -215,6 +257,13 @@ class Demo:
         if status != 200:
             raise DemoError(f"the login page answered {status}, not 200")
         say("check: the login page answers (200)")
+        if self.forwarder:  # what a browser on this machine gets, relayed into the rig's namespace
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.forwarder.port}/hub/login", timeout=30) as r:
+                if r.status != 200:
+                    raise DemoError(f"the login page answered {r.status} through the relay, not 200")
+            say("check: the login page answers on this machine's 127.0.0.1 too (relayed to the hub)")
         status, token = hub.token_for(user, self.password)
         if status != 201 or not token:
             raise DemoError(f"logging in as {user} with the printed password failed ({status})")
@@ -236,7 +285,9 @@ class Demo:
         if status not in (202, 204):
             raise DemoError(f"stopping the server failed ({status})")
         hub.wait_stopped(user, token)
-        if self.rig:
+        if self.cluster:
+            self.cluster.wait_no_jobs(timeout=60)
+        elif isinstance(self.rig, SlurmRig):
             self.rig.wait_no_jobs(timeout=60, active_only=True)
         say("check: the server stopped; all good")
 
@@ -254,14 +305,19 @@ class Demo:
                 say(f"the hub left {len(left)} process(es) running; stopping them: {[p for p, _ in left]}")
                 _terminate(left)
             stopped.append("hub")
+        if self.forwarder:
+            self.forwarder.close()
+        if self.cluster:
+            self.cluster.close()
         if self.rig:
+            what = "OpenPBS rig" if isinstance(self.rig, OpenPBSRig) else "Slurm rig"
             try:
                 if self.rig.procs:
-                    say("stopping the Slurm rig...")
-                    stopped.append("Slurm rig")
+                    say(f"stopping the {what}...")
+                    stopped.append(what)
                 self.rig.stop()
             except RigError as e:
-                say(f"stopping the Slurm rig failed: {e}")
+                say(f"stopping the {what} failed: {e}")
                 clean = False
             if strays := self.rig.stray_processes():
                 say(f"processes still use the rig: {strays}")
@@ -300,6 +356,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--port", type=int, default=8000, help="the hub's port (the next free one if busy)")
     ap.add_argument("--user", default="demo", help="the demo user's name (default: demo)")
+    ap.add_argument(
+        "--scheduler",
+        choices=("slurm", "pbs"),
+        default="slurm",
+        help="as root, the private cluster that runs the servers: Slurm, or OpenPBS (PBS Pro; needs "
+        "HUBSTOCK_OPENPBS_SOURCE, the source tarball, or HUBSTOCK_OPENPBS_PREFIX) (default: slurm)",
+    )
     ap.add_argument(
         "--check", action="store_true", help="bring it up, log in, start a server, check it, stop, exit"
     )
@@ -341,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         if demo.as_root:
             require_binaries()
             _check_user(args.user, demo.dir / "homes")
+        elif args.scheduler == "pbs":
+            raise DemoError(
+                "--scheduler pbs needs root (the OpenPBS rig, PAM users, a hub that switches users)"
+            )
         demo.stop_leftovers()
         t0 = time.monotonic()
         generation, kernels = demo.build()

@@ -4,29 +4,138 @@
 directory. ``Hub`` runs ``jupyterhub -f <site>/spawner/jupyterhub_config.py`` as a
 child process (the site's own configuration, as an admin would run it), waits
 for ``/hub/health``, and talks to its REST API.
+
+A hub can run inside another network namespace (the OpenPBS rig's): ``launcher`` prefixes
+its command line (``rig.ns_argv``), and ``netns`` (a :class:`NetNamespace`) runs every HTTP
+call of the client in threads that joined that namespace, so that no packet of the test
+goes anywhere else. :class:`Forwarder` relays a port of this machine's 127.0.0.1 to the hub
+in the namespace (the demo, for a browser on the machine).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
+import ctypes
 import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 CHP_VERSION = "5.3.0"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class HubError(RuntimeError):
     pass
+
+
+def _join_netns(fd: int) -> None:
+    """Move the calling thread (only it) into the network namespace open as ``fd``."""
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, CLONE_NEWNET)
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+
+
+class NetNamespace:
+    """Runs calls in threads that have joined the network namespace of process ``pid``.
+
+    ``setns`` moves only the calling thread, so each worker joins the namespace once, when it
+    starts, and the sockets made there belong to it. The namespace is held open by a file
+    descriptor: it stays valid while this object lives, whatever happens to ``pid``."""
+
+    def __init__(self, pid: int, workers: int = 32) -> None:
+        self.pid = pid
+        self.fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self.inode = os.fstat(self.fd).st_ino
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix=f"netns-{pid}",
+            initializer=_join_netns,
+            initargs=(self.fd,),
+        )
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` run in the namespace; its result (or its exception)."""
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __repr__(self) -> str:
+        return f"NetNamespace(pid={self.pid}, net:[{self.inode}])"
+
+
+class Forwarder:
+    """Relays ``127.0.0.1:listen_port`` of this machine's namespace to ``host:port`` in ``netns``
+    (a browser on the machine reaches a hub that lives in a private namespace). Threads only."""
+
+    def __init__(self, netns: NetNamespace, host: str, port: int, listen_port: int) -> None:
+        self.netns, self.target = netns, (host, port)
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", listen_port))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, name="forwarder", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(client,), daemon=True).start()
+
+    def _relay(self, client: socket.socket) -> None:
+        try:
+            upstream = self.netns.call(socket.create_connection, self.target, 10)
+        except OSError:
+            client.close()
+            return
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(how)
+
+        back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+        back.start()
+        pump(client, upstream)
+        back.join()
+        client.close()
+        upstream.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self.server.close()
 
 
 def ensure_chp(cache_root: Path) -> Path:
@@ -80,11 +189,18 @@ class Hub:
         *,
         ssl_context: ssl.SSLContext | None = None,
         cleanup_servers: bool = True,
+        launcher: Callable[[Sequence[str]], list[str]] | None = None,
+        netns: NetNamespace | None = None,
     ) -> None:
         """``ssl_context``: the hub's public port speaks HTTPS, and the client trusts what this
         context trusts. ``cleanup_servers``: stopping the hub stops its servers too (the site's
-        config keeps them across restarts; the tests' hubs stop them unless a test says not to)."""
+        config keeps them across restarts; the tests' hubs stop them unless a test says not to).
+        ``launcher``: turns the hub's command line into the one to run (e.g. ``rig.ns_argv``,
+        which runs it inside the rig's namespaces); ``netns``: the network namespace the client
+        talks to the hub from (every HTTP call of this object runs there)."""
         self.site_dir = site_dir
+        self.launcher = launcher
+        self.netns = netns
         self.ssl_context = ssl_context
         self.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
         self.env = env
@@ -95,15 +211,16 @@ class Hub:
     def start(self, timeout: float = 60) -> Hub:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        argv = [
+            sys.executable,
+            "-m",
+            "jupyterhub",
+            "-f",
+            str(self.site_dir / "spawner" / "jupyterhub_config.py"),
+            *(["--JupyterHub.cleanup_servers=True"] if self.cleanup_servers else []),
+        ]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "jupyterhub",
-                "-f",
-                str(self.site_dir / "spawner" / "jupyterhub_config.py"),
-                *(["--JupyterHub.cleanup_servers=True"] if self.cleanup_servers else []),
-            ],
+            self.launcher(argv) if self.launcher else argv,
             cwd=self.site_dir,
             env=self.env,
             stdout=log,
@@ -116,12 +233,20 @@ class Hub:
             if self.proc.poll() is not None:
                 raise HubError(f"the hub exited ({self.proc.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.url + "/hub/health", timeout=2, context=self.ssl_context):
-                    return self
+                self.call(self._health)
+                return self
             except OSError:
                 if time.monotonic() > deadline:
                     raise HubError(f"the hub did not answer within {timeout} s:\n{self.log_tail()}") from None
                 time.sleep(0.2)
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` where the client runs: in the hub's network namespace if it has one."""
+        return self.netns.call(fn, *args, **kwargs) if self.netns else fn(*args, **kwargs)
+
+    def _health(self) -> None:
+        with urllib.request.urlopen(self.url + "/hub/health", timeout=2, context=self.ssl_context):
+            pass
 
     def stop(self, timeout: float = 90) -> None:
         """SIGTERM the hub (it stops the proxy it started, and its servers if ``cleanup_servers``), then wait."""
@@ -143,6 +268,12 @@ class Hub:
     def request(
         self, method: str, path: str, *, token: str | None = None, body: Any = None, timeout: float = 30
     ) -> tuple[int, Any]:
+        """(status, JSON body, or text) of one request to the hub, as the client."""
+        return self.call(self._request, method, path, token, body, timeout)
+
+    def _request(
+        self, method: str, path: str, token: str | None, body: Any, timeout: float
+    ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -161,6 +292,16 @@ class Hub:
 
     def login(self, user: str, password: str) -> bool:
         """Log in on the hub's login page (as a browser would); True when the hub accepted it."""
+        return self.call(self._login, user, password)[0]
+
+    def browser(self, user: str, password: str) -> Browser:
+        """A logged-in browser-like session (cookies, ``_xsrf``) of ``user``: for the spawn form."""
+        ok, opener = self.call(self._login, user, password)
+        if not ok:
+            raise HubError(f"{user} could not log in\n{self.log_tail()}")
+        return Browser(self, opener)
+
+    def _login(self, user: str, password: str) -> tuple[bool, urllib.request.OpenerDirector]:
         import http.cookiejar
         import re
         import urllib.parse
@@ -179,7 +320,7 @@ class Hub:
                 final, body = resp.url, resp.read().decode()
         except urllib.error.HTTPError as e:
             final, body = e.url, e.read().decode()
-        return "/hub/login" not in final and "Invalid username or password" not in body
+        return "/hub/login" not in final and "Invalid username or password" not in body, opener
 
     def token_for(self, user: str, password: str) -> tuple[int, str | None]:
         """Log in with the password (the first login creates the user), then ask the REST API
@@ -213,6 +354,9 @@ class Hub:
 
     def progress(self, user: str, token: str, timeout: float = 180) -> list[str]:
         """The spawn's progress messages (JupyterHub's event stream) until the server is ready."""
+        return self.call(self._progress, user, token, timeout)
+
+    def _progress(self, user: str, token: str, timeout: float) -> list[str]:
         req = urllib.request.Request(self.url + f"/hub/api/users/{user}/server/progress")
         req.add_header("Authorization", f"token {token}")
         messages = []
@@ -235,6 +379,39 @@ class Hub:
                 return
             time.sleep(0.5)
         raise HubError(f"the server of {user} did not stop within {timeout} s\n{self.log_tail()}")
+
+
+class Browser:
+    """A logged-in user's cookies on a hub, as a browser has them (from :meth:`Hub.browser`)."""
+
+    def __init__(self, hub: Hub, opener: urllib.request.OpenerDirector) -> None:
+        self.hub, self.opener = hub, opener
+
+    def open(
+        self, path: str, form: dict[str, str] | None = None, timeout: float = 60
+    ) -> tuple[int, str, str]:
+        """GET ``path`` (or POST ``form`` to it, with the page's ``_xsrf`` cookie): (status, final URL, page)."""
+        return self.hub.call(self._open, path, form, timeout)
+
+    def _open(self, path: str, form: dict[str, str] | None, timeout: float) -> tuple[int, str, str]:
+        import urllib.parse
+
+        data = None
+        if form is not None:
+            xsrf = next((c.value for c in self._cookies() if c.name == "_xsrf"), None)
+            data = urllib.parse.urlencode({**form, **({"_xsrf": xsrf} if xsrf else {})}).encode()
+        try:
+            with self.opener.open(self.hub.url + path, data=data, timeout=timeout) as resp:
+                return resp.status, resp.url, resp.read().decode(errors="replace")
+        except urllib.error.HTTPError as e:
+            return e.code, e.url, e.read().decode(errors="replace")
+
+    def _cookies(self) -> list[Any]:
+        for handler in self.opener.handlers:
+            jar = getattr(handler, "cookiejar", None)
+            if jar is not None:
+                return list(jar)
+        return []
 
 
 def start_kernel(hub: Hub, user: str, token: str, kernel: str) -> str:
@@ -306,7 +483,7 @@ def execute(hub: Hub, user: str, token: str, kid: str, code: str, timeout: float
             raise HubError("; ".join(errors))
         return "".join(out)
 
-    return asyncio.run(asyncio.wait_for(talk(), timeout))
+    return hub.call(asyncio.run, asyncio.wait_for(talk(), timeout))
 
 
 def run_code(hub: Hub, user: str, token: str, kernel: str, code: str, timeout: float = 120) -> str:

@@ -16,13 +16,13 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jupyterhub
 
 from .channel import file_url
-from .hub_rig import Hub, ensure_chp
+from .hub_rig import Hub, NetNamespace, ensure_chp
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "python-stock"
@@ -124,8 +124,17 @@ def hub_settings(
     authenticator: str = "pam",
     idle_timeout: int = 0,
     extra_hub: list[str] | None = None,
+    *,
+    hub_ip: str = "127.0.0.1",
+    hub_connect_ip: str | None = None,
+    environment: dict[str, str] | None = None,
+    submit_cmd: str | None = None,
 ) -> str:
-    """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, local or simple."""
+    """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, pbs, local or simple.
+
+    ``hub_ip`` and ``hub_connect_ip``: where the hub's API listens and the name the jobs reach
+    it by; ``environment``: the jobs' extra variables (``slurm_conf`` adds SLURM_CONF);
+    ``submit_cmd``: the submit command (the torque flavour's default is ``spawner/qsub-stdin``)."""
     chp = ensure_chp(test_cache())
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
     lines = [
@@ -133,7 +142,8 @@ def hub_settings(
         "[hub]",
         'ip = "127.0.0.1"',
         f"port = {ports[0]}",
-        'hub_ip = "127.0.0.1"',
+        f'hub_ip = "{hub_ip}"',
+        *([f'hub_connect_ip = "{hub_connect_ip}"'] if hub_connect_ip else []),
         f"hub_port = {ports[1]}",
         f"proxy_api_port = {ports[2]}",
         f'proxy_command = ["{chp}"]',
@@ -148,10 +158,11 @@ def hub_settings(
         "start_timeout = 120",
         "http_timeout = 120",
     ]
-    if scheduler == "torque":
-        lines.append('submit_cmd = "{site}/spawner/qsub-stdin"')
-    if slurm_conf:
-        lines.append(f'environment = {{SLURM_CONF = "{slurm_conf}"}}')
+    if submit_cmd or scheduler == "torque":
+        lines.append(f'submit_cmd = "{submit_cmd or "{site}/spawner/qsub-stdin"}"')
+    job_env = {**({"SLURM_CONF": str(slurm_conf)} if slurm_conf else {}), **(environment or {})}
+    if job_env:
+        lines.append(f"environment = {{{', '.join(f'{k} = {json.dumps(v)}' for k, v in job_env.items())}}}")
     lines += [
         "",
         "[[spawner.queues]]",
@@ -184,10 +195,13 @@ def start_hub(
     start: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     cleanup_servers: bool = True,
+    launcher: Callable[[Sequence[str]], list[str]] | None = None,
+    netns: NetNamespace | None = None,
 ) -> Hub:
     """JupyterHub on ``site`` (its hubstock.toml already written), answering on ``port``;
     with ``start=False`` the caller starts it (and so always has the Hub to stop).
-    ``ssl_context`` and ``cleanup_servers``: see :class:`rigs.hub_rig.Hub`."""
+    ``ssl_context``, ``cleanup_servers``, ``launcher`` and ``netns`` (a hub inside a rig's
+    network namespace): see :class:`rigs.hub_rig.Hub`."""
     # batchspawner runs the status and cancel commands with the hub's own environment:
     # on a real hub node SLURM_CONF is set for the service (or /etc/slurm is used)
     env = {
@@ -197,5 +211,14 @@ def start_hub(
     }
     env.pop("HUBSTOCK_ROOT", None)
     env.pop("HUBSTOCK_SITE", None)
-    hub = Hub(site, port, env, log_path, ssl_context=ssl_context, cleanup_servers=cleanup_servers)
+    hub = Hub(
+        site,
+        port,
+        env,
+        log_path,
+        ssl_context=ssl_context,
+        cleanup_servers=cleanup_servers,
+        launcher=launcher,
+        netns=netns,
+    )
     return hub.start() if start else hub

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Batch script for a user's server under PBS Pro or Torque-compatible commands
 # (jinja2; variables from hubstock.hub.batch.batch_vars). Values are validated before they get here.
+# exports: the job's variables PBS Pro's "qsub -v" cannot pass (hubstock.hub.batch.pbs_environment).
 #PBS -N jupyterhub-{{username}}
 #PBS -q {{queue}}{% if host %}@{{host}}{% endif %}
 #PBS -l walltime={{runtime}}
@@ -14,6 +15,7 @@
 {% endif %}
 set -eu
 cd "{{homedir}}"
-{{prologue}}
+{% if exports %}{{exports}}
+{% endif %}{{prologue}}
 {{cmd}}
 {{epilogue}}

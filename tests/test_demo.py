@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from rigs.hubsite import free_port
 from rigs.slurm_rig import SlurmRig, remove_user
+from tests.helpers import need_root
 from traitlets.config import Config
 
 from hubstock.errors import SiteError
@@ -31,13 +32,15 @@ AS_ROOT = os.geteuid() == 0
 BUILD_PHASE = re.compile(r"published generation (\S+) \(kernels: ([^)]*)\) in (\d+) s")
 
 
-def _run_demo(demo_dir: Path, port: int, user: str, timeout: float = 600) -> tuple[int, str, float]:
+def _run_demo(
+    demo_dir: Path, port: int, user: str, timeout: float = 600, extra: tuple[str, ...] = ()
+) -> tuple[int, str, float]:
     """(exit status, output, seconds) of one ``--check`` run; on a timeout it is stopped with
     SIGTERM, as Ctrl-C would, so that it still stops what it started."""
     t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "rigs.demo", "--check"]
-        + ["--dir", str(demo_dir), "--port", str(port), "--user", user],
+        + ["--dir", str(demo_dir), "--port", str(port), "--user", user, *extra],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -111,6 +114,37 @@ def test_demo_brings_the_hub_up_and_a_second_run_reuses_the_builds(world_tmp, de
     assert (gen2, kernels2) == (gen1, kernels1)
     times = f"first run {first_s:.0f} s (builds {build1} s), second {second_s:.0f} s (builds {build2} s)"
     assert int(build2) < int(build1) and second_s < first_s, times
+
+
+@pytest.mark.hub
+@pytest.mark.pbs
+def test_demo_on_openpbs(world_tmp, demo_user):
+    """`nox -s demo -- --scheduler pbs`: the servers are OpenPBS jobs; the hub lives in the rig's
+    namespace, and the printed address (this machine's 127.0.0.1) reaches it."""
+    from rigs.openpbs_rig import OpenPBSMissing, OpenPBSRig, locate_openpbs
+
+    need_root("the OpenPBS demo")
+    try:
+        locate_openpbs()
+    except OpenPBSMissing as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc} (CI must run the pbs tests)")
+        pytest.skip(str(exc))
+    demo_dir = world_tmp / "demo"
+    port = free_port()
+    code, out, _ = _run_demo(demo_dir, port, demo_user, extra=("--scheduler", "pbs"))
+    assert code == 0, out
+    password = (demo_dir / "demo-password").read_text().strip()
+    assert f"Open http://127.0.0.1:{port}/   user: {demo_user}   password: {password}" in out, out
+    assert f"servers run as OpenPBS jobs of user {demo_user}" in out, out
+    for step in (
+        "the login page answers on this machine's 127.0.0.1 too (relayed to the hub)",
+        f"the server is up and /user/{demo_user}/lab is JupyterLab",
+        "the server lists exactly the published kernels: python-stock",
+    ):
+        assert f"check: {step}" in out, out
+    assert "stopped (hub, OpenPBS rig)" in out, out
+    assert _left_running(demo_dir) == [] and OpenPBSRig(demo_dir / "openpbs").stray_processes() == []
 
 
 @pytest.mark.parametrize("euid", [1000, 0])

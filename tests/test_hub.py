@@ -1,9 +1,14 @@
-"""The hub on a real scheduler: Slurm and PBS (Torque-compatible) spawners, PAM users, the proxy.
+"""The hub on a real scheduler: Slurm, PBS (Torque-compatible) and PBS Pro spawners, PAM users, the proxy.
 
-Everything is real: a private single-node Slurm with its PBS commands, PAM users
-with passwords, configurable-http-proxy, JupyterHub running the site's own
-``spawner/jupyterhub_config.py``, and servers that run as batch jobs from the
-published server build.
+Everything is real: a private single-node Slurm with its PBS commands, a private single-node
+OpenPBS (PBS Pro) in its own network namespace, PAM users with passwords,
+configurable-http-proxy, JupyterHub running the site's own ``spawner/jupyterhub_config.py``,
+and servers that run as batch jobs from the published server build.
+
+Every test runs once per hub: ``slurm``, ``torque`` (Slurm's PBS wrappers), ``slurm-postgresql``
+(the hub's database in PostgreSQL) and ``pbs`` (OpenPBS; marked ``pbs``). On OpenPBS the hub,
+its proxy, the servers and the test's requests all stay inside the rig's namespace. The tests
+ask the scheduler through one face (:class:`rigs.clusters.Cluster`, the ``rig`` fixture).
 """
 
 from __future__ import annotations
@@ -16,15 +21,18 @@ import time
 from pathlib import Path
 
 import pytest
+from rigs.clusters import Cluster, PBSCluster, SlurmCluster
 from rigs.hub_rig import Hub, run_code
 from rigs.hubsite import KERNEL_NAME as KERNEL
 from rigs.hubsite import cli, free_port, hub_settings, py_env, start_hub
-from rigs.slurm_rig import SlurmRig, create_user, remove_user
+from rigs.slurm_rig import create_user, remove_user
 from tests.helpers import need_root
 
 from hubstock.store.root import Root
 
 pytestmark = pytest.mark.hub
+#: the hubs every test runs on: scheduler[-database]
+HUBS = ["slurm", "torque", "slurm-postgresql", pytest.param("pbs", marks=pytest.mark.pbs)]
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = secrets.token_hex(2)  # fresh user names each run: never a leftover or another run's user
@@ -56,16 +64,19 @@ def site(hub_site):
     return hub_site
 
 
-@pytest.fixture(scope="module")
-def rig(slurm_rig):
-    return slurm_rig
+def cluster_for(request: pytest.FixtureRequest, scheduler: str) -> Cluster:
+    """The scheduler rig of a hub parameter, seen through :class:`rigs.clusters.Cluster`."""
+    if scheduler == "pbs":
+        return PBSCluster(request.getfixturevalue("openpbs_rig"))
+    return SlurmCluster(request.getfixturevalue("slurm_rig"), scheduler)
 
 
-@pytest.fixture(scope="module", params=["slurm", "torque", "slurm-postgresql"])
-def hub(request, hub_workdir, site, channel, rig, users):
+@pytest.fixture(scope="module", params=HUBS)
+def hub(request, hub_workdir, site, channel, users):
     """The hub on each scheduler; once more with PostgreSQL as its database (SQLite otherwise)."""
     workdir = hub_workdir
     scheduler, _, database = request.param.partition("-")
+    cluster = cluster_for(request, scheduler)
     extra_hub = []
     if database:
         db_url = request.getfixturevalue("postgres_rig").create_database("jupyterhub")
@@ -76,18 +87,32 @@ def hub(request, hub_workdir, site, channel, rig, users):
             workdir / "root",
             channel,
             workdir / f"state-{request.param}",
-            scheduler,
-            ports,
-            rig.slurm_conf,
+            ports=ports,
             idle_timeout=3600,  # the culler runs (it stops servers idle for an hour: none in these tests)
             extra_hub=extra_hub,
+            **cluster.settings(),
         )
     )
-    h = start_hub(site, ports[0], workdir / f"hub-{request.param}.log", extra_env=rig.env)
+    h = start_hub(
+        site,
+        ports[0],
+        workdir / f"hub-{request.param}.log",
+        extra_env=cluster.hub_env(),
+        launcher=cluster.launcher,
+        netns=cluster.netns,
+    )
     h.scheduler = scheduler
+    h.cluster = cluster
     yield h
     h.stop()
-    rig.wait_no_jobs(timeout=60, active_only=True)  # the hub cancelled every job it started
+    cluster.wait_no_jobs(timeout=60)  # the hub cancelled every job it started
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def rig(hub) -> Cluster:
+    """The hub's scheduler."""
+    return hub.cluster
 
 
 def _token(hub: Hub, user: str) -> str:
@@ -120,11 +145,11 @@ def _start(hub: Hub, user: str, token: str, options: dict | None = None) -> list
     return messages
 
 
-def _stop(hub: Hub, rig: SlurmRig, user: str, token: str) -> None:
+def _stop(hub: Hub, rig: Cluster, user: str, token: str) -> None:
     status, _ = hub.request("DELETE", f"/hub/api/users/{user}/server", token=token)
     assert status in (202, 204)
     hub.wait_stopped(user, token)
-    rig.wait_no_jobs(timeout=60, active_only=True)
+    rig.wait_no_jobs(timeout=60)
 
 
 def test_the_idle_culler_runs_as_a_hub_service(hub):
@@ -144,13 +169,17 @@ def test_pam_login(hub):
 def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, site):
     token = _token(hub, ALICE)
     messages = _start(hub, ALICE, token)
-    running = rig.run(["squeue", "-h", "-o", "%i %u %T %P"]).stdout.split()
-    assert running[1:] == [ALICE, "RUNNING", "debug"], running
+    job = rig.user_job(ALICE)
+    assert (job.user, job.running, job.queue, job.node) == (ALICE, True, "debug", rig.node), job
     # the user is told what is happening: the job, where it runs (or that it is queued)
     assert any(
-        f"Job {running[0]} is running on localhost" in m or f"Job {running[0]} is queued" in m
+        f"Job {job.id} is running on {rig.node}; starting JupyterLab..." in m
+        or f"Job {job.id} is queued in queue 'debug'" in m
         for m in messages
     ), messages
+    assert not any("None" in m for m in messages), messages
+    status, page = hub.request("GET", f"/user/{ALICE}/lab", token=token)
+    assert status == 200 and "JupyterLab" in str(page), status
 
     status, specs = hub.request("GET", f"/user/{ALICE}/api/kernelspecs", token=token)
     assert status == 200
@@ -170,7 +199,7 @@ def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, s
     assert prefix == stock_prefix
     assert server_exe.startswith(server_prefix + "/")  # the kernel's parent: the server, from its build
     record = json.loads((site.parent / "root" / "sessions" / f"{ALICE}.default.json").read_text())
-    assert record["generation"] == manifest["generation"] and record["job_id"] == running[0]
+    assert record["generation"] == manifest["generation"] and record["job_id"] == job.id
 
     _stop(hub, rig, ALICE, token)
     assert not (site.parent / "root" / "sessions" / f"{ALICE}.default.json").exists()
@@ -191,12 +220,12 @@ def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, s
 )
 def test_bad_options_are_refused_before_anything_is_submitted(hub, rig, options, says):
     token = _token(hub, BOB)
-    before = rig.jobs()
+    before = rig.jobs(active_only=False)
     status, body = hub.request("POST", f"/hub/api/users/{BOB}/server", token=token, body=options)
     assert status == 400, (status, body)
     assert says in body["message"], body
     assert "Traceback" not in body["message"]
-    assert set(rig.jobs()) - set(before) == set()  # no job was submitted
+    assert set(rig.jobs(active_only=False)) - set(before) == set()  # no job was submitted
     assert not Path("/tmp/hubstock-pwned").exists()
     _, model = hub.request("GET", f"/hub/api/users/{BOB}", token=token)
     assert not model.get("servers")
@@ -237,3 +266,78 @@ def test_a_publish_during_a_session_does_not_change_it(hub, rig, site):
     assert gens[-2:] == [os.path.basename(gen_before), os.path.basename(os.readlink(root.current))]
     submitted = [a for a in spawns if a["action"] == "submitted" and a["user"] == ALICE]
     assert submitted and all(a["job_id"] for a in submitted)
+
+
+def test_the_spawn_form_and_what_the_scheduler_gives_the_job(hub, rig):
+    """A user logs in, opens the spawn form, asks for 2 CPUs, 2G and 45 minutes: the job has
+    exactly that, as the scheduler itself shows it."""
+    browser = hub.browser(BOB, USERS[BOB])
+    status, _, page = browser.open("/hub/spawn")
+    assert status == 200 and 'name="cpus"' in page and '<option value="debug"' in page, page[:2000]
+    form = {"queue": "debug", "cpus": "2", "memory": "2G", "walltime": "00:45:00"}
+    status, url, page = browser.open(f"/hub/spawn/{BOB}", form=form)
+    assert status == 200, (status, url, page[:2000])
+    token = _token(hub, BOB)
+    hub.wait_for_server(BOB, token)
+    job = rig.user_job(BOB)
+    got = rig.resources(job.id)
+    if rig.name == "pbs":  # qstat -fx
+        want = {
+            "queue": "debug",
+            "Resource_List.select": "1:ncpus=2:mem=2048mb",
+            "Resource_List.ncpus": "2",
+            "Resource_List.mem": "2048mb",
+            "Resource_List.walltime": "00:45:00",
+            "job_state": "R",
+        }
+    else:  # scontrol show job
+        want = {
+            "Partition": "debug",
+            "NumCPUs": "2",
+            "MinMemoryNode": "2G",
+            "TimeLimit": "00:45:00",
+            "JobState": "RUNNING",
+        }
+    assert {k: got.get(k) for k in want} == want, got
+    _stop(hub, rig, BOB, token)
+
+
+def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig):
+    token = _token(hub, ALICE)
+    blocker = rig.occupy(BOB, "debug")  # the whole node, for a job of someone else
+    try:
+        deadline = time.monotonic() + 60
+        while not rig.active_jobs().get(blocker, None) or not rig.active_jobs()[blocker].running:
+            assert time.monotonic() < deadline, rig.active_jobs()
+            time.sleep(0.5)
+        result: dict = {}
+        starter = threading.Thread(target=lambda: result.update(messages=_start(hub, ALICE, token)))
+        starter.start()
+        deadline = time.monotonic() + 60
+        while not [j for j in rig.active_jobs().values() if j.user == ALICE]:
+            assert time.monotonic() < deadline, rig.active_jobs()
+            time.sleep(0.5)
+        time.sleep(3)  # the spawn page says it at least once
+        assert not rig.user_job(ALICE).running
+    finally:
+        rig.delete(blocker)
+    starter.join(300)
+    messages = result["messages"]
+    job = rig.user_job(ALICE)
+    assert f"Job {job.id} is queued in queue 'debug', waiting for a node..." in messages, messages
+    assert f"Job {job.id} is running on {rig.node}; starting JupyterLab..." in messages, messages
+    _stop(hub, rig, ALICE, token)
+
+
+def test_a_job_deleted_outside_the_hub_is_noticed(hub, rig, site):
+    token = _token(hub, ALICE)
+    _start(hub, ALICE, token)
+    job = rig.user_job(ALICE)
+    rig.delete(job.id)  # an administrator's scancel or qdel
+    hub.wait_stopped(ALICE, token, timeout=90)
+    rig.wait_no_jobs(timeout=60)
+    assert not (site.parent / "root" / "sessions" / f"{ALICE}.default.json").exists()
+    # and the user can start a server again
+    _start(hub, ALICE, token)
+    assert rig.user_job(ALICE).id != job.id
+    _stop(hub, rig, ALICE, token)

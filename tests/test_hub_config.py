@@ -352,7 +352,7 @@ def test_explicit_settings_win_over_the_pbs_flavour_preset():
     c.PBSSpawner.flavour = "torque"
     c.PBSSpawner.batch_query_cmd = "my-qstat {job_id}"
     sp = PBSSpawner(config=c)
-    assert sp.batch_query_cmd == "my-qstat {job_id}" and sp.state_pending_re == r"job_state = [QHW]"
+    assert sp.batch_query_cmd == "my-qstat {job_id}" and sp.state_pending_re == r"job_state = [QHWTS]\b"
 
 
 def test_constructor_arguments_and_subclass_defaults_win_over_the_pbs_flavour_preset():

@@ -3,9 +3,10 @@
 The proxy is started from the command line of the rendered ``hubstock-proxy.service``,
 as an unprivileged user, with its secrets where systemd's ``LoadCredential=`` puts them.
 The test makes its own CA and a certificate for 127.0.0.1; the client trusts only that
-CA. A server runs as a real Slurm job; its kernel holds a variable; the hub is stopped
-with SIGTERM and started again, and the same job serves the same kernel with the
-variable intact, while the proxy keeps answering the user.
+CA. A server runs as a real batch job (Slurm, and OpenPBS, whose rig keeps the hub, the
+proxy and the client in its private network namespace); its kernel holds a variable; the
+hub is stopped with SIGTERM and started again, and the same job serves the same kernel with
+the variable intact, while the proxy keeps answering the user.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from rigs.clusters import Cluster, PBSCluster, SlurmCluster
 from rigs.hub_rig import Hub, ensure_chp, execute, start_kernel
 from rigs.hubsite import KERNEL_NAME, free_port, hub_settings, start_hub
 from rigs.hubsite import test_cache as rigs_cache
@@ -76,10 +78,12 @@ def unit_credentials(unit_text: str) -> dict[str, Path]:
 
 
 class ProxyService:
-    """configurable-http-proxy run as its unit says: the unit's user, its credentials folder."""
+    """configurable-http-proxy run as its unit says: the unit's user, its credentials folder
+    (``launcher``: where it runs, e.g. inside a rig's network namespace)."""
 
-    def __init__(self, unit_text: str, workdir: Path, log: Path) -> None:
+    def __init__(self, unit_text: str, workdir: Path, log: Path, launcher=None) -> None:
         self.argv = unit_exec_start(unit_text)
+        self.launcher = launcher
         self.creds = workdir / "credentials"
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
@@ -94,9 +98,10 @@ class ProxyService:
 
     def start(self) -> ProxyService:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CREDENTIALS_DIRECTORY": str(self.creds)}
+        argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *self.argv]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *self.argv],
+                self.launcher(argv) if self.launcher else argv,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -144,8 +149,19 @@ def user(hub_workdir):
     remove_user(USER)
 
 
-def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, channel, slurm_rig, user):
-    work = hub_workdir / "lifecycle"
+@pytest.fixture(params=["slurm", pytest.param("pbs", marks=pytest.mark.pbs)])
+def cluster(request) -> Cluster:
+    """The scheduler the server runs on (see tests/test_hub.py)."""
+    if request.param == "pbs":
+        c: Cluster = PBSCluster(request.getfixturevalue("openpbs_rig"))
+    else:
+        c = SlurmCluster(request.getfixturevalue("slurm_rig"))
+    yield c
+    c.close()
+
+
+def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, channel, cluster, user):
+    work = hub_workdir / f"lifecycle-{cluster.name}"
     work.mkdir(exist_ok=True)
     os.chmod(work, 0o755)
     ca, cert, key = make_ca_and_cert(work / "tls")
@@ -160,9 +176,8 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
             hub_workdir / "root",
             channel,
             state,
-            "slurm",
-            ports,
-            slurm_rig.slurm_conf,
+            ports=ports,
+            **cluster.settings(),
             extra_hub=[
                 "proxy_external = true",
                 f'proxy_user = "{PROXY_USER}"',
@@ -189,47 +204,56 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
     assert oct(os.stat(state / "proxy_auth_token").st_mode & 0o777) == "0o600"
 
     ctx = ssl.create_default_context(cafile=str(ca))  # trusts only the test's CA
-    proxy = ProxyService(unit, work, work / "proxy.log").start()
+    # the client runs where the hub does (the OpenPBS rig's namespace: 127.0.0.1 is its own)
+    client = cluster.netns.call if cluster.netns else (lambda fn, *a, **kw: fn(*a, **kw))
+    proxy = ProxyService(unit, work, work / "proxy.log", launcher=cluster.launcher).start()
     hub: Hub | None = None
     try:
-        _wait_answering(f"https://127.0.0.1:{ports[0]}/", ctx)
+        client(_wait_answering, f"https://127.0.0.1:{ports[0]}/", ctx)
         hub = start_hub(
-            hub_site, ports[0], work / "hub.log", slurm_rig.env, ssl_context=ctx, cleanup_servers=False
+            hub_site,
+            ports[0],
+            work / "hub.log",
+            cluster.hub_env(),
+            ssl_context=ctx,
+            cleanup_servers=False,
+            launcher=cluster.launcher,
+            netns=cluster.netns,
         )
         assert hub.url.startswith("https://")
 
         # plain HTTP on the public port gets no page
         with pytest.raises((OSError, urllib.error.URLError)):
-            _get(f"http://127.0.0.1:{ports[0]}/hub/login", None, timeout=5)
+            client(_get, f"http://127.0.0.1:{ports[0]}/hub/login", None, timeout=5)
         # a client that does not trust the test CA is refused
         with pytest.raises(urllib.error.URLError):
-            _get(f"https://127.0.0.1:{ports[0]}/hub/login", ssl.create_default_context(), timeout=5)
+            client(_get, f"https://127.0.0.1:{ports[0]}/hub/login", ssl.create_default_context(), timeout=5)
 
         status, token = hub.token_for(user, PASSWORD)
         assert status == 201 and token, hub.log_tail()
         status, body = hub.request("POST", f"/hub/api/users/{user}/server", token=token, body={})
         assert status in (201, 202), (status, body)
         hub.wait_for_server(user, token)
-        (job,) = slurm_rig.jobs(active_only=True)
+        (job,) = cluster.jobs(active_only=True)
         kid = start_kernel(hub, user, token, KERNEL_NAME)
         execute(hub, user, token, kid, "kept = 6 * 7")
 
         hub.stop()  # SIGTERM: the hub goes, the job and the proxy stay
-        assert slurm_rig.jobs(active_only=True) == [job]
-        status, _ = _get(f"{hub.url}/user/{user}/api", ctx)
+        assert cluster.jobs(active_only=True) == [job]
+        status, _ = client(_get, f"{hub.url}/user/{user}/api", ctx)
         assert status == 200, "the proxy stopped answering the user while the hub was down"
 
         hub.start()
         hub.wait_for_server(user, token)
-        assert slurm_rig.jobs(active_only=True) == [job]
+        assert cluster.jobs(active_only=True) == [job]
         assert execute(hub, user, token, kid, "print(kept)").strip() == "42"
 
         status, _ = hub.request("DELETE", f"/hub/api/users/{user}/server", token=token)
         assert status in (202, 204)
         hub.wait_stopped(user, token)
-        slurm_rig.wait_no_jobs(timeout=60, active_only=True)
+        cluster.wait_no_jobs(timeout=60)
     finally:
         if hub:
             hub.stop()
         proxy.stop()
-        slurm_rig.cancel_all()
+        cluster.cancel_all()

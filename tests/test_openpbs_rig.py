@@ -75,8 +75,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 
 
 def qsub(rig: OpenPBSRig, user: str, script: str, *args: str) -> str:
-    """Submit *script* on qsub's standard input as *user* (as batchspawner does); the job id."""
-    cp = rig.run(["qsub", *args], user=user, input=script)
+    """Submit *script* on qsub's standard input as *user* (as batchspawner does); the job id.
+    ``-f``: no background qsub daemon, which would serve the next user given the same uid."""
+    cp = rig.run(["qsub", "-f", *args], user=user, input=script)
     return cp.stdout.strip()
 
 

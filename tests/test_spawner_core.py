@@ -272,7 +272,8 @@ def test_submit_poll_progress_and_cancel(rig):
     assert "secret-token-never-in-a-script" not in sched.script  # the token travels in the environment
     assert "JUPYTERHUB_API_TOKEN" in sched.script  # by name, for --export / -v
     submit, query = ("sbatch", "squeue") if scheduler == "slurm" else ("qsub", "qstat")
-    assert sched.calls(submit) == (["--parsable"] if scheduler == "slurm" else [""])
+    # PBS Pro's qsub in the foreground (-f): no background qsub daemon serving later submissions
+    assert sched.calls(submit) == {"slurm": ["--parsable"], "pbs": ["-f"], "torque": [""]}[scheduler]
     expected_query = {
         "slurm": f"-h -j {JOB} -o %T %B",
         "pbs": f"-fx {JOB}.pbs01",

@@ -97,6 +97,46 @@ def render_batch_script(template: str, subvars: dict[str, Any]) -> str:
     return str(format_template(template, **subvars))
 
 
+#: what PBS Pro's ``qsub -v`` cannot pass in a value: it turns ``"`` into ``\`` and doubles ``\``,
+#: and refuses a ``'`` ("cannot send environment with the job")
+PBS_UNSAFE_VALUE = re.compile(r"[\"'\\]")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW|KEY|CREDENTIAL", re.I)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def pbs_environment(env: dict[str, str], keepvars: str) -> tuple[str, str]:
+    """Share the job's variables between ``#PBS -v`` and ``export`` lines: (keepvars, exports).
+
+    ``keepvars`` names the variables the job gets (``"PATH,JUPYTERHUB_API_TOKEN,..."``); those
+    whose value in ``env`` PBS Pro can pass stay there (by name: qsub reads their values from its
+    own environment), and each of the others (JupyterHub's OAuth scopes are JSON lists) becomes
+    ``export NAME='value'`` for the script. A secret (a name with TOKEN, SECRET, KEY...) never goes
+    into a script: one that PBS cannot pass is a ValueError, as is a name the shell cannot set.
+
+    >>> pbs_environment({"PATH": "/bin", "SCOPES": '["a"]'}, "PATH,SCOPES")
+    ('PATH', 'export SCOPES=\\'["a"]\\'')
+    """
+    import shlex
+
+    carried, exports = [], []
+    for name in (n.strip() for n in keepvars.split(",")):
+        if not name:
+            continue
+        value = env.get(name)
+        if value is None or not PBS_UNSAFE_VALUE.search(value):
+            carried.append(name)
+        elif _SECRET_NAME.search(name):
+            raise ValueError(
+                f"the variable {name} holds a quote or a backslash, which PBS's qsub -v cannot pass, "
+                "and a secret never goes into a batch script"
+            )
+        elif not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a variable name a batch script can set")
+        else:
+            exports.append(f"export {name}={shlex.quote(value)}")
+    return ",".join(carried), "\n".join(exports)
+
+
 def check_extras(limits: Limits, scheduler: Scheduler) -> None:
     """A LimitsError if the site's or a queue's JobExtras do not fit ``scheduler``."""
     _check(limits, scheduler, "[spawner]")

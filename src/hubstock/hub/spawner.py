@@ -785,16 +785,30 @@ class SlurmSpawner(HubstockBatchSpawner, batchspawner.SlurmSpawner):
             )
 
 
-#: what differs between PBS Pro and Torque-compatible commands: the defaults of these settings
+#: what differs between PBS Pro and Torque-compatible commands: the defaults of these settings.
+#: Every PBS job state, on purpose (``qstat -f``'s ``job_state``):
+#: - pending (the job lives and may yet serve; the hub keeps waiting, and keeps a running server):
+#:   Q queued, H held, W waiting for its start time, T in transit, S suspended (by the scheduler
+#:   or an operator), U suspended while its workstation is busy, B an array job that has begun;
+#:   and R while PBS has not yet named its ``exec_host`` (PBSSpawner.state_ispending);
+#: - running: R with an ``exec_host``;
+#: - ended (the server is gone): E exiting, F finished (PBS Pro's history, ``qstat -x``), X a
+#:   finished subjob, M moved to another server, C completed (Torque), and a job qstat no longer
+#:   knows ("Unknown Job Id");
+#: - unknown (the server does not answer; the job is taken to be alive): ``state_unknown_re``.
 PBS_FLAVOURS: dict[str, dict[str, str]] = {
     "pro": {
-        "batch_submit_cmd": "qsub",
+        # -f: no background qsub daemon. It serves every later qsub of the same uid for a minute
+        # with the identity it started with: a user re-created with a reused uid (or with new
+        # groups) would submit as the old one
+        "batch_submit_cmd": "qsub -f",
         "batch_query_cmd": "qstat -fx {job_id}",
         "batch_cancel_cmd": "qdel {job_id}",
-        "state_pending_re": r"job_state = [QHW]",
-        "state_running_re": r"job_state = R",
+        "batch_force_cancel_cmd": "qdel -W force {job_id}",
+        "state_pending_re": r"job_state = [QHWTSUB]\b",
+        "state_running_re": r"job_state = R\b",
         "state_exechost_re": r"exec_host = ([\w.-]+)/",
-        "state_unknown_re": r"Connection refused|cannot connect to server",
+        "state_unknown_re": r"Connection refused|cannot connect to server|Couldn't connect to cluster|Communication failure",
         "batch_status_cmd": "qstat -fx {job_ids}",
         # PBSE_UNKJOBID is exit status 153
         "state_gone_re": r"Unknown Job Id|Job has finished|\(exit status 153\)",
@@ -804,7 +818,8 @@ PBS_FLAVOURS: dict[str, dict[str, str]] = {
         "batch_submit_cmd": "qsub",
         "batch_query_cmd": "qstat -f {job_id}",
         "batch_cancel_cmd": "qdel {job_id}",
-        "state_pending_re": r"job_state = [QHW]",
+        "batch_force_cancel_cmd": "",
+        "state_pending_re": r"job_state = [QHWTS]\b",
         "state_running_re": r"job_state = R",
         "state_exechost_re": r"exec_host = ([\w.-]+)/",
         "state_unknown_re": r"Problem loading jobs|Unable to contact slurm controller|cannot connect to server",
@@ -843,6 +858,7 @@ class PBSSpawner(HubstockBatchSpawner, batchspawner.PBSSpawner):
     _preset_state_running_re = _flavour_default("state_running_re")
     _preset_state_exechost_re = _flavour_default("state_exechost_re")
     _preset_state_unknown_re = _flavour_default("state_unknown_re")
+    _preset_batch_force_cancel_cmd = _flavour_default("batch_force_cancel_cmd")
     _preset_batch_status_cmd = _flavour_default("batch_status_cmd")
     _preset_state_gone_re = _flavour_default("state_gone_re")
     _status_parser = staticmethod(parse_qstat)
@@ -855,6 +871,18 @@ class PBSSpawner(HubstockBatchSpawner, batchspawner.PBSSpawner):
         jobs = parse_qstat(text)
         return jobs.get(self.job_id) or jobs.get(self.job_id.split(".", 1)[0])
 
+    batch_force_cancel_cmd = Unicode(
+        help="""Deletes a job that outlived ``stop_grace`` after the cancel command ('': none),
+        formatted like batch_cancel_cmd. Example: 'qdel -W force {job_id}'.""",
+    ).tag(config=True)
+    stop_grace = Integer(
+        30,
+        min=0,
+        help="""Seconds ``stop`` waits for a deleted job to end before ``batch_force_cancel_cmd``.
+        PBS keeps a job deleted in its first seconds running for the queue's kill_delay (10 s by
+        default) before it kills it. Example: 30.""",
+    ).tag(config=True)
+
     @property
     def scheduler(self) -> Scheduler:
         return "pbs" if self.flavour == "pro" else "torque"
@@ -866,3 +894,95 @@ class PBSSpawner(HubstockBatchSpawner, batchspawner.PBSSpawner):
                 f"{self._where('req_host')} = {self.req_host!r} is not a host name; set the PBS server's "
                 "name, e.g. 'pbs01.cluster.local', or remove it."
             )
+
+    # -- PBS's job states (see PBS_FLAVOURS)
+
+    def _pbs_exec_host(self) -> str | None:
+        """The job's exec host, if PBS has named it (never logs: an R job may not have one yet)."""
+        if not self.state_exechost_re or not self.job_status:
+            return None
+        m = re.search(self.state_exechost_re, self.job_status)
+        if not m:
+            return None
+        return m.expand(self.state_exechost_exp) if self.state_exechost_exp else m.group(1)
+
+    def state_isrunning(self) -> bool:
+        """R, with its exec host named (before that, the server has nowhere to be reached)."""
+        return bool(super().state_isrunning()) and bool(self._pbs_exec_host())
+
+    def state_ispending(self) -> bool:
+        """Alive but not serving: queued, held, waiting, in transit, suspended; or R without an exec host."""
+        if super().state_ispending():
+            return True
+        return bool(super().state_isrunning()) and not self._pbs_exec_host()
+
+    def pending_message(self, where: str) -> str:
+        m = re.search(r"job_state = (\w)", self.job_status or "")
+        state = m.group(1) if m else "Q"
+        what = _PBS_WAITING.get(state, _PBS_WAITING["Q"]).format(where=where)
+        return f"Job {self.job_id} {what}..."
+
+    def parse_job_id(self, output: str) -> str:
+        """The id qsub printed (its last line): ``12.pbs01`` (PBS Pro), ``12`` (Slurm's wrappers)."""
+        lines = [line.strip() for line in output.splitlines() if line.strip()]
+        if not lines or not _PBS_JOB_ID.fullmatch(lines[-1]):
+            raise ValueError(f"no PBS job id in {output[:200]!r}")
+        return lines[-1]
+
+    async def _get_batch_script(self, **subvars: Any) -> str:
+        """PBS Pro's ``qsub -v`` mangles a value with a quote or a backslash (JupyterHub's OAuth
+        scopes are JSON): such variables are set by ``export`` lines of the script instead."""
+        if self.flavour == "pro" and subvars.get("keepvars"):
+            from .batch import pbs_environment
+
+            try:
+                keepvars, exports = pbs_environment(self.get_env(), subvars["keepvars"])
+            except ValueError as e:
+                raise http_error(SpawnRefused(f"The job cannot be submitted: {e}", status=500)) from None
+            subvars = {**subvars, "keepvars": keepvars, "exports": exports}
+        return await super()._get_batch_script(**subvars)
+
+    async def stop(self, now: bool = False) -> None:
+        """Cancel the job and wait until it has ended: up to ``stop_grace`` more seconds (a job
+        deleted in its first seconds stays R for PBS's kill_delay), then force its deletion."""
+        from batchspawner.batchspawner import JobStatus
+
+        await super().stop(now=now)
+        if now or not self.job_id or getattr(self, "_cancel_deferred", False):
+            return  # (deferred: the server does not answer, and the hub cancels the job when it does)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.stop_grace
+        while await self.query_job_status() in (JobStatus.RUNNING, JobStatus.UNKNOWN):
+            if loop.time() > deadline:
+                if self.batch_force_cancel_cmd:
+                    subvars = {**self.get_req_subvars(), "job_id": self.job_id}
+                    cmd = " ".join(
+                        (
+                            format_template(self.exec_prefix, **subvars),
+                            format_template(self.batch_force_cancel_cmd, **subvars),
+                        )
+                    )
+                    self.log.warning(
+                        "Job %s outlived qdel by %g s; deleting it by force", self.job_id, self.stop_grace
+                    )
+                    try:
+                        await self.run_command(cmd)
+                    except RuntimeError as e:
+                        self.log.error("Could not delete job %s by force: %s", self.job_id, str(e)[:200])
+                return
+            await asyncio.sleep(1)
+
+
+#: a job id as qsub prints it: "12.pbs01", "12[].pbs01" (an array), "12"
+_PBS_JOB_ID = re.compile(r"\d+(?:\[\d*\])?(?:\.[A-Za-z0-9][A-Za-z0-9.-]*)?", re.ASCII)
+#: what the spawn page says while a PBS job waits, by its state
+_PBS_WAITING = {
+    "Q": "is queued{where}, waiting for a node",
+    "H": "is held{where} (by you, an operator or a dependency); it waits until the hold is released",
+    "W": "is waiting{where} for the start time it was given",
+    "T": "is being moved{where} to where it will run",
+    "S": "is suspended{where} by the scheduler or an operator; it goes on when resumed",
+    "U": "is suspended{where} while its node is busy; it goes on when resumed",
+    "B": "has begun{where} (an array job)",
+    "R": "is starting{where}; waiting for the scheduler to name its node",
+}
