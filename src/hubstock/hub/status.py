@@ -16,48 +16,51 @@ that asks about all the jobs it watches at once (``squeue -h -t all -j 1,2,3 -o 
   spawner back at once (JupyterHub's own ``poll_and_notify``), so a job that ended is
   noticed within one interval.
 
-:func:`parse_squeue` and :func:`parse_qstat` read the answers (both PBS flavours, and Slurm's
-PBS wrappers); :func:`describe_end` says in a few words why a job ended. :class:`Reaper`
-cancels jobs the hub no longer wants but could not cancel at the time (a submission that
-answered after the spawn had given up, a cancel while the controller was down).
+The answers are read by :mod:`hubstock.hub.status_parse` (:func:`parse_squeue`,
+:func:`parse_qstat`, :func:`describe_end`), the commands run by :mod:`hubstock.hub.shell`, and
+jobs the hub could not cancel at the time are cancelled later by :mod:`hubstock.hub.reaper`'s
+:data:`REAPER`; those names are importable from here too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import re
-import signal
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .reaper import REAPER, Reaper
+from .shell import Result, kill_group, run_shell
+from .status_parse import PBS_PRO_LIMITS, SLURM_ENDS, JobInfo, clean, describe_end, parse_qstat, parse_squeue
+
+__all__ = [
+    "PBS_PRO_LIMITS",
+    "REAPER",
+    "SAFE_JOB_ID",
+    "SLURM_ENDS",
+    "UNREACHABLE",
+    "Answer",
+    "JobInfo",
+    "Reaper",
+    "Result",
+    "StatusPoller",
+    "clean",
+    "describe_end",
+    "forget_pollers",
+    "kill_group",
+    "parse_qstat",
+    "parse_squeue",
+    "poller_for",
+    "run_shell",
+]
+
 log = logging.getLogger(__name__)
 
 #: what a job id may look like before it is put into a shell command
 SAFE_JOB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\[\]-]{0,127}", re.ASCII)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """One job in a scheduler's answer.
-
-    ``status`` is what the spawner's state patterns read (what its per-job query command would
-    print: ``"RUNNING node042"`` for Slurm, the job's ``qstat -f`` block for PBS); ``state`` the
-    scheduler's own word (``RUNNING``, ``TIMEOUT``, ``R``, ``F``); ``reason``, ``exit_status`` and
-    ``comment`` what it says about why (``"None"``, ``"TimeLimit"``, ``"-29"``...).
-    """
-
-    job_id: str
-    status: str
-    state: str
-    reason: str = ""
-    exit_status: str = ""
-    comment: str = ""
 
 
 class _Unreachable:
@@ -80,187 +83,6 @@ class Answer:
 
     def lookup(self, job_id: str) -> JobInfo | None:
         return self.jobs.get(job_id) or self.jobs.get(job_id.split(".", 1)[0])
-
-
-def parse_squeue(text: str) -> dict[str, JobInfo]:
-    """Jobs in the output of ``squeue -h -o '%i|%T %B|%r'``: ``"42|RUNNING node042|None"`` per line."""
-    jobs = {}
-    for line in text.splitlines():
-        parts = line.strip().split("|", 2)
-        if len(parts) < 2 or not parts[0]:
-            continue
-        job_id, status = parts[0].strip(), parts[1].strip()
-        reason = parts[2].strip() if len(parts) > 2 else ""
-        jobs[job_id] = JobInfo(job_id, status, status.split(" ", 1)[0], reason=reason)
-    return jobs
-
-
-def parse_qstat(text: str) -> dict[str, JobInfo]:
-    """Jobs in the output of ``qstat -f`` or ``qstat -fx`` (PBS Pro, Torque, Slurm's PBS wrappers).
-
-    Each job is a block that starts with ``Job Id: 42.pbs01``, with ``key = value`` lines (a long
-    value continues on lines that start with a tab). A job is listed under its full id and, if
-    no other job has it, under its number alone (``qsub`` and ``qstat`` may disagree on the
-    server's name).
-    """
-    blocks: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        if line.startswith("Job Id:"):
-            blocks.append((line.split(":", 1)[1].strip(), [line]))
-        elif blocks:
-            blocks[-1][1].append(line)
-    jobs: dict[str, JobInfo] = {}
-    short: dict[str, list[str]] = {}
-    for job_id, lines in blocks:
-        attrs: dict[str, str] = {}
-        key = None
-        for line in lines[1:]:
-            if " = " in line and not line.startswith("\t\t"):
-                key, _, value = line.strip().partition(" = ")
-                attrs[key] = value.strip()
-            elif key and line.startswith("\t"):  # a long value goes on
-                attrs[key] += line.strip()
-        jobs[job_id] = JobInfo(
-            job_id,
-            "\n".join(lines),
-            attrs.get("job_state", ""),
-            exit_status=attrs.get("Exit_status", attrs.get("exit_status", "")),
-            comment=attrs.get("comment", ""),
-        )
-        short.setdefault(job_id.split(".", 1)[0], []).append(job_id)
-    for number, ids in short.items():
-        if len(ids) == 1 and number not in jobs:
-            jobs[number] = jobs[ids[0]]
-    return jobs
-
-
-#: why a Slurm job ended, by its state
-SLURM_ENDS = {
-    "TIMEOUT": "walltime reached",
-    "CANCELLED": "cancelled outside the hub (scancel, or an administrator)",
-    "NODE_FAIL": "its node failed",
-    "BOOT_FAIL": "its node failed to start",
-    "OUT_OF_MEMORY": "it ran out of memory",
-    "PREEMPTED": "another job preempted it",
-    "DEADLINE": "its deadline passed",
-    "FAILED": "it failed",
-    "COMPLETED": "the server exited",
-    "REVOKED": "the scheduler revoked it",
-    "SPECIAL_EXIT": "it ended with a special exit state",
-}
-#: PBS Pro's own exit statuses (JOB_EXEC_KILL_*): a limit that killed the job
-PBS_PRO_LIMITS = {
-    "-29": "walltime reached",
-    "-27": "it used more memory than it asked for",
-    "-26": "it used more virtual memory than it asked for",
-    "-28": "it used more CPU time than it asked for",
-    "-24": "it used more CPUs than it asked for",
-    "-25": "it used more CPUs than it asked for",
-}
-
-
-def describe_end(info: JobInfo | None, scheduler: str) -> str:
-    """Why the job ended, in a few words: ``"walltime reached"``, ``"cancelled outside the hub (...)"``.
-
-    ``info`` is the job as the scheduler last listed it (None: it no longer lists the job).
-    """
-    if info is None:
-        return "the scheduler no longer lists it"
-    if scheduler == "slurm":
-        said = SLURM_ENDS.get(info.state)
-        if said is None:
-            said = f"it ended ({info.state.lower() or 'unknown state'})"
-        if info.state == "FAILED" and info.reason and info.reason not in ("None", "NonZeroExitCode"):
-            said += f" ({info.reason})"
-        return said
-    code = info.exit_status
-    if scheduler == "pbs" and code in PBS_PRO_LIMITS:
-        return PBS_PRO_LIMITS[code]
-    if code.lstrip("-").isdigit():
-        n = int(code)
-        if n == 0:
-            return "the server exited"
-        if n > 256:  # killed by a signal (qdel sends SIGTERM)
-            sig = n - 256
-            try:
-                name = signal.Signals(sig).name
-            except ValueError:
-                name = f"signal {sig}"
-            return f"it was killed ({name}: qdel, an administrator, or a limit)"
-        if n > 0:
-            return f"it exited with status {n}"
-        return f"the scheduler ended it (exit status {n})"
-    if info.comment:
-        return f"it ended ({clean(info.comment)[:200]})"
-    return "it ended"
-
-
-def clean(text: str) -> str:
-    """``text`` without control characters (tabs and newlines stay)."""
-    return _CONTROL.sub("", text)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# running commands
-
-
-@dataclass
-class Result:
-    """What a command printed and how it ended (``returncode`` None: it was killed after ``timeout``)."""
-
-    out: str
-    err: str
-    returncode: int | None
-    took: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0
-
-
-async def run_shell(
-    cmd: str, env: Mapping[str, str] | None, timeout: float, stdin: str | None = None
-) -> Result:
-    """Run ``cmd`` (a shell command line); kill it (its whole process group) after ``timeout`` seconds."""
-    t0 = time.monotonic()
-    proc = await asyncio.create_subprocess_shell(
-        cmd,
-        env=dict(env) if env is not None else None,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(stdin.encode() if stdin is not None else None), timeout
-        )
-    except TimeoutError:
-        kill_group(proc)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(proc.wait(), 5)
-        return Result("", f"no answer within {timeout:g} s", None, time.monotonic() - t0)
-    except asyncio.CancelledError:
-        kill_group(proc)
-        raise
-    return Result(
-        out.decode(errors="replace").strip(),
-        err.decode(errors="replace").strip(),
-        proc.returncode,
-        time.monotonic() - t0,
-    )
-
-
-def kill_group(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL ``proc`` and what it started (it runs in a session of its own)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(ProcessLookupError):
-        proc.kill()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the poller
 
 
 OnChange = Callable[[], Awaitable[Any] | Any]
@@ -467,80 +289,3 @@ def forget_pollers() -> None:
         if p._loop_task is not None:
             p._loop_task.cancel()
     _POLLERS.clear()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# jobs to cancel later
-
-
-@dataclass
-class _Doomed:
-    cmd: str
-    env: Mapping[str, str] | None
-    gone: str
-    tries: int = 0
-
-
-@dataclass
-class Reaper:
-    """Cancels jobs the hub gave up on, as soon as the scheduler takes the cancellation.
-
-    ``adopt`` takes a submission that is still running after the spawn gave up on it: whatever
-    job it makes is cancelled. ``cancel_later`` retries a cancellation that failed (the
-    controller was down) every ``interval`` seconds until it is done or the job is gone
-    (``gone`` matches what the cancel command says then).
-    """
-
-    interval: float = 10.0
-    timeout: float = 30.0
-    pending: dict[str, _Doomed] = field(default_factory=dict)
-    _task: asyncio.Task[None] | None = None
-
-    def cancel_later(self, job_id: str, cmd: str, env: Mapping[str, str] | None, gone: str = "") -> None:
-        self.pending[job_id] = _Doomed(cmd, env, gone)
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = asyncio.ensure_future(self._loop())
-
-    def adopt(
-        self,
-        submission: asyncio.Future[Result],
-        job_id_of: Callable[[str], str],
-        cancel_cmd: Callable[[str], str],
-        env: Mapping[str, str] | None,
-        gone: str = "",
-    ) -> None:
-        """When ``submission`` ends, cancel the job it made, if it made one."""
-
-        def done(f: asyncio.Future[Result]) -> None:
-            if f.cancelled() or f.exception() is not None or not f.result().ok:
-                return
-            try:
-                job_id = job_id_of(f.result().out)
-            except Exception:
-                return
-            if job_id:
-                log.warning("A submission the hub had given up on made job %s; cancelling it", job_id)
-                self.cancel_later(job_id, cancel_cmd(job_id), env, gone)
-
-        submission.add_done_callback(done)
-
-    async def _loop(self) -> None:
-        while self.pending:
-            for job_id, d in list(self.pending.items()):
-                d.tries += 1
-                res = await run_shell(d.cmd, d.env, self.timeout)
-                if res.ok or (d.gone and re.search(d.gone, res.err + res.out)):
-                    log.info("Cancelled job %s, which the hub no longer wanted", job_id)
-                    self.pending.pop(job_id, None)
-                elif d.tries == 1 or d.tries % 30 == 0:
-                    log.warning(
-                        "Could not cancel job %s yet (%s); trying again", job_id, clean(res.err)[:200]
-                    )
-            if self.pending:
-                await asyncio.sleep(self.interval)
-        self._task = None
-
-
-#: the hub's reaper
-REAPER = Reaper()

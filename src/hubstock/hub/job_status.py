@@ -1,0 +1,171 @@
+"""The state of a batch spawner's job: the part that asks the scheduler, and what JupyterHub's polling reads.
+
+:class:`HubstockJobStatusPart` is the part of :class:`~hubstock.hub.batch_spawner.HubstockBatchSpawner`
+that reads its job's state from the hub's shared :class:`~hubstock.hub.status.StatusPoller` (one
+query per interval for the whole hub), falls back to the job's own query when that answer does
+not list it, takes a scheduler that does not answer for a job still running, and says why a job
+ended (``stop_reason``, which the user sees).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+import batchspawner
+from batchspawner.batchspawner import JobStatus, format_template
+from traitlets import Float, Unicode, default
+
+from .shell import run_shell
+from .status import UNREACHABLE, StatusPoller, poller_for
+from .status_parse import JobInfo, clean, describe_end, parse_squeue
+
+
+class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
+    """The job's state from one query per interval for the whole hub, and its end noticed within one."""
+
+    status_interval = Float(
+        10.0,
+        min=1.0,
+        help="""Seconds between two status queries of the hub's jobs. One query (``squeue`` with
+        every job's id, ``qstat`` likewise) serves every server of the hub, and a job that ended
+        (cancelled, walltime reached, its node failed) is noticed within one interval. It is also
+        JupyterHub's ``poll_interval`` for these spawners. Example: 10.""",
+    ).tag(config=True)
+    status_timeout = Float(
+        10.0,
+        min=1.0,
+        help="""Seconds a status query may take. A query that fails or takes longer means the
+        scheduler is not answering, never that a job is gone: servers keep running. Example: 10.""",
+    ).tag(config=True)
+    batch_status_cmd = Unicode(
+        help="""The query of every watched job at once, run by the hub itself (not as the user):
+        {job_ids} becomes the ids joined with ``batch_status_sep``. Its answer must list each
+        job in the form the spawner reads (``squeue -o '%i|%T %B|%r'``, ``qstat -f`` blocks). '' queries
+        each job on its own, as batchspawner does. Example: "squeue -h -t all -j {job_ids} -o '%i|%T %B|%r'".""",
+    ).tag(config=True)
+    batch_status_sep = Unicode(",", help="What separates the job ids in ``batch_status_cmd``, e.g. ','.").tag(
+        config=True
+    )
+    state_gone_re = Unicode(
+        help="""What a failed status query prints when the scheduler does not know the job any more
+        (it ended and was purged); any other failure means the scheduler is not answering, and the
+        job is taken to be running. Example: 'Invalid job id specified'.""",
+    ).tag(config=True)
+
+    #: the job as the scheduler last listed it
+    _job_info: JobInfo | None = None
+
+    @default("poll_interval")
+    def _poll_interval_default(self) -> int:
+        return max(1, math.ceil(self.status_interval))
+
+    _status_parser: Callable[[str], dict[str, JobInfo]] = staticmethod(parse_squeue)
+    _stopped_by_hub: bool = False
+    _submitted_at: float = 0.0  # monotonic seconds
+
+    def _poller(self) -> StatusPoller | None:
+        """The hub's shared poller for this spawner's query command (None: query each job alone)."""
+        if not self.batch_status_cmd:
+            return None
+        return poller_for(
+            self.batch_status_cmd,
+            type(self)._status_parser,
+            sep=self.batch_status_sep,
+            gone=self.state_gone_re,
+            env=None,  # the hub's own environment, as batchspawner queries jobs
+            interval=self.status_interval,
+            timeout=self.status_timeout,
+        )
+
+    def _single_info(self, text: str) -> JobInfo | None:
+        """The job in the answer of the per-job ``batch_query_cmd``."""
+        return None
+
+    def _classify(self) -> JobStatus:
+        if self.state_isrunning():
+            return JobStatus.RUNNING
+        if self.state_ispending():
+            return JobStatus.PENDING
+        if self.state_isunknown():
+            return JobStatus.UNKNOWN
+        return JobStatus.NOTFOUND
+
+    async def _job_status(self, max_age: float) -> JobStatus:
+        """The job's status from the hub's shared answer at most ``max_age`` seconds old (or a new
+        one, never one from before the job's submission), and from the job's own query when that
+        answer does not list it."""
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        poller = self._poller()
+        if poller is not None:
+            info = await poller.status(self.job_id, max_age, since=self._submitted_at)
+            if info is UNREACHABLE:
+                error = poller.last.error if poller.last else None
+                self.job_status = error or "the scheduler is not answering"
+                return JobStatus.UNKNOWN
+            if isinstance(info, JobInfo):
+                self._job_info = info
+                self.job_status = info.status
+                return self._classify()
+        return await self.query_job_status()
+
+    def _gone(self, text: str, returncode: int | None) -> bool:
+        """Whether a failed command's output says the scheduler does not know the job."""
+        said = f"{text}\n(exit status {returncode})"
+        return bool(self.state_gone_re and re.search(self.state_gone_re, said))
+
+    async def query_job_status(self) -> JobStatus:
+        """This job alone, as batchspawner asks. A query that fails is UNKNOWN (the job keeps running
+        as far as the hub knows) unless the scheduler says it does not know the job (``state_gone_re``)."""
+        if not self.job_id:
+            self.job_status = ""
+            return JobStatus.NOTFOUND
+        subvars = self.get_req_subvars()
+        subvars["job_id"] = self.job_id
+        cmd = " ".join(
+            (format_template(self.exec_prefix, **subvars), format_template(self.batch_query_cmd, **subvars))
+        )
+        res = await run_shell(cmd, None, self.status_timeout)
+        if res.ok:
+            self.job_status = res.out
+            self._job_info = self._single_info(res.out)
+            return self._classify()
+        self.job_status = clean(res.err or res.out)
+        if self._gone(self.job_status, res.returncode):
+            self._job_info = None
+            return JobStatus.NOTFOUND
+        self.log.warning(
+            "Status query of job %s failed (%s); it is taken to be still running",
+            self.job_id,
+            self.job_status[:200] or f"exit status {res.returncode}",
+        )
+        return JobStatus.UNKNOWN
+
+    async def poll(self) -> int | None:
+        """None while the job is pending, running or the scheduler does not answer; 1 once it ended
+        (with why in ``stop_reason``, which the user sees)."""
+        status = await self._job_status(self.status_interval + self.status_timeout)
+        if status in (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.UNKNOWN):
+            return None
+        if self.job_id and not self._stopped_by_hub:
+            why = describe_end(self._job_info, self.scheduler)
+            self.stop_reason = f"Your server's job {self.job_id} ended: {why}."
+            self.log.warning("%s: %s", self._log_name, self.stop_reason)
+        self.clear_state()
+        return 1
+
+    def start_polling(self) -> None:
+        """JupyterHub's polling, and the shared poller's call back as soon as the job's state changes."""
+        super().start_polling()
+        poller = self._poller()
+        if poller is not None and self.job_id and self.poll_interval > 0:
+            poller.watch(self.job_id, self.poll_and_notify)
+
+    def stop_polling(self) -> None:
+        super().stop_polling()
+        poller = self._poller()
+        if poller is not None and self.job_id:
+            poller.unwatch(self.job_id)

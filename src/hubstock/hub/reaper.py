@@ -1,0 +1,89 @@
+"""Jobs the hub no longer wants but could not cancel at the time: a submission that answered
+after the spawn had given up on it, a cancellation while the controller was down.
+:data:`REAPER`, the hub's :class:`Reaper`, cancels them as soon as the scheduler takes it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from .shell import Result, run_shell
+from .status_parse import clean
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Doomed:
+    cmd: str
+    env: Mapping[str, str] | None
+    gone: str
+    tries: int = 0
+
+
+@dataclass
+class Reaper:
+    """Cancels jobs the hub gave up on, as soon as the scheduler takes the cancellation.
+
+    ``adopt`` takes a submission that is still running after the spawn gave up on it: whatever
+    job it makes is cancelled. ``cancel_later`` retries a cancellation that failed (the
+    controller was down) every ``interval`` seconds until it is done or the job is gone
+    (``gone`` matches what the cancel command says then).
+    """
+
+    interval: float = 10.0
+    timeout: float = 30.0
+    pending: dict[str, _Doomed] = field(default_factory=dict)
+    _task: asyncio.Task[None] | None = None
+
+    def cancel_later(self, job_id: str, cmd: str, env: Mapping[str, str] | None, gone: str = "") -> None:
+        self.pending[job_id] = _Doomed(cmd, env, gone)
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = asyncio.ensure_future(self._loop())
+
+    def adopt(
+        self,
+        submission: asyncio.Future[Result],
+        job_id_of: Callable[[str], str],
+        cancel_cmd: Callable[[str], str],
+        env: Mapping[str, str] | None,
+        gone: str = "",
+    ) -> None:
+        """When ``submission`` ends, cancel the job it made, if it made one."""
+
+        def done(f: asyncio.Future[Result]) -> None:
+            if f.cancelled() or f.exception() is not None or not f.result().ok:
+                return
+            try:
+                job_id = job_id_of(f.result().out)
+            except Exception:
+                return
+            if job_id:
+                log.warning("A submission the hub had given up on made job %s; cancelling it", job_id)
+                self.cancel_later(job_id, cancel_cmd(job_id), env, gone)
+
+        submission.add_done_callback(done)
+
+    async def _loop(self) -> None:
+        while self.pending:
+            for job_id, d in list(self.pending.items()):
+                d.tries += 1
+                res = await run_shell(d.cmd, d.env, self.timeout)
+                if res.ok or (d.gone and re.search(d.gone, res.err + res.out)):
+                    log.info("Cancelled job %s, which the hub no longer wanted", job_id)
+                    self.pending.pop(job_id, None)
+                elif d.tries == 1 or d.tries % 30 == 0:
+                    log.warning(
+                        "Could not cancel job %s yet (%s); trying again", job_id, clean(res.err)[:200]
+                    )
+            if self.pending:
+                await asyncio.sleep(self.interval)
+        self._task = None
+
+
+#: the hub's reaper
+REAPER = Reaper()
