@@ -54,7 +54,7 @@ from rigs.hubsite import (
 )
 from rigs.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
 
-from hubstock.store.fs import remove_tree
+from hubstock.store.fs import move_to_trash, remove_tree
 from hubstock.store.root import Root
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -349,6 +349,120 @@ def warm_build(b: Bench) -> list[dict[str, Any]]:
     ]
 
 
+# --------------------------------------------------------------------------- warm_build_large
+
+
+def warm_build_large(b: Bench) -> list[dict[str, Any]]:
+    """A warm rebuild of the hub site's server env (python from the channel; JupyterHub, JupyterLab
+    and the rest from PyPI: ~27,000 files), against ``rm -rf`` + ``cp -al`` of the same tree.
+
+    Each run moves the finished build into the root's trash (a rename, untimed) and times
+    ``hubstock build server``, which empties the trash first: the removal of the old tree is
+    in both figures. Every package is in the root's caches (conda packages, and the wheel cache
+    the first build of the site filled)."""
+    site = b.hub_site()
+    root = site.parent / "root"
+    trash = Root(root).trash
+    prefix = current_build(root, "server")
+    copy = prefix.with_name(prefix.name + ".cp")
+    parts: dict[str, list[float]] = {"rm -rf": [], "cp -al": []}
+
+    def build() -> float:
+        move_to_trash(prefix, trash)
+        os.sync()  # no write-back of earlier runs' files during this one
+        return timed(hubstock_argv(site, "build", "server"))
+
+    def replace_copy() -> float:
+        subprocess.run(["cp", "-al", str(prefix), str(copy)], check=True)  # the tree rm -rf removes
+        os.sync()
+        # as hubstock empties its trash: folders made writable (a build's are read-only), then rm -rf
+        rm = timed(
+            ["sh", "-c", 'find "$1" -type d ! -perm -u+w -exec chmod u+w {} + && rm -rf "$1"', "-", str(copy)]
+        )
+        cp = timed(["cp", "-al", str(prefix), str(copy)])
+        remove_tree(copy, trash)
+        parts["rm -rf"].append(rm)
+        parts["cp -al"].append(cp)
+        return rm + cp
+
+    files = count_files(prefix)
+    prov = json.loads((prefix / ".hubstock-build.json").read_text())
+    managers = [p["manager"] for p in prov["packages"]]
+    builds, copies = b.interleaved(build, replace_copy)
+    move_to_trash(prefix, trash)
+    phases = build_phases(site, root, "server")
+    return [
+        result(
+            "warm_build_large",
+            median(builds),
+            "s",
+            "rm -rf + cp -al of the same tree",
+            median(copies),
+            "ratio <= 1.5",
+            1.5,
+            files=files,
+            conda_packages=managers.count("conda"),
+            pip_packages=managers.count("pip"),
+            baseline_parts_s={k: _round(median(v)) for k, v in parts.items()},
+            phases_s=phases,
+            **timings(builds, copies),
+        )
+    ]
+
+
+# --------------------------------------------------------------------------- cli_overhead
+
+FLOOR = "import pydantic, yaml; pydantic.BaseModel"
+
+
+def cli_overhead(b: Bench) -> list[dict[str, Any]]:
+    """``hubstock status`` on the hub site (a server env of ~27,000 files and a kernel env),
+    against ``python -c pass`` on the same interpreter.
+
+    hubstock remembers locks it has read and found fresh (in the user's cache, here a folder of
+    the benchmark's own): the figure is a status as an admin runs it again and again; a status
+    that must read both locks (its cache emptied just before) is reported beside it, and so is
+    Python importing pydantic and yaml alone."""
+    site = b.hub_site()
+    root = site.parent / "root"
+    cache_dir = b.work / "xdg-cache"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache_dir)}
+    status = hubstock_argv(site, "status")
+    run_checked(status, env=env)  # reads both locks, and remembers them
+
+    def cold_status() -> float:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        return timed(status, env=env)
+
+    statuses, passes, colds, floors = b.interleaved(
+        lambda: timed(status, env=env),
+        lambda: timed([sys.executable, "-c", "pass"]),
+        cold_status,
+        lambda: timed([sys.executable, "-c", FLOOR]),
+        times=max(b.repeat, 1 if b.tiny else 15),  # ~0.2 s each: more runs, a steadier median
+    )
+    base = median(passes)
+    return [
+        result(
+            "cli_overhead",
+            median(statuses),
+            "s",
+            "python -c pass",
+            base,
+            "ratio <= 15",
+            15,
+            server_files=count_files(current_build(root, "server")),
+            envs=sorted(p.name for p in (site / "envs").iterdir()),
+            locks_read_value=_round(median(colds)),
+            locks_read_ratio=_round(median(colds) / base, 3),
+            locks_read_samples=[round(x, 4) for x in colds],
+            pydantic_yaml_value=_round(median(floors)),
+            pydantic_yaml_ratio=_round(median(floors) / base, 3),
+            **timings(statuses, passes),
+        )
+    ]
+
+
 # --------------------------------------------------------------------------- 3. cold_build
 
 RATTLER_ALONE = r"""
@@ -416,8 +530,8 @@ def cold_build(b: Bench) -> list[dict[str, Any]]:
             "s",
             "py-rattler alone, same archives, empty cache",
             median(alone),
-            "ratio <= 1.5",
-            1.5,
+            "ratio <= 1.2",
+            1.2,
             packages=len(b.cache["archives"]),
             phases_s=phases,
             **timings(builds, alone),
@@ -661,6 +775,7 @@ def publish(b: Bench) -> list[dict[str, Any]]:
 
 def _publish_n(b: Bench, site: Path, n: int) -> dict[str, Any]:
     runs = itertools.count()
+    goal = 1.3 if n == 1 else 1.1  # one kernel: the process start weighs more
 
     def publish_once() -> float:
         write_kernels(site, n, f"run {next(runs)}")  # new display names: a new generation
@@ -677,8 +792,8 @@ def _publish_n(b: Bench, site: Path, n: int) -> dict[str, Any]:
         "s",
         f"smoke tests of the {n} kernel(s) alone",
         median(smokes),
-        "ratio <= 1.2",
-        1.2,
+        f"ratio <= {goal}",
+        goal,
         name=f"publish_{n}",
         kernels=n,
         generations=len(list((b.work / KERNEL_ROOT / "generations").glob("[0-9]*"))),
@@ -1099,6 +1214,8 @@ def _batchspawner_rpcs(
 CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [
     ("noop_build", noop_build),
     ("warm_build", warm_build),
+    ("warm_build_large", warm_build_large),
+    ("cli_overhead", cli_overhead),
     ("cold_build", cold_build),
     ("disk_five_builds", disk_five_builds),
     ("kernel_start_readonly", kernel_start_readonly),

@@ -20,13 +20,16 @@ import time
 from collections import defaultdict
 
 STEPS = {
+    "empty trash": "empty_trash",
     "lock check": "require_fresh_lock",
     "verify sha256": "_verified_archive",
     "read records": "_records",
+    "check cache": "_check_cache",
     "install conda": "_install_conda",
     "install pip": "_install_pip",
     "byte-compile": "_compile",
     "read-only": "make_read_only",
+    "file list": "build_file_list",
 }
 
 

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     "noop_build",
     "warm_build",
+    "warm_build_large",
+    "cli_overhead",
     "cold_build",
     "disk_five_builds",
     "kernel_start_readonly",

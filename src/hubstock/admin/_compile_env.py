@@ -1,7 +1,8 @@
 """Byte-compile a build's python files with checked-hash pycs, skipping valid ones.
 
-Run by the *build's own* interpreter (``<prefix>/bin/python -I _compile_env.py DIR...``),
-so it must stay plain standard-library Python that any Python 3.8+ can run.
+Run by the *build's own* interpreter (``<prefix>/bin/python -I _compile_env.py DIR...``, or
+``--list FILE`` for the ``.py`` files named in FILE, one a line), so it must stay plain
+standard-library Python that any Python 3.8+ can run.
 ``compileall`` rewrites every checked-hash pyc it meets (it only recognises
 timestamp pycs as current); this script compiles only what is missing or stale.
 
@@ -43,8 +44,8 @@ def compile_one(src):
     try:
         py_compile.compile(src, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
         return None
-    except py_compile.PyCompileError as e:
-        if issubclass(e.exc_type, NOT_COMPILABLE):
+    except py_compile.PyCompileError as e:  # it keeps the exception, not its type (exc_type_name)
+        if isinstance(e.exc_value, NOT_COMPILABLE):
             return ("skip", src + ": " + (str(e).splitlines()[0] if str(e) else e.exc_type_name))
         return ("error", _error_line(src, getattr(e.exc_value, "errno", None) or 0, e.exc_type_name))
     except (SyntaxError, ValueError, UnicodeError) as e:
@@ -63,12 +64,16 @@ def _error_line(src, errno, reason):
     return f"error errno={errno} needs={needs} {src}: {reason}"
 
 
-def main(dirs):
+def main(args):
     todo = []
-    for top in dirs:
-        for dirpath, dirnames, filenames in os.walk(top):
-            dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-            todo += [os.path.join(dirpath, n) for n in filenames if n.endswith(".py")]
+    if args[:1] == ["--list"]:
+        with open(args[1], encoding="utf-8", errors="surrogateescape") as f:
+            todo = [line.rstrip("\n") for line in f if line.strip()]
+    else:
+        for top in args:
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+                todo += [os.path.join(dirpath, n) for n in filenames if n.endswith(".py")]
     todo = [s for s in todo if needs_compile(s)]
     if len(todo) > 200:
         with ProcessPoolExecutor() as pool:

@@ -13,21 +13,17 @@ removed before the next attempt.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import hashlib
 import os
 import shutil
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from .. import __version__
-from ..errors import BuildError, CommandError, DiskFullError, IntegrityError, is_disk_full
-from ..proc import run
+from ..errors import BuildError, DiskFullError, IntegrityError, is_disk_full
 from ..progress import Progress
 from ..site import Site
 from ..store.buildlock import write_lock_copy
@@ -44,11 +40,11 @@ from ..store.fs import atomic_symlink, empty_trash, make_read_only, now_iso, rem
 from ..store.perms import ADMIN_DIR, PUBLIC_DIR, make_dir
 from ..store.records import BuildProvenance, LockedPackage
 from ..store.root import Root
-from . import cache
+from . import cache, wheels
+from .bytecode import compile_files, conda_files
 from .envspec import EnvSpec
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
-from .uv import run_uv, uv_error_summary
 from .verify import build_file_list, recheck_builds
 
 if TYPE_CHECKING:
@@ -65,8 +61,24 @@ class BuildResult:
     built: bool  # False when it was already complete
 
 
+#: conda's name for this machine's platform, by (system, machine): no solver import for it
+_PLATFORMS = {
+    ("Linux", "x86_64"): "linux-64",
+    ("Linux", "aarch64"): "linux-aarch64",
+    ("Linux", "ppc64le"): "linux-ppc64le",
+    ("Darwin", "x86_64"): "osx-64",
+    ("Darwin", "arm64"): "osx-arm64",
+    ("Windows", "AMD64"): "win-64",
+}
+
+
 def host_platform() -> str:
-    from rattler import Platform
+    import platform
+
+    known = _PLATFORMS.get((platform.system(), platform.machine()))
+    if known:
+        return known
+    from rattler import Platform  # any other: the solver knows them all
 
     return str(Platform.current())
 
@@ -131,6 +143,8 @@ def _build(
 
     progress.step(f"[{spec.name}] verifying {len(conda)} package archive(s) against the lock")
     archives = [_verified_archive(root, spec.name, p) for p in conda]
+    import asyncio  # only a build that installs needs it (not an up-to-date one)
+
     records = asyncio.run(_records(conda, archives))
     _check_cache(root, spec.name, conda, archives, progress)
 
@@ -139,11 +153,15 @@ def _build(
     for p, archive in zip(conda, archives, strict=True):
         cache.seal(root, cache.dist_of(p.url), archive, p.hash.sha256)
     cache.secure(root, [cache.dist_of(p.url) for p in conda])
+    known: dict[str, str] = {}
+    declared: set[str] = set()
+    linked: set[str] = set()
     if pip:
-        progress.step(f"[{spec.name}] installing {len(pip)} pip package(s) with uv")
-        _install_pip(site, spec.name, pip, prefix)
-    progress.step(f"[{spec.name}] byte-compiling")
-    progress.step(f"[{spec.name}] {_compile(spec.name, prefix)}")
+        progress.step(f"[{spec.name}] linking {len(pip)} pip package(s) from the wheel cache")
+        known, declared, linked = _install_pip(site, root, spec.name, pip, prefix, progress)
+    conda_part = conda_files(prefix)
+    progress.step(f"[{spec.name}] byte-compiling what the build wrote")
+    progress.step(f"[{spec.name}] {_compile(spec.name, prefix, conda_part.sources)}")
     provenance = BuildProvenance(
         build_id=bid,
         env=spec.name,
@@ -166,9 +184,19 @@ def _build(
     )
     write_provenance(prefix, provenance)
     write_lock_copy(prefix, _lock_bytes(spec, provenance.lock_platform_hash))  # for users to download
-    write_build_files(prefix, build_file_list(prefix, bid))  # what hubstock verify checks the rest against
-    make_read_only(prefix)
-    os.chmod(prefix, 0o755)  # the marker is the one write left
+    tree: list[tuple[str, os.stat_result]] = []
+    # one walk for both; the files linked from the wheel cache are read-only (checked before)
+    make_read_only(prefix, seen=lambda path, st: tree.append((path, st)), already=linked)
+    os.chmod(prefix, 0o755)  # the file list and the marker are the writes left
+    files = build_file_list(
+        prefix,
+        bid,
+        known=known,
+        compiled=set(conda_part.sources),
+        declared=conda_part.declared | declared,
+        tree=tree,
+    )
+    write_build_files(prefix, files)  # what hubstock verify checks the rest against
     mark_complete(prefix, bid)  # last: from now on the build counts
     os.chmod(prefix, 0o555)
 
@@ -242,6 +270,8 @@ def _download(url: str, dest: Path, env: str, name: str) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     try:
+        import urllib.request
+
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
             shutil.copyfileobj(resp, out, 1 << 20)
         os.chmod(tmp, 0o644)
@@ -270,6 +300,8 @@ async def _records(entries: list[LockedDependency], archives: list[Path]) -> lis
 
 
 def _install_conda(root: Root, records: list, prefix: Path, platform: str, progress: Progress) -> None:
+    import asyncio
+
     from rattler import Platform, install
     from rattler.exceptions import InstallerError, LinkError, TransactionError
 
@@ -296,35 +328,23 @@ def _install_conda(root: Root, records: list, prefix: Path, platform: str, progr
         ) from None
 
 
-def _install_pip(site: Site, env: str, pip: list[LockedDependency], prefix: Path) -> None:
-    python = prefix / "bin" / "python"
-    reqs = "".join(f"{p.name} @ {p.url} --hash=sha256:{p.hash.sha256}\n" for p in pip)
-    with tempfile.TemporaryDirectory(prefix="hubstock-pip-") as tmp:
-        req_file = Path(tmp, "requirements.txt")
-        req_file.write_text(reqs)
-        try:
-            run_uv(
-                site,
-                "pip",
-                "install",
-                "--python",
-                str(python),
-                "--require-hashes",
-                "--no-deps",
-                "--no-index",
-                "--reinstall",
-                "-r",
-                str(req_file),
-                what=f"installing the pip part of env {env!r}",
-            )
-        except CommandError as e:
-            if _says_disk_full(e.output):
-                raise DiskFullError.at(prefix, f"installing the pip part of env {env!r}") from None
-            raise BuildError(
-                f"uv could not install the pip packages of env {env!r}: {uv_error_summary(e.output)}; "
-                "lock again with `nox -s lock` if the lock is old.",
-                detail=e.output,
-            ) from None
+def _install_pip(
+    site: Site, root: Root, env: str, pip: list[LockedDependency], prefix: Path, progress: Progress
+) -> tuple[dict[str, str], set[str], set[str]]:
+    """Link the pip part from the wheel cache (uv adds what it lacks): what it linked that no
+    package declares (``rel -> sha256``), what the packages declare, and every file it linked.
+    Builds that link a wheel found damaged are verified."""
+    done = wheels.install(site, root, env, pip, prefix, say=progress.step)
+    if done.damaged:
+        progress.step(
+            f"[{env}] the wheel cache's copy of {', '.join(done.damaged)} was damaged: installed again"
+        )
+        for check in recheck_builds(root, set(done.damaged)):
+            if not check.ok:
+                progress.step(
+                    f"[{env}] build {check.env}/{check.build_id} links the damaged files: it is marked damaged"
+                )
+    return done.known, done.declared, done.linked
 
 
 def _says_disk_full(text: str) -> bool:
@@ -333,35 +353,17 @@ def _says_disk_full(text: str) -> bool:
     return any(s in text for s in signs)
 
 
-def _compile(env: str, prefix: Path) -> str:
-    """Byte-compile every python file of the build with checked-hash pycs.
+def _compile(env: str, prefix: Path, sources: list[str]) -> str:
+    """Byte-compile, with checked-hash pycs, the python files of the build that have no valid
+    pyc yet: ``sources`` (relative to the build: :func:`~.bytecode.conda_sources`).
 
-    Extraction changes mtimes, so only hash-checked pycs stay valid; files whose
-    prefix was rewritten at install time are compiled here, after install. A
-    package's stray file that does not compile (py2 test data) is reported, not fatal;
-    a pyc that cannot be written (a full disk) fails the build.
+    Extraction changes mtimes, so only hash-checked pycs stay valid; files whose prefix was
+    rewritten at install time are compiled here, after install. A conda package that ships
+    its byte-code keeps it, and the pip part brings its own from the wheel cache. A package's
+    stray file that does not compile (py2 test data) is reported, not fatal; a pyc that cannot
+    be written (a full disk) fails the build.
     """
     python = prefix / "bin" / "python"
-    libs = sorted(p for p in (prefix / "lib").glob("python3*") if p.is_dir())
-    if not python.exists() or not libs:
-        return ""
-    script = Path(__file__).with_name("_compile_env.py")
-    try:
-        proc = run(
-            [str(python), "-I", str(script), *map(str, libs)],
-            what=f"byte-compiling env {env!r}",
-            env={"PYTHONDONTWRITEBYTECODE": ""},
-        )
-    except CommandError as e:
-        last = (e.output.strip().splitlines() or [""])[-1].split()
-        fields = dict(f.split("=", 1) for f in last if "=" in f)
-        if fields.get("errno") in (str(errno.ENOSPC), str(errno.EDQUOT)):
-            needs = int(fields.get("needs", "0") or 0)
-            raise DiskFullError.at(prefix, f"byte-compiling env {env!r}", needs) from None
-        first = next((ln for ln in e.output.splitlines() if ln.startswith("error ")), "")
-        raise BuildError(
-            f"byte-compiling env {env!r} failed, so the build does not count: "
-            f"{first.split(' ', 3)[-1] if first else e.message}; fix the cause and build again.",
-            detail=e.output,
-        ) from None
-    return proc.stdout.strip()
+    if not python.exists() or not sources:
+        return "nothing to byte-compile"
+    return compile_files(env, python, (f"{prefix}/{rel}" for rel in sources), prefix)

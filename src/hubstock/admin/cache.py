@@ -10,12 +10,16 @@ checked it against that verified archive and sealed it:
   type, size, sha256); then it is made read-only and a seal is written into it (the
   archive's sha256 and the sha256 of every file under ``info/``);
 - before the next install, every sealed package is checked again: the seal must match
-  the archive the lock names, ``info/`` must match the seal, every file its
-  ``paths.json`` declares must match, and nothing may be owned by another account or
-  writable by anyone but the admin. A package that fails (a file changed, replaced,
-  deleted, a forged ``paths.json``, a file added) or has no seal is removed, and the
-  installer extracts it again from the verified archive. A damaged cache never blocks
-  the root.
+  the archive the lock names, and every file and folder must still be the one hubstock
+  hashed (the same inode, size and modification time as when it was sealed: a file changed
+  in place, replaced, deleted or added changes one of them), owned by the admin and
+  writable by nobody else. Only when that differs is the package hashed again in full
+  against its archive (``info/`` against the seal, every file against the archive's own
+  ``paths.json``): a package that fails (a file changed, replaced, deleted, a forged
+  ``paths.json``, a file added) or has no seal is removed, and the installer extracts it
+  again from the verified archive; one that passes (a copied or restored root) gets its
+  fingerprints taken again. A damaged cache never blocks the root. ``hubstock verify``
+  always hashes everything.
 
 A file changed in place in the cache is changed in every build that links it: the builds
 that use a package found damaged are verified at once (:mod:`.verify`), so ``status``
@@ -44,7 +48,7 @@ from ..store.fs import (
     remove_tree,
 )
 from ..store.perms import ADMIN_DIR, admin_only, set_mode
-from ..store.records import CacheSeal, RecordError
+from ..store.records import CacheSeal, RecordError, WheelSeal
 from ..store.root import CACHE_SEAL, Root
 
 ARCHIVE_EXTS = (".conda", ".tar.bz2")
@@ -84,17 +88,26 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def hash_many(paths: Iterable[str]) -> dict[str, str | None]:
-    """sha256 of each file (None for one that cannot be read), a few at a time."""
+    """sha256 of each file (None for one that cannot be read), a few at a time: each thread
+    takes a share of the files (hashlib lets go of the GIL), not one file per task."""
     todo = list(paths)
 
-    def one(p: str) -> str | None:
-        try:
-            return sha256_file(p)
-        except OSError:
-            return None
+    def some(chunk: list[str]) -> list[str | None]:
+        out: list[str | None] = []
+        for p in chunk:
+            try:
+                out.append(sha256_file(p))
+            except OSError:
+                out.append(None)
+        return out
 
-    with ThreadPoolExecutor(max_workers=min(4, (os.cpu_count() or 1) + 1)) as pool:
-        return dict(zip(todo, pool.map(one, todo), strict=True))
+    workers = min(4, (os.cpu_count() or 1) + 1)
+    if len(todo) < 64:
+        return dict(zip(todo, some(todo), strict=True))
+    chunks = [todo[i :: workers * 4] for i in range(workers * 4)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = list(zip(chunks, pool.map(some, chunks), strict=True))
+    return {p: h for chunk, hashes in done for p, h in zip(chunk, hashes, strict=True)}
 
 
 # --- checking an extracted package ---------------------------------------------------------
@@ -242,6 +255,109 @@ def _admin_uid(root: Root) -> int | None:
         return None
 
 
+# --- fingerprints: what was hashed is still there -------------------------------------------
+
+
+def fingerprint(st: os.stat_result) -> str:
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def fingerprints(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
+    """:func:`fingerprint` (inode, size, mtime) of every file and folder below ``top`` (not ``top``
+    itself; not the top-level names in ``skip``), by path relative to ``top``."""
+    out: dict[str, str] = {}
+    base = os.fspath(top)
+    cut = len(base) + 1
+    for dirpath, dirnames, filenames in os.walk(base):
+        if dirpath == base:
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            filenames = [f for f in filenames if f not in skip]
+        for name in (*dirnames, *filenames):
+            path = f"{dirpath}/{name}"
+            out[path[cut:]] = fingerprint(os.lstat(path))
+    return out
+
+
+def unchanged(top: Path, stat_map: dict[str, str], owner: int | None, own: frozenset[str]) -> bool:
+    """Whether everything below ``top`` is still what :func:`fingerprints` found: the same inode,
+    size and modification time for each path, nothing added at the top (besides ``own``: the
+    seal), owned by ``owner`` and read-only (as sealing left it: a build that links a file may
+    count on its mode). A file changed in place changes its mtime; one replaced, added or
+    removed changes its folder's. Costs one ``lstat`` a path."""
+    if not stat_map:
+        return False
+    try:
+        st = os.lstat(top)
+        names = set(os.listdir(top))
+    except OSError:
+        return False
+    if not stat.S_ISDIR(st.st_mode) or st.st_mode & 0o022 or (owner is not None and st.st_uid != owner):
+        return False
+    if names != {rel.split("/", 1)[0] for rel in stat_map} | own:
+        return False
+    base = os.fspath(top) + "/"
+    lstat, is_link = os.lstat, stat.S_ISLNK
+    for rel, was in stat_map.items():
+        try:
+            st = lstat(base + rel)
+        except OSError:
+            return False
+        if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" != was:
+            return False
+        if not is_link(st.st_mode) and (st.st_mode & 0o222 or (owner is not None and st.st_uid != owner)):
+            return False
+    return True
+
+
+def _read_seal(root: Root, dist: str) -> CacheSeal | None:
+    data = read_regular(root.pkg_seal(dist))
+    if data is None:
+        return None
+    try:
+        return CacheSeal.from_text(data, str(root.pkg_seal(dist)))
+    except RecordError:
+        return None
+
+
+def still_sealed(root: Root, dist: str, archive_sha256: str) -> bool:
+    """The quick check before an install: the package is sealed for this archive and nothing in
+    it changed since it was hashed (:func:`unchanged`)."""
+    seal = _read_seal(root, dist)
+    return (
+        seal is not None
+        and seal.package == dist
+        and seal.archive_sha256 == archive_sha256
+        and unchanged(root.pkg_entry(dist), seal.stat, _admin_uid(root), frozenset([CACHE_SEAL]))
+    )
+
+
+def write_seal(entry: Path, record: CacheSeal | WheelSeal, name: str) -> None:
+    """Write the seal into ``entry`` (made writable for the admin for it), then make it read-only."""
+    set_mode(entry, 0o700)
+    tmp = entry / f".{name}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+    with open(fd, "wb") as f:
+        f.write(record.to_json().encode())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, entry / name)
+    set_mode(entry, 0o555)
+    fsync_dir(entry)
+
+
+def refresh_fingerprints(root: Root, dist: str) -> None:
+    """After a full check passed (a seal without fingerprints, or a root that was copied): take
+    the fingerprints again, so the next install checks quickly."""
+    seal = _read_seal(root, dist)
+    if seal is None:
+        return
+    entry = root.pkg_entry(dist)
+    make_read_only(entry)  # as sealing left it (someone may have let the admin write)
+    stat_map = fingerprints(entry, frozenset([CACHE_SEAL]))
+    write_seal(entry, seal.model_copy(update={"stat": stat_map}), CACHE_SEAL)
+
+
 # --- before and after an install ---------------------------------------------------------
 
 
@@ -256,7 +372,8 @@ class Prepared:
 def prepare(root: Root, packages: dict[str, tuple[str, Path]]) -> Prepared:
     """Before an install: keep each cached package of ``packages`` (``dist`` -> the sha256 of
     its verified archive, and the archive) only if it is sealed, intact and declares what its
-    archive declares; remove any other, so the installer extracts it again from the archive."""
+    archive declares; remove any other, so the installer extracts it again from the archive.
+    A package that is still as it was sealed (:func:`still_sealed`) is not hashed again."""
     damaged: dict[str, list[Finding]] = {}
     unsealed = []
     for dist, (sha, archive) in packages.items():
@@ -264,8 +381,11 @@ def prepare(root: Root, packages: dict[str, tuple[str, Path]]) -> Prepared:
         if not os.path.lexists(entry):
             root.pkg_lock(dist).unlink(missing_ok=True)  # the installer's record of an entry now gone
             continue
+        if still_sealed(root, dist, sha):
+            continue
         findings = check_entry(root, dist, sha, archive)
         if not findings:
+            refresh_fingerprints(root, dist)
             continue
         if findings[0].flags == "unsealed":
             unsealed.append(dist)
@@ -311,23 +431,18 @@ def seal(root: Root, dist: str, archive: Path, sha256: str) -> None:
     }
     hashes = hash_many(str(entry / rel) for rel in info)
     links = {d["_path"]: link_target(entry / d["_path"]) for d in declared if d["path_type"] == "softlink"}
+    (entry / CACHE_SEAL).unlink(missing_ok=True)
+    make_read_only(entry)
     record = CacheSeal(
         package=dist,
         archive_sha256=sha256,
         info={rel: hashes[str(entry / rel)] or "" for rel in info},
         links=links,
+        stat=fingerprints(entry, frozenset([CACHE_SEAL])),
         sealed=now_iso(),
         by=current_user(),
     )
-    set_mode(entry, 0o700)
-    (entry / CACHE_SEAL).unlink(missing_ok=True)
-    fd = os.open(entry / CACHE_SEAL, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
-    with open(fd, "wb") as f:
-        f.write(record.to_json().encode())
-        f.flush()
-        os.fsync(f.fileno())
-    make_read_only(entry)
-    fsync_dir(entry)
+    write_seal(entry, record, CACHE_SEAL)
 
 
 def secure(root: Root, dists: Iterable[str]) -> None:

@@ -26,7 +26,7 @@ from ..errors import SpecError
 from ..site import ENV_NAME_RE, Site
 from .condalock import YAML_LOADER
 from .condaspec import parse_conda_spec
-from .lockhash import PlatformSpec
+from .lockhash import PlatformSpec, plain_requirement
 
 #: the selectors conda-lock honours, per platform
 PLATFORM_SELECTORS: dict[str, frozenset[str]] = {
@@ -248,6 +248,8 @@ def _check_conda(rel: str, dep: str) -> str:
 
 
 def _check_pip(rel: str, req: str) -> str:
+    if plain_requirement(req) is not None:  # valid as it is: no need for the full parser
+        return req.strip()
     from packaging.requirements import InvalidRequirement, Requirement
 
     if req.strip().startswith("-"):

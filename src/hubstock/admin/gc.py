@@ -31,13 +31,15 @@ from ..store.generations import current_name, generation, generations, unfinishe
 from ..store.records import RecordError
 from ..store.root import Root
 from ..store.sessions import live_sessions
+from .wheels import entries as wheel_entries
+from .wheels import wheel_id
 
 
 @dataclass
 class GcPlan:
     generations: list[str] = field(default_factory=list)
     builds: list[str] = field(default_factory=list)  # "<env>/<build-id>"
-    packages: list[str] = field(default_factory=list)  # cache entries
+    packages: list[str] = field(default_factory=list)  # cache entries (conda packages, then wheels)
     kept_generations: list[str] = field(default_factory=list)
     kept_builds: list[str] = field(default_factory=list)
 
@@ -50,7 +52,10 @@ class GcPlan:
     def package_paths(self, root: Root) -> list[Path]:
         out = []
         for p in self.packages:
-            out += [root.pkg_entry(p), root.pkg_lock(p), root.downloads / p]
+            if os.path.lexists(root.wheel_entry(p)):
+                out.append(root.wheel_entry(p))
+            else:
+                out += [root.pkg_entry(p), root.pkg_lock(p), root.downloads / p]
         return out
 
 
@@ -84,7 +89,8 @@ def plan_gc(site: Site, keep: int) -> GcPlan:
 
 
 def _unused_packages(root: Root, kept_builds: list[str]) -> list[str]:
-    """Cache entries (extracted packages and downloaded archives) no kept build uses."""
+    """Cache entries (extracted packages, downloaded archives, the wheel cache's installed pip
+    packages) no kept build uses."""
     used: set[str] = set()
     for b in kept_builds:
         try:
@@ -96,12 +102,15 @@ def _unused_packages(root: Root, kept_builds: list[str]) -> list[str]:
                 fn = p.url.rsplit("/", 1)[-1]
                 used.add(fn)
                 used.add(_strip_ext(fn))
+            else:
+                used.add(wheel_id(p.name, p.version, p.sha256))
+    unused_wheels = [k for k in wheel_entries(root) if k.rsplit("-", 1)[0] not in used]
     if not root.pkgs.is_dir():
-        return []
+        return unused_wheels
     entries = {p.name for p in root.pkgs.iterdir() if p.is_dir() and p != root.downloads}
     if root.downloads.is_dir():
         entries |= {p.name for p in root.downloads.iterdir() if p.is_file()}
-    return sorted(e for e in entries if e not in used and not e.startswith("."))
+    return sorted(e for e in entries if e not in used and not e.startswith(".")) + unused_wheels
 
 
 def _strip_ext(fn: str) -> str:

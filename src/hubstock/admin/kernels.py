@@ -9,7 +9,6 @@ directory names, stable across builds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -182,6 +181,8 @@ def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float)
     """
     if not kernels:
         return
+    import asyncio  # only the smoke tests need it (with jupyter_client, imported by them)
+
     with tempfile.TemporaryDirectory(prefix="hubstock-smoke-") as tmp, _quiet_jupyter_client():
         results = asyncio.run(_smoke_all(kernels, kernels_dir, Path(tmp), timeout))
     for k, err in zip(kernels, results, strict=True):
@@ -210,10 +211,14 @@ def _quiet_jupyter_client() -> Iterator[None]:
 
 
 async def _smoke_all(kernels, kernels_dir: Path, tmp: Path, timeout: float):
+    import asyncio
+
     return await asyncio.gather(*(_smoke_one(k, kernels_dir, tmp, timeout) for k in kernels))
 
 
 async def _smoke_one(k: RenderedKernel, kernels_dir: Path, tmp: Path, timeout: float):
+    import asyncio
+
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
 

@@ -19,6 +19,7 @@ from ..errors import LockError
 from ..site import Site
 from .condalock import LockedDependency, Lockfile, read_lock_file
 from .envspec import EnvSpec
+from .lockcache import remember_fresh
 from .lockhash import content_hashes
 
 #: bump when the way a build is made changes, so the same lock gets a new build id
@@ -100,14 +101,17 @@ class LockStatus:
     lock: Lockfile | None = None
 
 
-def lock_status(site: Site, spec: EnvSpec) -> LockStatus:
-    """Whether ``spec``'s lock is missing, stale or fresh."""
+def lock_status(site: Site, spec: EnvSpec, key: str | None = None) -> LockStatus:
+    """Whether ``spec``'s lock is missing, stale or fresh. A fresh one is remembered
+    (:mod:`.lockcache`) under ``key``: the digest of its inputs taken before ``spec`` was read."""
     if not spec.lock_path.exists():
         return LockStatus("missing")
     lock = read_lock(spec)
     _, hashes = lock_spec_and_hashes(site, spec)
     recorded = dict(lock.metadata.content_hash)
     fresh = recorded == hashes and sorted(lock.metadata.platforms) == sorted(hashes)
+    if fresh and key is not None:
+        remember_fresh(site, spec.name, key)
     return LockStatus("fresh" if fresh else "stale", lock)
 
 

@@ -203,14 +203,59 @@ def _channel_json(value: str) -> str:
 # ---- pip requirements (conda_lock.src_parser.pyproject_toml.parse_python_requirement) ----
 
 
+_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+_CLAUSE = (
+    r"(?:(?:==|!=|<=|>=|<|>)\s*[0-9]+(?:\.[0-9]+)*"
+    r"|~=\s*[0-9]+(?:\.[0-9]+)+"
+    r"|(?:==|!=)\s*[0-9]+(?:\.[0-9]+)*\.\*)"
+)
+_PLAIN_REQUIREMENT = re.compile(
+    rf"\s*(?P<name>{_NAME})(?:\s*\[\s*(?P<extras>{_NAME}(?:\s*,\s*{_NAME})*)\s*\])?"
+    rf"(?P<clauses>\s*{_CLAUSE}(?:\s*,\s*{_CLAUSE})*)?\s*",
+    re.ASCII,
+)
+
+
+def plain_requirement(requirement: str) -> tuple[str, list[str], list[str]] | None:
+    """``(name, extras, clauses)`` of a PEP 508 requirement of the common plain form (a name,
+    extras, version clauses with plain release numbers; no markers, no URL), clauses without
+    spaces; None for any other (valid or not), which the full parser then reads. Spares
+    ``status`` and ``build`` importing that parser for the usual specs."""
+    m = _PLAIN_REQUIREMENT.fullmatch(requirement)
+    if m is None:
+        return None
+    extras = [e.strip() for e in m["extras"].split(",")] if m["extras"] else []
+    clauses = [c.replace(" ", "").replace("\t", "") for c in m["clauses"].split(",")] if m["clauses"] else []
+    return m["name"], extras, [c.strip() for c in clauses]
+
+
+def _canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # packaging.utils.canonicalize_name
+
+
 def pip_dependency(requirement: str, category: str = "main") -> dict:
     """conda-lock's serialised form of one ``pip:`` requirement (a PEP 508 string)."""
-    from packaging.requirements import Requirement
-    from packaging.utils import canonicalize_name
-
     markers = None
     if ";" in requirement:
         requirement, markers = (s.strip() for s in requirement.rsplit(";", 1))
+    plain = plain_requirement(requirement)
+    if plain is not None:
+        name, extras, clauses = plain
+        operators = [re.match(r"[=!<>~]+", c)[0] for c in clauses]  # type: ignore[index]
+        # what packaging's SpecifierSet would print: its clauses, sorted; two with one operator
+        # could be the same clause spelt twice (>=1.0, >=1), which it keeps once: not plain then
+        if len(extras) <= 1 and len(set(operators)) == len(operators):
+            return _dep(
+                _canonical_name(name),
+                "pip",
+                category,
+                version=",".join(sorted(clauses)) or "*",
+                extras=extras,
+                markers=markers,
+            )
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     req = Requirement(requirement)
     if req.url:
         raise ValueError(f"{requirement!r} is a direct reference, not a requirement on an index")

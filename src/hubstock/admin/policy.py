@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-
-from packaging.utils import canonicalize_name
 
 from ..errors import BuildError
 from ..site import Site
+
+
+def canonicalize_name(name: str) -> str:
+    """A package name as PEP 503 compares them (``packaging.utils.canonicalize_name``)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def check_server_packages(site: Site, env: str, names: Iterable[str]) -> None:

@@ -10,8 +10,23 @@ from ..store.builds import build_ids, current_build, damage, is_complete
 from ..store.generations import generations, resolve_current
 from ..store.records import RecordError
 from ..store.root import Root
-from .envspec import load_env_spec
-from .lockfile import lock_status
+from .lockcache import digest, known_fresh
+
+
+def lock_state(site: Site, name: str) -> str:
+    """``fresh``, ``stale`` or ``missing``: remembered for a lock seen fresh, byte for byte,
+    with the same settings (:mod:`.lockcache`); else read (and the spec checked) in full."""
+    if known_fresh(site, name):
+        return "fresh"
+    from .envspec import load_env_spec  # only now: YAML and the spec grammar cost more than the rest
+    from .lockfile import lock_status
+
+    key = digest(site, name)
+    spec = load_env_spec(site, name)
+    try:
+        return lock_status(site, spec, key).state
+    except HubstockError:
+        return "stale"  # unreadable: nothing may build from it
 
 
 def collect_status(site: Site) -> dict[str, Any]:
@@ -19,11 +34,7 @@ def collect_status(site: Site) -> dict[str, Any]:
     root = Root(site.root)
     envs: dict[str, Any] = {}
     for name in site.env_names():
-        spec = load_env_spec(site, name)
-        try:
-            state = lock_status(site, spec).state
-        except HubstockError:
-            state = "stale"  # unreadable: nothing may build from it
+        state = lock_state(site, name)
         envs[name] = {
             "lock": state,
             "current": current_build(root, name),

@@ -20,7 +20,9 @@ import csv
 import io
 import json
 import os
+import posixpath
 import stat
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +43,12 @@ from ..store.builds import (
     record_damage,
 )
 from ..store.fs import link_target, now_iso
-from ..store.records import BuildDamage, BuildFiles, RecordError
+from ..store.records import BuildDamage, BuildFiles, LockedPackage, RecordError
 from ..store.root import Root
-from . import cache
+from . import cache, wheels
+from .bytecode import source_of
 from .cache import Finding, check_files, hash_many
+from .wheels import wheel_id
 
 #: how many findings a damage record keeps
 KEEP_FINDINGS = 50
@@ -159,7 +163,7 @@ def _record_entries(prefix: Path, record: Path) -> list[tuple[str, dict]]:
         text = record.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return []
-    base = record.parent.parent
+    base = record.parent.parent.relative_to(prefix).as_posix()  # lib/pythonX.Y/site-packages
     out = []
     for row in csv.reader(io.StringIO(text)):
         if len(row) < 2 or not row[1].startswith("sha256="):
@@ -169,9 +173,10 @@ def _record_entries(prefix: Path, record: Path) -> list[tuple[str, dict]]:
             sha = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
         except ValueError:
             continue
-        path = os.path.normpath(base / row[0])
-        rel = os.path.relpath(path, prefix)
-        if rel.startswith(".."):
+        rel = f"{base}/{row[0]}"
+        if "/." in rel or rel.startswith(".") or "//" in rel:
+            rel = posixpath.normpath(rel)
+        if rel.startswith(("..", "/")):
             continue
         entry: dict = {"_path": rel, "path_type": "hardlink", "sha256": sha}
         if len(row) > 2 and row[2].isdigit():
@@ -180,28 +185,59 @@ def _record_entries(prefix: Path, record: Path) -> list[tuple[str, dict]]:
     return out
 
 
-def build_file_list(prefix: Path, build_id: str) -> BuildFiles:
+def build_file_list(
+    prefix: Path,
+    build_id: str,
+    known: dict[str, str] | None = None,
+    compiled: set[str] | None = None,
+    declared: Container[str] | None = None,
+    tree: Iterable[tuple[str, os.stat_result]] | None = None,
+) -> BuildFiles:
     """The sha256 of every file of the freshly made build that no package declares (files
-    written at install time), of all its byte-code (the build's byte-compile rewrites a
-    package's pyc whose source the install changed), and the target of every such link."""
-    declared = declared_files(prefix)
-    regular, links = [], {}
-    for dirpath, dirnames, filenames in os.walk(prefix):
-        for name in (*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, prefix)
-            pyc = os.path.basename(dirpath) == "__pycache__"
-            if rel in OWN_FILES or (
-                not pyc and rel in declared and declared[rel][1].get("path_type") != "any"
-            ):
-                continue
-            if os.path.islink(path):
-                links[rel] = "link:" + link_target(path)
-            else:
-                regular.append(path)
+    written at install time), of its byte-code, and the target of every such link.
+
+    ``known`` gives the sha256 of files whose content hubstock already knows (the byte-code
+    linked from the wheel cache): they are recorded as they are, whether ``tree`` holds them
+    or not. With ``compiled`` (the sources the
+    build byte-compiled), a pyc a package declares is left to its declaration unless its source
+    is one of those; without it, every pyc is recorded. ``declared`` (default: what the build's
+    ``conda-meta`` and ``RECORD`` files declare) and ``tree`` (every path below the build with
+    its ``lstat``, default: walked here) save reading again what the caller already has."""
+    if declared is None:
+        declared = {
+            rel for rel, (_label, entry) in declared_files(prefix).items() if entry.get("path_type") != "any"
+        }
+    known = known or {}
+    regular, links, files = [], {}, dict(known)
+    base = os.fspath(prefix)
+    cut = len(base) + 1
+    for path, st in tree if tree is not None else _walk(base):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        rel = path[cut:]
+        if rel in OWN_FILES:
+            continue
+        if rel in known:
+            files[rel] = known[rel]
+            continue
+        folder = rel.rpartition("/")[0]
+        pyc = folder == "__pycache__" or folder.endswith("/__pycache__")
+        if rel in declared and (not pyc or (compiled is not None and source_of(rel) not in compiled)):
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links[rel] = "link:" + link_target(path)
+        else:
+            regular.append(path)
     hashes = hash_many(regular)
-    files = {os.path.relpath(p, prefix): h or "" for p, h in hashes.items()}
+    files.update({p[cut:]: h or "" for p, h in hashes.items()})
     return BuildFiles(build_id=build_id, files={**files, **links})
+
+
+def _walk(base: str) -> Iterator[tuple[str, os.stat_result]]:
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in (*dirnames, *filenames):
+            path = f"{dirpath}/{name}"
+            yield path, os.lstat(path)
 
 
 # --- checking ---------------------------------------------------------------------------------
@@ -268,7 +304,8 @@ def _record(root: Root, check: BuildCheck) -> None:
 
 
 def builds_using(root: Root, dists: set[str]) -> list[tuple[str, str]]:
-    """The complete builds on the root that installed any of the cached packages ``dists``."""
+    """The complete builds on the root that installed any of the cached packages ``dists``
+    (conda packages' ``<name>-<version>-<build>``, pip packages' :func:`~.wheels.wheel_id`)."""
     out = []
     for env in env_names(root):
         for bid in build_ids(root, env):
@@ -279,10 +316,15 @@ def builds_using(root: Root, dists: set[str]) -> list[tuple[str, str]]:
                 prov = read_provenance(prefix)
             except RecordError:
                 prov = None
-            used = {cache.dist_of(p.url) for p in (prov.packages if prov else []) if p.manager == "conda"}
+            used = {_cached_as(p) for p in (prov.packages if prov else [])}
             if used & dists:
                 out.append((env, bid))
     return out
+
+
+def _cached_as(p: LockedPackage) -> str:
+    """What names the package in the root's caches."""
+    return cache.dist_of(p.url) if p.manager == "conda" else wheel_id(p.name, p.version, p.sha256)
 
 
 def recheck_builds(root: Root, dists: set[str]) -> list[BuildCheck]:
@@ -320,11 +362,17 @@ def verify(site: Site, envs: list[str], repair: bool, progress: Progress) -> Ver
                 prov = read_provenance(root.build(b.env, b.build_id))
             except RecordError:
                 continue
-            dists |= {cache.dist_of(p.url) for p in (prov.packages if prov else []) if p.manager == "conda"}
+            dists |= {_cached_as(p) for p in (prov.packages if prov else [])}
         entries = sorted(d for d in dists if os.path.lexists(root.pkg_entry(d)))
+        whl = [k for k in wheels.entries(root) if k.rsplit("-", 1)[0] in dists]
     else:
         entries = cache.cache_entries(root)
-    progress.step(f"verifying {len(entries)} cached package(s)")
+        whl = wheels.entries(root)
+    progress.step(f"verifying {len(entries) + len(whl)} cached package(s)")
+    for key in whl:
+        findings = wheels.check_wheel(root, key)
+        if findings:
+            report.cache[key] = findings
     archives = _known_archives(root)
     for dist in entries:
         sha, archive = archives.get(dist, (None, None))
@@ -340,7 +388,10 @@ def verify(site: Site, envs: list[str], repair: bool, progress: Progress) -> Ver
             _record(root, b)
         if repair:
             for dist in report.cache:
-                cache.discard(root, dist)
+                if os.path.lexists(root.wheel_entry(dist)):
+                    wheels.discard(root, dist)
+                else:
+                    cache.discard(root, dist)
                 report.repaired_cache.append(dist)
     if repair:
         _rebuild_damaged(site, root, report, progress)

@@ -64,7 +64,7 @@ def mark_complete(prefix: Path, bid: str) -> None:
 
 
 def write_build_files(prefix: Path, files: BuildFiles) -> None:
-    atomic_write(prefix / BUILD_FILES, files.to_json())
+    atomic_write(prefix / BUILD_FILES, files.to_json(), mode=0o444)
 
 
 def read_build_files(prefix: Path) -> BuildFiles | None:

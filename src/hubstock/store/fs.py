@@ -14,6 +14,7 @@ import os
 import shutil
 import stat
 import uuid
+from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -153,22 +154,35 @@ def _rmtree_writable(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def make_read_only(top: Path) -> None:
+def make_read_only(
+    top: Path,
+    seen: Callable[[str, os.stat_result], None] | None = None,
+    already: Container[str] = frozenset(),
+) -> None:
     """The one rule for what hubstock publishes (builds and generations): nobody may write,
     everybody may read; directories and executables stay searchable and runnable.
 
     Symlinks are left alone (their mode means nothing). Files hard-linked from the
     package cache share their mode with it, and that is intended: the cache must not
-    be writable by users either.
+    be writable by users either. ``seen`` gets every path below ``top`` with its ``lstat``
+    (as it was before), so a caller that needs the whole tree walks it once; ``already``
+    names files (paths as ``top/...``) the caller knows are read-only (hard links of files it
+    checked in a read-only cache): they are not looked at, nor given to ``seen``.
     """
     for dirpath, dirnames, filenames in os.walk(top):
         for name in (*dirnames, *filenames):
-            _read_only(os.path.join(dirpath, name))
+            path = os.path.join(dirpath, name)
+            if path in already:
+                continue
+            st = os.lstat(path)
+            _read_only(path, st)
+            if seen is not None:
+                seen(path, st)
     _read_only(os.fspath(top))
 
 
-def _read_only(p: str) -> None:
-    st = os.lstat(p)
+def _read_only(p: str, st: os.stat_result | None = None) -> None:
+    st = st or os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
         return
     mode = stat.S_IMODE(st.st_mode)

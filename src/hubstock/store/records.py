@@ -29,7 +29,8 @@ class RecordError(HubstockError):
 class Record(BaseModel):
     """A versioned record: ``schema`` says which shape it has."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # built at first use, not at import: a command pays only for the records it reads
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, defer_build=True)
 
     #: the schema this hubstock writes, and the newest it reads
     SCHEMA: ClassVar[int] = 1
@@ -98,7 +99,7 @@ class Record(BaseModel):
 class LockedPackage(BaseModel):
     """One package a build installed, as its lock named it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     manager: str  # "conda" or "pip"
     name: str
@@ -130,7 +131,7 @@ class BuildProvenance(Record):
 class ManifestBuild(BaseModel):
     """A complete build that a generation uses."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     env: str
     build: str
@@ -142,7 +143,7 @@ class ManifestBuild(BaseModel):
 class KernelEntry(BaseModel):
     """A kernel a generation publishes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str
     display_name: str
@@ -196,7 +197,7 @@ class SessionRecord(Record):
 class AuditLine(Record):
     """One line of the audit log: what happened, when, by whom; the rest depends on the action."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True, defer_build=True)
     WHAT: ClassVar[str] = "audit line"
 
     time: str
@@ -228,6 +229,40 @@ class CacheSeal(Record):
     info: dict[str, str] = Field(default_factory=dict)
     #: the target of every symbolic link the package declares
     links: dict[str, str] = Field(default_factory=dict)
+    #: ``"<inode>:<size>:<mtime_ns>"`` of every file and folder below the package's own folder,
+    #: taken when it was sealed: what the check before each install compares (empty: a full re-hash)
+    stat: dict[str, str] = Field(default_factory=dict)
+    sealed: str
+    by: str
+
+
+class WheelSeal(Record):
+    """An installed wheel in the wheel cache (``$ROOT/cache/wheels/<entry>/``) that hubstock checked
+    file by file against its ``RECORD`` and byte-compiled; builds hard-link its files.
+
+    The entry holds the files of one pip package as they lie in a prefix (``lib/pythonX.Y/...``,
+    ``bin/``, ``share/``...), plus their byte-code. ``scripts`` hold the prefix they were installed
+    for (``prefix``: their ``#!`` line), rewritten for each build that links them.
+    """
+
+    WHAT: ClassVar[str] = "wheel cache seal"
+
+    package: str  # the entry's folder name
+    name: str
+    version: str
+    url: str
+    artifact_sha256: str  # the locked wheel's (or sdist's) sha256
+    python: str  # 'python3.11': the lib/ folder of the prefixes it fits
+    prefix: str  # the prefix its scripts name
+    #: sha256 of every regular file (byte-code included); ``link:<target>`` for a symbolic link
+    files: dict[str, str] = Field(default_factory=dict)
+    #: files holding ``prefix`` (console scripts): rewritten, not linked
+    scripts: list[str] = Field(default_factory=list)
+    #: files the package's ``RECORD`` gives no hash for (itself, the byte-code made for it): a
+    #: build records theirs
+    unrecorded: list[str] = Field(default_factory=list)
+    #: ``"<inode>:<size>:<mtime_ns>"`` of every file and folder, taken when it was sealed
+    stat: dict[str, str] = Field(default_factory=dict)
     sealed: str
     by: str
 

@@ -6,6 +6,7 @@
     $ROOT/current                      symlink to the published generation
     $ROOT/pkgs/                        conda package cache (same filesystem: hard links)
     $ROOT/cache/uv/                    uv's cache for the pip part
+    $ROOT/cache/wheels/                the pip packages, installed, checked and byte-compiled (hard links)
     $ROOT/sessions/                    running sessions, so gc keeps what they use
     $ROOT/audit.log                    one JSON line per build, publish, rollback, gc, spawn
     $ROOT/.hubstock.lock               held while anything changes the root (mode 0600)
@@ -92,6 +93,14 @@ class Root:
     @property
     def uv_cache(self) -> Path:
         return self.cache / "uv"
+
+    @property
+    def wheels(self) -> Path:
+        """The wheel cache: each pip package installed once, checked, byte-compiled and sealed."""
+        return self.cache / "wheels"
+
+    def wheel_entry(self, key: str) -> Path:
+        return self.wheels / key
 
     @property
     def generations(self) -> Path:
