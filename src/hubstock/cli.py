@@ -92,10 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     dr = sub.add_parser("doctor", help="check the site end to end, on the hub node and from a compute node")
     dr.add_argument("--json", action="store_true", help="machine-readable output: one entry per check")
     dr.add_argument("--as-user", metavar="USER", help="the probe job's account (default: [doctor] user)")
-    dr.add_argument("--queue", metavar="Q", help="the probe job's queue (default: [doctor] queue, the default queue)")
+    dr.add_argument(
+        "--queue", metavar="Q", help="the probe job's queue (default: [doctor] queue, the default queue)"
+    )
     dr.add_argument("--no-job", action="store_true", help="only check the hub node: submit no probe job")
     dr.add_argument(
-        "--timeout", type=float, metavar="S", help="seconds the probe job may take (default: [doctor] timeout)"
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="seconds the probe job may take (default: [doctor] timeout)",
     )
 
     for cmd in sub.choices.values():  # -v and -q after the command too (SUPPRESS: unset keeps the top's)

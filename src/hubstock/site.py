@@ -219,9 +219,13 @@ class DoctorSettings(_Model):
         description="the test account the probe job runs as (its home must be on the shared filesystem), "
         "e.g. 'hubtest'; unset: only `hubstock doctor --as-user USER` submits a probe job",
     )
-    queue: str | None = Field(None, description="the queue the probe job runs in (default: the default queue)")
+    queue: str | None = Field(
+        None, description="the queue the probe job runs in (default: the default queue)"
+    )
     timeout: float = Field(
-        180, gt=0, description="seconds the probe job may take from submission to its report, queueing included"
+        180,
+        gt=0,
+        description="seconds the probe job may take from submission to its report, queueing included",
     )
 
 
