@@ -218,8 +218,8 @@ def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     import shutil
 
     from .errors import SiteError
-    from .hub.config import ensure_secret_file
-    from .hub.units import Executables, render_units, state_dir
+    from .hub.config import ensure_secret_file, ensure_state_dir
+    from .hub.units import Executables, render_units
     from .store.fs import atomic_write
 
     def find(given: str | None, name: str, what: str) -> str:
@@ -236,10 +236,7 @@ def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     if args.out and site.settings.hub.proxy_external:
         # the proxy's unit reads the token the hub uses: make it now (mode 0600), so the
         # proxy can start before the hub's first start
-        state = state_dir(site)
-        state.mkdir(parents=True, exist_ok=True)
-        os.chmod(state, 0o700)
-        ensure_secret_file(state / "proxy_auth_token")
+        ensure_secret_file(ensure_state_dir(site) / "proxy_auth_token")
     for name, text in units.items():
         if args.out:
             atomic_write(Path(args.out) / name, text)

@@ -23,6 +23,7 @@ from ..limits import LimitsError, Scheduler
 from ..site import SETTINGS_FILE, Site, load_site
 from .batch import check_extras
 from .hooks import PostStopHook, PreSpawnHook
+from .units import state_dir
 
 SPAWNER_CLASSES = {
     "slurm": "hubstock.hub.spawner.SlurmSpawner",
@@ -48,13 +49,19 @@ def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
     return token
 
 
+def ensure_state_dir(site: Site) -> Path:
+    """The hub's private state folder (database, cookie secret, proxy token), made mode 0700."""
+    state = state_dir(site)
+    state.mkdir(parents=True, exist_ok=True)
+    os.chmod(state, 0o700)
+    return state
+
+
 def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str | None = None) -> Site:
     """Configure the hub from the site: networking, security, login, spawner, hooks, culler."""
     site = load_site(site_dir, root)
     hub = site.settings.hub
-    state = hub.state_dir if hub.state_dir.is_absolute() else site.dir / hub.state_dir
-    state.mkdir(parents=True, exist_ok=True)
-    os.chmod(state, 0o700)
+    state = ensure_state_dir(site)
 
     # networking
     c.JupyterHub.ip = hub.ip
