@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -320,3 +321,88 @@ def test_a_server_env_that_breaks_the_policy_is_refused(make_site, hubstock):
     hubstock(site, "lock", check=True)
     res = hubstock(site, "build")
     assert res.returncode != 0 and "lacks 'jupyterlab'" in res.stderr
+
+
+def _processes_with(text: str) -> list[int]:
+    """PIDs of the processes whose command line contains ``text``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
+def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing(kernel_site, hubstock):
+    site = kernel_site
+    hubstock(site, "publish", check=True)
+    root = Root(site.root)
+    add_kernel(
+        site,
+        "slow",
+        {**KERNEL, "metadata": {"hubstock": {"env": "py", "check": "import time; time.sleep(600)"}}},
+    )
+    build = os.readlink(root.env_current("py"))
+    kernel_python = str(root.build("py", build) / "bin" / "python")
+    # its own session, as a terminal's foreground job: Ctrl-C reaches the command and its worker
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubstock", "--site", str(site.dir), "publish"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(_processes_with(f"{kernel_python} -m ipykernel_launcher")) < 2:  # both kernels started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(1)  # the slow check is running
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1].startswith("hubstock: interrupted"), err
+    assert "Traceback" not in err
+    deadline = time.monotonic() + 15  # the kernels run in sessions of their own: the worker stops them
+    while _processes_with(f"{kernel_python} -m ipykernel_launcher") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_with(f"{kernel_python} -m ipykernel_launcher")
+    assert not _processes_with("hubstock.admin.smoke")
+    assert os.readlink(root.current) == "generations/0001"
+    assert sorted(os.listdir(root.generations)) == ["0001"]  # no staging left behind
+
+
+def test_a_publish_with_nothing_to_test_leaves_no_worker(kernel_site, hubstock):
+    site = kernel_site
+    hubstock(site, "publish", check=True)
+    res = hubstock(site, "publish", check=True)
+    assert "unchanged" in res.stdout
+    assert not _processes_with("hubstock.admin.smoke")
+
+
+def test_a_smoke_test_worker_that_fails_is_one_sentence(tmp_path):
+    from hubstock.admin.smoke import SmokeJob, SmokeWorker
+    from hubstock.errors import PublishError
+
+    # a stand-in for the worker: it dies the way a broken install would
+    script = "import sys; sys.stdin.read(); sys.exit('ModuleNotFoundError: No module named jupyter_client')"
+    worker = SmokeWorker(
+        subprocess.Popen(
+            [sys.executable, "-c", script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    )
+    with worker, pytest.raises(PublishError) as e:
+        worker.run([SmokeJob("k", str(tmp_path), "", "python")], tmp_path, 5)
+    assert "smoke-test worker failed (ModuleNotFoundError: No module named jupyter_client)" in str(e.value)
+    assert "nothing was published" in str(e.value)

@@ -28,11 +28,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import DiskFullError, HubstockError, UsageError, is_disk_full
 from .progress import Progress
-from .site import Site, load_site
+
+if TYPE_CHECKING:
+    from .site import Site
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -161,7 +164,7 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.publish import publish
 
-    result = publish(site, progress)
+    result = publish(site, progress, smoke=args.smoke_worker)
     if args.json:
         doc = {
             "generation": result.generation,
@@ -354,10 +357,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (the modes that matter are also set explicitly: hubstock.store.perms)
     old_umask = os.umask(0o022)
     try:
-        site = load_site(args.site, args.root)
-        code = COMMANDS[args.command](site, args, progress)
-        sys.stdout.flush()
-        return code
+        with contextlib.ExitStack() as stack:
+            args.smoke_worker = None
+            if args.command == "publish":
+                # the smoke tests' worker starts before the site is loaded: its import of
+                # jupyter_client overlaps with this process's own (hubstock.admin.smoke)
+                from .admin.smoke import SmokeWorker
+
+                args.smoke_worker = stack.enter_context(SmokeWorker.start())
+            from .site import load_site  # pydantic and the site's models: after the worker's start
+
+            site = load_site(args.site, args.root)
+            code = COMMANDS[args.command](site, args, progress)
+            sys.stdout.flush()
+            return code
     except HubstockError as e:
         print(f"hubstock: {e}", file=sys.stderr)
         if e.detail and (args.verbose or e.show_detail):

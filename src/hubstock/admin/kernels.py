@@ -9,20 +9,15 @@ directory names, stable across builds.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 import re
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Empty
 from typing import Any
 
 from ..errors import PublishError, SiteError
 from ..site import Site
+from .smoke import Outcome, SmokeJob, run_smoke
 
 KERNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 #: names jupyter_client takes over: it starts its own native kernel (the server's python3) for them
@@ -169,25 +164,19 @@ def write_kernel(kernels_dir: Path, k: RenderedKernel) -> Path:
     return d
 
 
-# --- smoke tests -------------------------------------------------------------------------
+# --- smoke tests (run by hubstock.admin.smoke) --------------------------------------------
 
 
-def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float) -> None:
-    """Start every kernel from ``kernels_dir`` and run code in it; raise for the first failure.
+def smoke_jobs(kernels: list[RenderedKernel]) -> list[SmokeJob]:
+    """What the smoke tests need of each kernel: its name, its build and its check."""
+    return [SmokeJob(k.name, str(k.build.prefix), k.check or "", k.spec["argv"][0]) for k in kernels]
 
-    A kernel passes when its process runs from the build it names and its check
-    code (``metadata.hubstock.check``, else a default for its language) runs
-    without error. Kernels are tested concurrently.
-    """
-    if not kernels:
-        return
-    import asyncio  # only the smoke tests need it (with jupyter_client, imported by them)
 
-    with tempfile.TemporaryDirectory(prefix="hubstock-smoke-") as tmp, _quiet_jupyter_client():
-        results = asyncio.run(_smoke_all(kernels, kernels_dir, Path(tmp), timeout))
-    for k, err in zip(kernels, results, strict=True):
-        if err is not None:
-            reason, log = err
+def raise_first_failure(kernels: list[RenderedKernel], outcomes: list[Outcome]) -> None:
+    """A :class:`PublishError` for the first kernel that failed its smoke test, naming it and its build."""
+    for k, outcome in zip(kernels, outcomes, strict=True):
+        if outcome is not None:
+            reason, log = outcome
             raise PublishError(
                 f"kernel {k.name!r} ({k.display_name}) on env {k.build.env!r} build {k.build.build_id} "
                 f"failed its smoke test: {reason}; nothing was published, the current kernels stay.",
@@ -195,136 +184,10 @@ def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float)
             )
 
 
-@contextlib.contextmanager
-def _quiet_jupyter_client() -> Iterator[None]:
-    """jupyter_client logs its own account of a kernel that fails to start; hubstock's one
-    sentence says it (naming the kernel and the fix), so nothing is logged before it."""
-    loggers = [logging.getLogger(name) for name in ("traitlets", "jupyter_client")]
-    saved = [lg.disabled for lg in loggers]
-    for lg in loggers:
-        lg.disabled = True
-    try:
-        yield
-    finally:
-        for lg, was in zip(loggers, saved, strict=True):
-            lg.disabled = was
-
-
-async def _smoke_all(kernels, kernels_dir: Path, tmp: Path, timeout: float):
-    import asyncio
-
-    return await asyncio.gather(*(_smoke_one(k, kernels_dir, tmp, timeout) for k in kernels))
-
-
-async def _smoke_one(k: RenderedKernel, kernels_dir: Path, tmp: Path, timeout: float):
-    import asyncio
-
-    from jupyter_client.kernelspec import KernelSpecManager
-    from jupyter_client.manager import AsyncKernelManager
-
-    home = tmp / k.name
-    home.mkdir()
-    log_path = home / "kernel.log"
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "IPYTHONDIR": str(home / ".ipython"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "MPLCONFIGDIR": str(home / ".matplotlib"),
-        "JUPYTER_PATH": str(kernels_dir.parent),
-    }
-    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
-    (home / "runtime").mkdir()
-    # IPC sockets in a private folder: kernels started together cannot race for TCP ports
-    km = AsyncKernelManager(
-        kernel_name=k.name, kernel_spec_manager=ksm, transport="ipc", ip=str(home / "runtime" / "k")
-    )
-    km.connection_file = str(home / "runtime" / f"kernel-{k.name}.json")
-    with open(log_path, "wb") as log:
-        try:
-            await asyncio.wait_for(_start_and_check(km, k, env, log), timeout)
-            return None
-        except TimeoutError:
-            return (f"it did not answer within {timeout:.0f} s", _tail(log_path))
-        except _SmokeFailure as e:
-            return (str(e), "\n".join(x for x in (_tail(log_path), e.detail) if x))
-        except FileNotFoundError as e:
-            exe = e.filename or k.spec["argv"][0]
-            return (f"its executable {exe} does not exist; fix 'argv' in its kernel.json", _tail(log_path))
-        except (OSError, RuntimeError) as e:
-            return (f"it could not be started ({e})", _tail(log_path))
-        finally:
-            await _shutdown(km)
-
-
-class _SmokeFailure(Exception):
-    def __init__(self, message: str, detail: str = "") -> None:
-        super().__init__(message)
-        self.detail = detail
-
-
-async def _start_and_check(km, k: RenderedKernel, env: dict[str, str], log) -> None:
-    await km.start_kernel(env=env, stdout=log, stderr=log)
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await _wait_ready(km, kc)
-        pid = getattr(km.provisioner, "pid", None)
-        if pid:
-            exe = os.path.realpath(f"/proc/{pid}/exe")
-            prefix = os.path.realpath(k.build.prefix)
-            if not exe.startswith(prefix + os.sep):
-                raise _SmokeFailure(f"it runs {exe}, which is not inside its build {prefix}")
-        if k.check:
-            await _execute(kc, k.check)
-    finally:
-        kc.stop_channels()
-
-
-async def _wait_ready(km, kc) -> None:
-    """One kernel_info request, then wait for its reply, watching the process meanwhile.
-
-    (jupyter_client's own wait_for_ready sends a request every second and, once a kernel
-    has died, can block the whole event loop in a zmq send; one request cannot.)
+def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float) -> None:
+    """Start every kernel from ``kernels_dir`` and run code in it, in this process; raise for the
+    first failure. A kernel passes when its process runs from the build it names and its check
+    code (``metadata.hubstock.check``, else a default for its language) runs without error.
+    (``hubstock publish`` runs the same tests in a :class:`~hubstock.admin.smoke.SmokeWorker`.)
     """
-    msg_id = kc.kernel_info()
-    while True:
-        try:
-            reply = await kc.get_shell_msg(timeout=0.5)
-        except Empty:
-            if not await km.is_alive():
-                raise _SmokeFailure("it exited while starting") from None
-            continue
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return
-
-
-async def _execute(kc, code: str) -> None:
-    msg_id = kc.execute(code, store_history=False)
-    reply = await kc.get_shell_msg(timeout=None)
-    while reply["parent_header"].get("msg_id") != msg_id:
-        reply = await kc.get_shell_msg(timeout=None)
-    content = reply["content"]
-    if content.get("status") != "ok":
-        ename = content.get("ename", "error")
-        evalue = content.get("evalue", "")
-        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content.get("traceback", [])))
-        raise _SmokeFailure(f"its check {code!r} raised {ename}: {evalue}", tb)
-
-
-async def _shutdown(km) -> None:
-    try:
-        if km.has_kernel and await km.is_alive():
-            await km.shutdown_kernel(now=True)
-        else:
-            await km.cleanup_resources()
-    except (OSError, RuntimeError):
-        pass
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    raise_first_failure(kernels, run_smoke(smoke_jobs(kernels), kernels_dir, timeout))

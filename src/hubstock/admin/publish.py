@@ -17,6 +17,7 @@ until ``hubstock gc`` removes them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,11 +46,13 @@ from .kernels import (
     BuildRef,
     RenderedKernel,
     load_kernel_templates,
+    raise_first_failure,
     render_template,
-    smoke_test,
+    smoke_jobs,
     write_kernel,
 )
 from .policy import check_server_packages
+from .smoke import SmokeWorker
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,18 @@ def build_ref(site: Site, env: str) -> BuildRef:
     return BuildRef(env=env, build_id=bid, prefix=prefix, lock_hash=prov.lock_platform_hash or "")
 
 
-def publish(site: Site, progress: Progress) -> PublishResult:
-    """Render, smoke-test and publish the site's kernels and defaults as a new generation."""
+def publish(site: Site, progress: Progress, smoke: SmokeWorker | None = None) -> PublishResult:
+    """Render, smoke-test and publish the site's kernels and defaults as a new generation.
+
+    The smoke tests run in ``smoke``, a worker the caller started early (the command does so before
+    it loads the site), or in one started here; either way it is closed before this returns.
+    """
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(smoke or SmokeWorker.start())
+        return _publish(site, progress, worker)
+
+
+def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResult:
     root = Root(site.root)
     templates = load_kernel_templates(site)
     if not templates:
@@ -127,7 +140,8 @@ def publish(site: Site, progress: Progress) -> PublishResult:
             server_config = render_server_config(all_names, default_kernel, str(final.lab_settings_dir))
             write_extensions(stage.path, ext, server_config)
             progress.step(f"smoke-testing {len(kernels)} kernel(s): {', '.join(all_names)}")
-            smoke_test(kernels, stage.kernels_dir, site.settings.publish.smoke_timeout)
+            outcomes = smoke.run(smoke_jobs(kernels), stage.kernels_dir, site.settings.publish.smoke_timeout)
+            raise_first_failure(kernels, outcomes)
             stage.write_manifest(_manifest(gen, digest, kernels, builds, server, default_kernel))
             make_read_only(stage.path)
             os.rename(stage.path, final.path)
