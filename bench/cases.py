@@ -831,6 +831,7 @@ def hook(b: Bench) -> list[dict[str, Any]]:
     hooks, envs = b.interleaved(
         per_call_ms(lambda: pre_spawn_hook(spawner, root)), per_call_ms(spawner.get_env)
     )
+    held, envs_held = b.interleaved(_hook_on_loop_ms(spawner, root, calls), per_call_ms(spawner.get_env))
     post_stop_hook(spawner, root)
     return [
         result(
@@ -842,8 +843,35 @@ def hook(b: Bench) -> list[dict[str, Any]]:
             "report both (no target)",
             calls_per_run=calls,
             **timings(hooks, envs),
-        )
+        ),
+        result(
+            "hook",
+            median(held),
+            "ms",
+            "SlurmSpawner.get_env()",
+            median(envs_held),
+            "report: the disk work off the loop",
+            name="hook_on_loop",
+            calls_per_run=calls,
+            **timings(held, envs_held),
+        ),
     ]
+
+
+def _hook_on_loop_ms(spawner: Any, root: Path, calls: int) -> Callable[[], float]:
+    """Per call, the time JupyterHub's event loop is held by ``PreSpawnHook`` (awaited as the hub
+    awaits it: its reading of the generation, the record's fsync and the audit line run in threads)."""
+    import asyncio
+
+    from bench.loop import held_on_loop
+    from hubstock.hub.hooks import PreSpawnHook
+
+    hook = PreSpawnHook(root)
+
+    async def all_calls() -> float:
+        return sum([await held_on_loop(hook(spawner)) for _ in range(calls)])
+
+    return lambda: asyncio.run(all_calls()) / calls * 1000
 
 
 # --------------------------------------------------------------------------- 8. spawn_to_ready

@@ -50,7 +50,7 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
     assert isinstance(results, list)
     assert {r["benchmark"] for r in results} == BENCHMARKS
     names = {r["name"] for r in results}
-    assert {"noop_build", "noop_build_10x_files", "publish_1", "publish_2"} <= names
+    assert {"noop_build", "noop_build_10x_files", "publish_1", "publish_2", "hook", "hook_on_loop"} <= names
     assert {"spawn_to_ready_1", "spawn_to_ready_2"} <= names
     for r in results:
         assert set(r) >= KEYS, r
