@@ -380,10 +380,13 @@ def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing
     assert sorted(os.listdir(root.generations)) == ["0001"]  # no staging left behind
 
 
-def test_a_publish_with_nothing_to_test_leaves_no_worker(kernel_site, hubstock):
+def test_the_smoke_worker_ignores_the_working_directory_and_an_unchanged_publish_leaves_none(
+    kernel_site, hubstock, tmp_path
+):
     site = kernel_site
-    hubstock(site, "publish", check=True)
-    res = hubstock(site, "publish", check=True)
+    (tmp_path / "jupyter_client.py").write_text("raise SystemExit('the wrong jupyter_client')\n")
+    hubstock(site, "publish", check=True, cwd=tmp_path)
+    res = hubstock(site, "publish", check=True, cwd=tmp_path)
     assert "unchanged" in res.stdout
     assert not _processes_with("hubstock.admin.smoke")
 

@@ -77,7 +77,8 @@ class SmokeWorker:
     @classmethod
     def start(cls) -> SmokeWorker:
         proc = subprocess.Popen(
-            [sys.executable, "-m", __name__],
+            # -P: nothing in the working directory shadows a module (PYTHONPATH still counts)
+            [sys.executable, "-P", "-m", __name__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
