@@ -7,7 +7,10 @@ that asks about all the jobs it watches at once (``squeue -h -t all -j 1,2,3 -o 
 ``qstat -fx 1 2 3``) once per interval, and keeps the answer for the spawners to read.
 
 - A status that is asked for and not in the last answer (a new job, a hub that has just
-  started) is fetched at once, for all such jobs together (:meth:`StatusPoller.status`).
+  started), or a fresher one (a server that is starting), is fetched at once, for all such jobs
+  together (:meth:`StatusPoller.status`), but never sooner than ``min_gap`` (0.5 s) after the
+  previous query: however many servers start at once, and however quickly each checks its job,
+  the scheduler gets at most one query per ``min_gap``.
 - A job the answer does not list is looked up on its own by the spawner (the per-job
   fallback): the poller never decides that a job is gone from its absence alone.
 - A query that fails or times out (the controller is down) is an :data:`UNREACHABLE`
@@ -101,7 +104,9 @@ class StatusPoller:
     ``command`` has ``{job_ids}``, replaced by the ids joined with ``sep``; ``parse`` reads its
     output. ``gone`` matches what the command prints on failure when it merely does not know
     a job (then the query did answer). ``interval``: seconds between queries while jobs are
-    watched; ``timeout``: seconds a query may take (then the answer is :data:`UNREACHABLE`).
+    watched; ``timeout``: seconds a query may take (then the answer is :data:`UNREACHABLE`);
+    ``min_gap``: seconds at least from the start of one query to the next (starting servers ask
+    for fresh answers; together they get at most one query per ``min_gap``).
     """
 
     command: str
@@ -113,6 +118,8 @@ class StatusPoller:
     timeout: float = 10.0
     #: how long requests for jobs not yet known wait to be asked together (seconds)
     gather: float = 0.05
+    #: the shortest time from one query's start to the next one's (seconds)
+    min_gap: float = 0.5
     last: Answer | None = None
     queries: int = 0  # how many queries were run (for tests and the logs)
     _watched: dict[str, _Watch] = field(default_factory=dict)
@@ -122,6 +129,7 @@ class StatusPoller:
     _loop_task: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _bound: asyncio.AbstractEventLoop | None = None
+    _started: float = float("-inf")  # when the last query began (monotonic seconds)
 
     # -- what spawners call
 
@@ -174,6 +182,7 @@ class StatusPoller:
             self._bound = loop
             self._next, self._lock, self._loop_task = None, None, None
             self._tasks, self._watched, self._wanted = set(), {}, set()
+            self._started = float("-inf")
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -185,7 +194,7 @@ class StatusPoller:
             self._lock = asyncio.Lock()
         try:
             async with self._lock:  # one query at a time; who asks meanwhile shares the next one
-                await asyncio.sleep(self.gather)
+                await asyncio.sleep(max(self.gather, self._started + self.min_gap - time.monotonic()))
                 if self._next is future:
                     self._next = None
                 ids = sorted(self._wanted | set(self._watched))
@@ -209,6 +218,7 @@ class StatusPoller:
             return Answer(at, frozenset(), {})
         cmd = self.command.replace("{job_ids}", self.sep.join(ids))
         self.queries += 1
+        self._started = at
         try:
             res = await run_shell(cmd, self.env, self.timeout)
         except OSError as e:
