@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,6 +31,12 @@ KNOWN_PLATFORMS = (
 )
 ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+#: the waits (seconds) between two checks of a starting server: quick first, then each next one; the last repeats
+PollSchedule = Annotated[
+    tuple[Annotated[float, Field(ge=0.01, le=60)], ...], Field(min_length=1, max_length=20)
+]
+DEFAULT_STARTUP_POLL: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25)
 
 
 class _Model(BaseModel):
@@ -139,6 +145,12 @@ class SpawnerSettings(Limits):
         le=600,
         description="seconds the scheduler may take to accept a job; longer, and the user is told it is "
         "not answering (a job it accepts later is cancelled), e.g. 10",
+    )
+    startup_poll: PollSchedule = Field(
+        DEFAULT_STARTUP_POLL,
+        description="seconds between two checks of a starting server (its job's state, then its first HTTP "
+        "answer): the first values apply first, the last one repeats, e.g. [0.05, 0.1, 0.15, 0.2, 0.25]; "
+        "however many servers start, the hub queries the scheduler at most twice a second",
     )
 
 

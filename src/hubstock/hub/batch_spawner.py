@@ -11,7 +11,11 @@ its job's state :class:`~hubstock.hub.job_status.HubstockJobStatusPart`; here ar
 - a submission that the scheduler does not take within ``submit_timeout`` is a clear error
   for the user, and a job it makes later is cancelled (:data:`~hubstock.hub.reaper.REAPER`);
 - a job that ends before its server answers is reported at once, with the end of its output;
-- progress messages that say where the job is (queued in which queue, running on which node).
+- progress messages that say where the job is (queued in which queue, running on which node);
+- no fixed waits while a server starts: its job's state is checked on the ``startup_poll``
+  schedule (quick checks first, through the hub's shared status query), its port is taken the
+  moment batchspawner-singleuser reports it, and its first HTTP answer is probed on the same
+  schedule; one INFO line per start says where the time went (:class:`~hubstock.hub.job_status.StartPhases`).
 
 The concrete spawners (Slurm, PBS) are in :mod:`hubstock.hub.spawner`.
 """
@@ -23,21 +27,23 @@ import html
 import re
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 from batchspawner.batchspawner import JobStatus, format_template
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Float
+from traitlets import Float, observe
 
 from ..errors import SpawnRefused
 from .batch import batch_vars, output_path
-from .job_status import HubstockJobStatusPart
+from .job_status import HubstockJobStatusPart, StartPhases, phase_line
 from .reaper import REAPER
 from .refusals import http_error, read_tail
 from .shell import Result, communicate, run_shell
 from .spawn_options import HubstockOptionsPart
 from .status_parse import clean, describe_end
+from .traits import delays
 
 #: what a submit command prints when the scheduler does not answer (nothing was submitted)
 _NOT_ANSWERING = re.compile(
@@ -59,6 +65,13 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
 
     #: where the job's own output goes (from its batch script)
     _output_path: str | None = None
+    #: set when batchspawner-singleuser reports the server's port (through the hub's API)
+    _port_reported: asyncio.Event | None = None
+
+    @observe("port")
+    def _on_port(self, change: dict[str, Any]) -> None:
+        if change["new"] and self._port_reported is not None:
+            self._port_reported.set()
 
     # -- state
 
@@ -88,60 +101,102 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
 
     async def start(self) -> Any:
         """Submit the job and wait for its server; a job that ends first is reported at once, with
-        the end of its own output."""
+        the end of its own output. Logs where the time went (:class:`~hubstock.hub.job_status.StartPhases`)."""
+        phases = StartPhases(self._hook_seconds())
         self.check_scheduler_requests()  # a pre-spawn hook may have set one on this spawner
         opts = self._hubstock_options or self.validated_options()  # before anything reaches a batch script
         self.user_options = opts.to_user_options()
         self._hubstock_options = opts
         self.stop_reason = ""
         self._stopped_by_hub = False
+        self._port_reported, self._running = asyncio.Event(), asyncio.Event()
         self.ip = self.traits()["ip"].default_value
         self.port = self.traits()["port"].default_value
         if self.server:
             self.server.port = self.port
         await self.submit_batch_script()
+        phases.end("submit")
         if not self.job_id:
             raise http_error(
                 SpawnRefused("The scheduler took the job but gave no job id the hub can read.", status=500)
             )
-        while True:
-            status = await self._job_status(self.startup_poll_interval)
-            if status == JobStatus.RUNNING:
-                break
-            if status == JobStatus.NOTFOUND:
-                raise self._ended_early()
-            await asyncio.sleep(self.startup_poll_interval)
-        self.ip = self.state_gethost()
-        checked = time.monotonic()
-        while self.port == 0:  # batchspawner-singleuser reports the port through the hub's API
-            await asyncio.sleep(self.startup_poll_interval)
-            if hasattr(self, "mock_port"):  # batchspawner's test hook
-                self.port = self.mock_port
-            elif time.monotonic() - checked >= 1:
-                checked = time.monotonic()
-                if await self._job_status(1.0) == JobStatus.NOTFOUND:
-                    raise self._ended_early()
-        await self._wait_answering()
+        watch = asyncio.ensure_future(self._watch_start(phases))
+        try:
+            # batchspawner-singleuser reports the port through the hub's API (or the test hook sets it)
+            await self._until(self._port_reported, watch)
+            phases.end("queued")  # a port means the job runs, even if no answer said so yet
+            phases.end("server_start")
+            await self._until(self._running, watch)  # the answer that says on which host
+            self.ip = self.state_gethost()
+            if await self._wait_answering(watch):
+                phases.end("first_answer")
+        finally:
+            watch.cancel()
         self.log.info("Server job %s of %s started at %s:%s", self.job_id, self.user.name, self.ip, self.port)
+        self._report_phases(phases)
         return self.ip, self.port
 
-    async def _wait_answering(self) -> None:
-        """Until the server answers HTTP (any answer), or its job ends (an error), or ``http_timeout``
-        (then JupyterHub's own wait decides)."""
-        if hasattr(self, "mock_port") or self.server is None or self.internal_ssl:
+    async def _until(self, event: asyncio.Event | None, watch: asyncio.Future[None]) -> None:
+        """Until ``event`` is set; the error for the user if the job ends first (``watch`` returns)."""
+        if event is None or event.is_set():
             return
+        waiter: asyncio.Future[Any] = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({waiter, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if not event.is_set():
+            watch.result()  # its own error, if it had one
+            raise self._ended_early()
+
+    async def _wait_answering(self, watch: asyncio.Future[None]) -> bool:
+        """Until the server answers HTTP (any answer: True), tried on the ``startup_poll`` schedule, or
+        its job ends (an error), or ``http_timeout`` (False: then JupyterHub's own wait decides)."""
+        if hasattr(self, "mock_port") or self.server is None or self.internal_ssl:
+            return False
         url = f"http://{self.ip}:{self.port}{self.server.base_url}api"
         client = AsyncHTTPClient()
         deadline = time.monotonic() + self.http_timeout
+        waits = delays(self.startup_poll)
         while time.monotonic() < deadline:
             try:
                 await client.fetch(url, request_timeout=2, raise_error=False)
-                return
+                return True
             except Exception:  # not listening yet
                 pass
-            if await self._job_status(1.0) == JobStatus.NOTFOUND:
+            await asyncio.wait({watch}, timeout=next(waits))
+            if watch.done():
+                watch.result()
                 raise self._ended_early()
-            await asyncio.sleep(0.5)
+        return False
+
+    def _hook_seconds(self) -> float | None:
+        """Seconds since JupyterHub began this spawn (its options and pre-spawn hook), if it says."""
+        started = getattr(getattr(self, "orm_spawner", None), "started", None)
+        if not isinstance(started, datetime):
+            return None
+        if started.tzinfo is None:  # JupyterHub keeps naive UTC times
+            started = started.replace(tzinfo=UTC)
+        return max(0.0, (datetime.now(UTC) - started).total_seconds())
+
+    def _report_phases(self, phases: StartPhases) -> None:
+        """Log the phases of this start once the spawn is ready (JupyterHub's own wait for the server
+        and its proxy route: ``hub``), or now when no spawn of JupyterHub's waits on this start."""
+        returned, spawn, user, job = time.monotonic(), self._spawn_future, self.user.name, self.job_id
+
+        def report(done: asyncio.Future[Any] | None = None) -> None:
+            seconds = phases.seconds()
+            if done is not None:
+                if done.cancelled() or done.exception() is not None:
+                    self.log.info("%s; the spawn then failed", phase_line(user, job, seconds))
+                    return
+                seconds["hub"] = time.monotonic() - returned
+            self.log.info("%s", phase_line(user, job, seconds))
+
+        if isinstance(spawn, asyncio.Future) and not spawn.done():
+            spawn.add_done_callback(report)
+        else:
+            report()
 
     def _ended_early(self) -> web.HTTPError:
         """The error for a job that ended before its server answered: why, and the end of its output."""

@@ -173,6 +173,7 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
     cls.directives = list(sp.directives or ())
     cls.status_interval = float(sp.status_interval)
     cls.submit_timeout = float(sp.submit_timeout)
+    cls.startup_poll = list(sp.startup_poll)
     cls.hubstock_root = str(site.root)  # a refused request is audited there
     # the "server not running" page says why the user's last server ended
     ours = str(Path(__file__).with_name("templates") / "stopped")

@@ -4,13 +4,16 @@
 that reads its job's state from the hub's shared :class:`~hubstock.hub.status.StatusPoller` (one
 query per interval for the whole hub), falls back to the job's own query when that answer does
 not list it, takes a scheduler that does not answer for a job still running, and says why a job
-ended (``stop_reason``, which the user sees).
+ended (``stop_reason``, which the user sees). While a server starts, it checks the job on the
+``startup_poll`` schedule and keeps the phases of the start (:class:`StartPhases`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
+import time
 from collections.abc import Callable
 
 import batchspawner
@@ -20,6 +23,41 @@ from traitlets import Float, Unicode, default
 from .shell import run_shell
 from .status import UNREACHABLE, StatusPoller, poller_for
 from .status_parse import JobInfo, clean, describe_end, parse_squeue
+from .traits import Schedule, delays
+
+#: the phases of a start, in order: JupyterHub's own steps before ``start()`` (options, pre-spawn
+#: hook), until the submit command gave a job id, until the hub saw the job running, until the
+#: server reported its port, until it answered HTTP, and the hub's own part until the spawn is ready
+PHASES = ("hook", "submit", "queued", "server_start", "first_answer", "hub")
+
+
+class StartPhases:
+    """When each phase of one start ended (monotonic seconds), and the INFO line that reports them."""
+
+    def __init__(self, hook: float | None) -> None:
+        self.began = time.monotonic()  # start() was called
+        self.hook = hook
+        self.ends: dict[str, float] = {}
+
+    def end(self, phase: str, at: float | None = None) -> None:
+        """``phase`` ended now (or ``at``), unless it already had."""
+        self.ends.setdefault(phase, time.monotonic() if at is None else at)
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per phase that ended, each from the end of the one before."""
+        out = {} if self.hook is None else {"hook": self.hook}
+        last = self.began
+        for phase in PHASES[1:]:
+            if phase in self.ends:
+                out[phase] = max(0.0, self.ends[phase] - last)
+                last = max(last, self.ends[phase])
+        return out
+
+
+def phase_line(user: str, job_id: str, seconds: dict[str, float]) -> str:
+    """``Spawn phases of alice's server, job 42 (s): hook=0.012 submit=0.250 ... total=3.117``."""
+    parts = " ".join(f"{k}={v:.3f}" for k, v in seconds.items())
+    return f"Spawn phases of {user}'s server, job {job_id} (s): {parts} total={sum(seconds.values()):.3f}"
 
 
 class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
@@ -54,8 +92,18 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
         job is taken to be running. Example: 'Invalid job id specified'.""",
     ).tag(config=True)
 
+    startup_poll = Schedule(
+        help="""Seconds between two checks of a starting server: of its job's state until it runs
+        (through the hub's shared status query, which asks the scheduler at most twice a second
+        however many servers start), then of its first HTTP answer once it reported its port (which
+        the hub takes the moment it arrives). The first values apply first, the last one repeats.
+        Replaces batchspawner's ``startup_poll_interval``. Example: [0.05, 0.1, 0.15, 0.2, 0.25].""",
+    ).tag(config=True)
+
     #: the job as the scheduler last listed it
     _job_info: JobInfo | None = None
+    #: set when the hub first saw the starting job running
+    _running: asyncio.Event | None = None
 
     @default("poll_interval")
     def _poll_interval_default(self) -> int:
@@ -111,6 +159,23 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
                 self.job_status = info.status
                 return self._classify()
         return await self.query_job_status()
+
+    async def _watch_start(self, phases: StartPhases) -> None:
+        """Check the starting job's state: on the ``startup_poll`` schedule until it runs (then
+        ``_running`` is set), then every second; return once the scheduler no longer runs it."""
+        waits = delays(self.startup_poll)
+        wait = self.startup_poll[0]
+        while True:
+            status = await self._job_status(wait)  # an answer no older than the last wait
+            if status == JobStatus.NOTFOUND:
+                return
+            if status == JobStatus.RUNNING and self._running and not self._running.is_set():
+                phases.end("queued")
+                if hasattr(self, "mock_port"):  # batchspawner's test hook: the port the server would report
+                    self.port = self.mock_port
+                self._running.set()
+            wait = 1.0 if self._running and self._running.is_set() else next(waits)
+            await asyncio.sleep(wait)
 
     def _gone(self, text: str, returncode: int | None) -> bool:
         """Whether a failed command's output says the scheduler does not know the job."""
