@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -883,6 +884,8 @@ def spawn_to_ready(b: Bench) -> list[dict[str, Any]]:
 
     Two hubs run side by side on the same published site (one per spawner) and the rounds
     alternate between them; one untimed round of every user first warms the users' homes.
+    Where the time goes: the median of each phase the Slurm spawner logs per start (``phases_s``),
+    and JupyterHub's own time to start of both spawners (``hub_took_s``, ``hub_took_local_s``).
     """
     counts = (1, 2) if b.tiny else (1, 10)
     base, goal = "the same with the local-process spawner", "report (no target)"
@@ -894,6 +897,7 @@ def spawn_to_ready(b: Bench) -> list[dict[str, Any]]:
     run = secrets.token_hex(2)
     users = {f"hsbench{run}u{i}": secrets.token_urlsafe(12) for i in range(max(counts))}
     times: dict[tuple[str, int], list[list[float]]] = {}
+    logs: dict[tuple[str, int], str] = {}
     checks: dict[str, Any] = {}
     rig = OversubscribedRig(site.parent / "slurm", share=max(counts))
     rig.start()
@@ -908,7 +912,9 @@ def spawn_to_ready(b: Bench) -> list[dict[str, Any]]:
                 for _ in range(b.repeat if n == 1 else max(1, min(b.repeat, 3))):
                     for scheduler, (hub, tokens) in hubs.items():
                         some = dict(list(tokens.items())[:n])
-                        times.setdefault((scheduler, n), []).append(spawn_round(hub, rig, some))
+                        took, logged = logged_round(hub, rig, some)
+                        times.setdefault((scheduler, n), []).append(took)
+                        logs[(scheduler, n)] = logs.get((scheduler, n), "") + logged
         checks["active_jobs_after"] = len(rig.jobs(active_only=True))
     finally:
         for name in users:
@@ -932,11 +938,45 @@ def spawn_to_ready(b: Bench) -> list[dict[str, Any]]:
                 measure="until the last of the users' servers is ready" if n > 1 else "one user",
                 per_user_median_s=_round(median([x for t in slurm_all for x in t])),
                 per_user_median_local_s=_round(median([x for t in local_all for x in t])),
+                **spawn_log_figures(logs[("slurm", n)], logs[("local", n)]),
                 **checks,
                 **timings(slurm_s, local_s),
             )
         )
     return out
+
+
+#: the line the batch spawners log per start (hubstock.hub.job_status.phase_line), and JupyterHub's own
+_PHASE_LINE = re.compile(r"Spawn phases of \S+'s server, job \S+ \(s\): ([^\n]*)")
+_TOOK_LINE = re.compile(r"User \S+ took ([0-9.]+) seconds to start")
+
+
+def spawn_log_figures(batch_log: str, local_log: str) -> dict[str, Any]:
+    """Where the time of the starts went, from the hubs' logs: the median of each phase of the batch
+    spawner's starts (``phases_s``, from its one line per start) and JupyterHub's own time to start
+    (from the spawn request to the proxy route: ``hub_took_s``, and the local-process spawner's
+    ``hub_took_local_s``)."""
+    starts = [
+        {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", m.group(1))}
+        for m in _PHASE_LINE.finditer(batch_log)
+        if "failed" not in m.group(1)
+    ]
+    out: dict[str, Any] = {"phased_starts": len(starts)}
+    if starts:
+        out["phases_s"] = {k: _round(median([s[k] for s in starts if k in s])) for k in starts[0]}
+    for key, text in (("hub_took_s", batch_log), ("hub_took_local_s", local_log)):
+        took = [float(x) for x in _TOOK_LINE.findall(text)]
+        out[key] = _round(median(took)) if took else None
+    return out
+
+
+def logged_round(hub: Hub, rig: SlurmRig | Cluster, tokens: dict[str, str]) -> tuple[list[float], str]:
+    """:func:`spawn_round`, and what the hub logged meanwhile."""
+    start = hub.log_path.stat().st_size if hub.log_path.exists() else 0
+    took = spawn_round(hub, rig, tokens)
+    with open(hub.log_path, "rb") as f:
+        f.seek(start)
+        return took, f.read().decode(errors="replace")
 
 
 def _tokens(hub: Hub, users: dict[str, str]) -> dict[str, str]:
@@ -973,6 +1013,7 @@ def spawn_to_ready_pbs(b: Bench) -> list[dict[str, Any]]:
     user = f"hsbench{secrets.token_hex(2)}p"
     users = {user: secrets.token_urlsafe(12)}
     times: dict[str, list[float]] = {"pbs": [], "local": []}
+    logs = {"pbs": "", "local": ""}
     checks: dict[str, Any] = {}
     rig = OpenPBSRig(site.parent / "openpbs", prefix=prefix)
     rig.start()
@@ -991,7 +1032,9 @@ def spawn_to_ready_pbs(b: Bench) -> list[dict[str, Any]]:
                 checks[f"first_round_{scheduler}_s"] = _round(max(spawn_round(hub, cluster, tokens)))
             for _ in range(b.repeat):
                 for scheduler, (hub, tokens) in hubs.items():
-                    times[scheduler] += spawn_round(hub, cluster, tokens)
+                    took, logged = logged_round(hub, cluster, tokens)
+                    times[scheduler] += took
+                    logs[scheduler] += logged
         checks["active_jobs_after"] = len(cluster.jobs(active_only=True))
     finally:
         remove_user(user)
@@ -1009,6 +1052,7 @@ def spawn_to_ready_pbs(b: Bench) -> list[dict[str, Any]]:
             name=name,
             users=1,
             measure="one user, OpenPBS (PBS Pro) job",
+            **spawn_log_figures(logs["pbs"], logs["local"]),
             **checks,
             **timings(times["pbs"], times["local"]),
         )
