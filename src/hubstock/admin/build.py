@@ -14,6 +14,7 @@ removed before the next attempt.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import shutil
 import tempfile
@@ -45,10 +46,11 @@ from .bytecode import compile_files, conda_files
 from .envspec import EnvSpec
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
+from .seals import Sealer
 from .verify import build_file_list, recheck_builds
 
 if TYPE_CHECKING:
-    from rattler import RepoDataRecord
+    from rattler import InstallerReporter, RepoDataRecord
 
     from .condalock import LockedDependency, Lockfile
 
@@ -143,16 +145,24 @@ def _build(
 
     progress.step(f"[{spec.name}] verifying {len(conda)} package archive(s) against the lock")
     archives = [_verified_archive(root, spec.name, p) for p in conda]
+    _check_cache(root, spec.name, conda, archives, progress)
     import asyncio  # only a build that installs needs it (not an up-to-date one)
 
     records = asyncio.run(_records(conda, archives))
-    _check_cache(root, spec.name, conda, archives, progress)
-
+    dists = [cache.dist_of(p.url) for p in conda]
     progress.step(f"[{spec.name}] installing {len(records)} conda package(s) into {prefix}")
-    _install_conda(root, records, prefix, platform, progress)
-    for p, archive in zip(conda, archives, strict=True):
-        cache.seal(root, cache.dist_of(p.url), archive, p.hash.sha256)
-    cache.secure(root, [cache.dist_of(p.url) for p in conda])
+    # each package the installer extracts is checked and sealed while it works on the others;
+    # on an error, sealing stops: a package not sealed is checked again by the next build
+    with Sealer(
+        {
+            d: cache.Extracted(root, d, a, p.hash.sha256)
+            for d, a, p in zip(dists, archives, conda, strict=True)
+        }
+    ) as sealer:
+        names = {r.name.normalized: d for r, d in zip(records, dists, strict=True)}
+        _install_conda(root, records, prefix, platform, progress, sealer, names)
+        _seal_extracted(sealer)
+    cache.secure(root, dists)
     known: dict[str, str] = {}
     declared: set[str] = set()
     linked: set[str] = set()
@@ -299,7 +309,19 @@ async def _records(entries: list[LockedDependency], archives: list[Path]) -> lis
     return records
 
 
-def _install_conda(root: Root, records: list, prefix: Path, platform: str, progress: Progress) -> None:
+def _install_conda(
+    root: Root,
+    records: list,
+    prefix: Path,
+    platform: str,
+    progress: Progress,
+    sealer: Sealer,
+    names: dict[str, str],
+) -> None:
+    """Install ``records`` into ``prefix`` from the cache under the root; the installer tells
+    ``sealer`` when it extracted and when it linked each package (``names``: the package's name
+    -> its cache folder). On a terminal it draws its progress bars instead, and everything is
+    sealed after the install."""
     import asyncio
 
     from rattler import Platform, install
@@ -313,6 +335,7 @@ def _install_conda(root: Root, records: list, prefix: Path, platform: str, progr
                 cache_dir=root.pkgs,
                 platform=Platform(platform),
                 show_progress=progress.bars,
+                reporter=None if progress.bars else _reporter(sealer, names),
                 execute_link_scripts=False,
             )
         )
@@ -326,6 +349,43 @@ def _install_conda(root: Root, records: list, prefix: Path, platform: str, progr
             "check free space and permissions on the root.",
             detail=str(e),
         ) from None
+
+
+def _reporter(sealer: Sealer, names: dict[str, str]) -> InstallerReporter:
+    """The installer's progress callbacks (called from its threads) passed on to ``sealer``."""
+    from rattler import InstallerReporter
+
+    tokens = itertools.count()
+
+    class Reporter(InstallerReporter):
+        def __init__(self) -> None:
+            self.dists: dict[int, str] = {}
+
+        def _token(self, package_name: str) -> int:
+            token = next(tokens)
+            self.dists[token] = names.get(package_name, "")
+            return token
+
+        def on_populate_cache_start(self, operation: int, package_name: str) -> int:
+            token = self._token(package_name)
+            sealer.extracting(self.dists[token])
+            return token
+
+        def on_populate_cache_complete(self, cache_entry: int) -> None:
+            sealer.extracted(self.dists.get(cache_entry, ""))
+
+        def on_link_start(self, operation: int, package_name: str) -> int:
+            return self._token(package_name)
+
+        def on_link_complete(self, index: int) -> None:
+            sealer.linked(self.dists.get(index, ""))
+
+    return Reporter()  # type: ignore[abstract]  # its other callbacks do nothing: not abstract
+
+
+def _seal_extracted(sealer: Sealer) -> None:
+    """Wait for the packages the install extracted to be sealed: the seals' errors are the build's."""
+    sealer.finish()
 
 
 def _install_pip(
