@@ -26,6 +26,7 @@ STEPS = {
     "read records": "_records",
     "check cache": "_check_cache",
     "install conda": "_install_conda",
+    "seal (wait after install)": "_seal_extracted",
     "install pip": "_install_pip",
     "byte-compile": "_compile",
     "read-only": "make_read_only",
