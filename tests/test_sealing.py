@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from hubstock.admin import build as building
-from hubstock.admin import cache
+from hubstock.admin import cache, extraction
 from hubstock.admin.envspec import load_env_spec
 from hubstock.admin.seals import Sealer, still_sealed
 from hubstock.errors import IntegrityError
@@ -140,7 +140,7 @@ def extracting(channel: Path, tmp_path: Path):
     return root, archive, sha, tmp
 
 
-def _hashed_by_check(monkeypatch, package: cache.Extracted) -> list[str]:
+def _hashed_by_check(monkeypatch, package: extraction.Extracted) -> list[str]:
     """The files :meth:`check` reads (through :func:`cache.hash_many`)."""
     read: list[str] = []
     real = cache.hash_many
@@ -158,7 +158,7 @@ def _hashed_by_check(monkeypatch, package: cache.Extracted) -> list[str]:
 
 def test_files_hashed_while_extracting_are_not_read_again(extracting, monkeypatch):
     root, archive, sha, tmp = extracting
-    package = cache.Extracted(root, DIST, archive, sha)
+    package = extraction.Extracted(root, DIST, archive, sha)
     package.watch()
     os.rename(tmp, root.pkg_entry(DIST))
     assert not any(p.endswith(VICTIM) for p in _hashed_by_check(monkeypatch, package))
@@ -169,7 +169,7 @@ def test_files_hashed_while_extracting_are_not_read_again(extracting, monkeypatc
 @pytest.mark.parametrize("how", ["edited-in-place", "replaced", "half-written-when-watched"])
 def test_a_file_changed_after_it_was_hashed_is_read_again_and_found(extracting, monkeypatch, how):
     root, archive, sha, tmp = extracting
-    package = cache.Extracted(root, DIST, archive, sha)
+    package = extraction.Extracted(root, DIST, archive, sha)
     good = (tmp / VICTIM).read_bytes()
     if how == "half-written-when-watched":
         (tmp / VICTIM).write_bytes(good[: len(good) // 2])
@@ -193,7 +193,7 @@ def test_a_file_changed_after_it_was_hashed_is_read_again_and_found(extracting, 
 
 def test_no_folder_to_watch_is_only_slower(extracting, monkeypatch):
     root, archive, sha, tmp = extracting
-    package = cache.Extracted(root, DIST, archive, sha)
+    package = extraction.Extracted(root, DIST, archive, sha)
     shutil.copytree(tmp, root.pkgs / f".{DIST}Other1")  # two candidates: none is watched
     package.watch()
     shutil.rmtree(root.pkgs / f".{DIST}Other1")
@@ -216,7 +216,7 @@ def test_a_package_changed_before_its_seal_fails_the_build_and_is_not_sealed(
     site = make_site(ENVS)
     root = Root(site.root)
     hubstock(site, "lock", check=True)
-    real = cache.Extracted.check
+    real = extraction.Extracted.check
 
     def tampered_first(self):
         if self.dist == DIST:
@@ -224,13 +224,13 @@ def test_a_package_changed_before_its_seal_fails_the_build_and_is_not_sealed(
                 f.write(b"#")
         real(self)
 
-    monkeypatch.setattr(cache.Extracted, "check", tampered_first)
+    monkeypatch.setattr(extraction.Extracted, "check", tampered_first)
     with pytest.raises(IntegrityError, match=f"package {DIST} in the cache"):
         _build(site)
     assert not root.pkg_seal(DIST).exists() and not root.pkg_entry(DIST).exists()
     assert _no_sealer_thread()
 
-    monkeypatch.setattr(cache.Extracted, "check", real)
+    monkeypatch.setattr(extraction.Extracted, "check", real)
     result = _build(site)  # the next build extracts it again and seals it
     assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST))
     assert hubstock(site, "verify").returncode == 0
@@ -240,21 +240,21 @@ def test_a_seal_that_cannot_be_written_leaves_none_and_is_checked_again(make_sit
     site = make_site(ENVS)
     root = Root(site.root)
     hubstock(site, "lock", check=True)
-    real = cache.write_seal
+    real = extraction.write_seal
 
     def disk_full(entry, record, name):
         if entry.name == DIST:
             raise OSError(errno.ENOSPC, "No space left on device", str(entry / name))
         real(entry, record, name)
 
-    monkeypatch.setattr(cache, "write_seal", disk_full)
+    monkeypatch.setattr(extraction, "write_seal", disk_full)
     with pytest.raises(OSError) as raised:
         _build(site)
     assert raised.value.errno == errno.ENOSPC  # as when sealing came after the install
     assert not root.pkg_seal(DIST).exists()
     assert _no_sealer_thread()
 
-    monkeypatch.setattr(cache, "write_seal", real)
+    monkeypatch.setattr(extraction, "write_seal", real)
     inode = os.stat(root.pkg_entry(DIST) / VICTIM).st_ino
     result = _build(site)
     assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST))

@@ -44,6 +44,7 @@ from ..store.root import Root
 from . import cache, wheels
 from .bytecode import compile_files, conda_files
 from .envspec import EnvSpec
+from .extraction import Extracted
 from .lockfile import build_id, packages_for, require_fresh_lock
 from .policy import check_server_packages
 from .seals import Sealer
@@ -155,7 +156,7 @@ def _build(
     # on an error, sealing stops: a package not sealed is checked again by the next build
     with Sealer(
         {
-            d: cache.Extracted(root, d, a, p.hash.sha256)
+            d: Extracted(root, d, a, p.hash.sha256)
             for d, a, p in zip(dists, archives, conda, strict=True)
         }
     ) as sealer:

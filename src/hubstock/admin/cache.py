@@ -8,7 +8,7 @@ checked it against that verified archive and sealed it:
 - during an install, every package the installer extracted is compared, file by file,
   with what its archive declares (``info/paths.json`` read from the archive itself:
   type, size, sha256), as soon as it is extracted (files it wrote in full are hashed while
-  it extracts the rest: :class:`Extracted`); once the installer linked it, it is made
+  it extracts the rest: :class:`~.extraction.Extracted`); once the installer linked it, it is made
   read-only and a seal is written into it (the archive's sha256, the sha256 of every file
   under ``info/``); all while the installer works on the other packages;
 - before the next install, every sealed package is checked again: the seal must match
@@ -39,12 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import IntegrityError
 from ..store.fs import (
-    current_user,
     link_target,
-    make_read_only,
-    now_iso,
     read_regular,
     remove_tree,
 )
@@ -56,7 +52,6 @@ from .seals import (
     fingerprint,
     refresh_fingerprints,
     still_sealed,
-    write_seal,
 )
 
 ARCHIVE_EXTS = (".conda", ".tar.bz2")
@@ -121,7 +116,7 @@ def hash_many(paths: Iterable[str]) -> dict[str, str | None]:
 # --- checking an extracted package ---------------------------------------------------------
 
 
-def _declared(entry: Path) -> list[dict]:
+def declared_paths(entry: Path) -> list[dict]:
     """The entries of the package's own ``info/paths.json`` (``_path``, ``path_type``, ...)."""
     data = json.loads((entry / "info" / "paths.json").read_bytes())
     paths = data.get("paths") if isinstance(data, dict) else None
@@ -177,13 +172,13 @@ def check_files(
             if d.get("sha256") and hashed.get(rel) != fingerprint(st):
                 to_hash[str(path)] = (path, d["sha256"])
         if flags:
-            findings.append(Finding(_flags(flags), path, package))
+            findings.append(Finding(rpm_flags(flags), path, package))
     hashes = hash_many(to_hash)
     bad = {Path(p) for p, got in hashes.items() if got != to_hash[p][1]}
     merged = {f.path: f for f in findings}
     for path in bad:
         old = merged.get(path)
-        merged[path] = Finding(_flags({*(old.flags if old else ""), "5"}), path, package)
+        merged[path] = Finding(rpm_flags({*(old.flags if old else ""), "5"}), path, package)
     return sorted(merged.values(), key=lambda f: str(f.path))
 
 
@@ -193,7 +188,7 @@ def _link_matches(target: str, d: dict) -> bool:
     return "target_sha256" not in d or hashlib.sha256(target.encode()).hexdigest() == d["target_sha256"]
 
 
-def _flags(flags: Iterable[str]) -> str:
+def rpm_flags(flags: Iterable[str]) -> str:
     """``rpm -V``'s layout: one column per check, '.' where it passed."""
     have = set(flags)
     return "".join(c if c in have else "." for c in "SM5LUT")
@@ -215,7 +210,7 @@ def check_entry(
     except OSError:
         return [Finding("missing", entry, dist)]
     if not stat.S_ISDIR(st.st_mode):
-        return [Finding(_flags("T"), entry, dist)]
+        return [Finding(rpm_flags("T"), entry, dist)]
     data = read_regular(root.pkg_seal(dist))
     if data is None:
         return [Finding("unsealed", entry, dist)]
@@ -236,11 +231,11 @@ def check_entry(
     findings += check_files(entry, info_declared, dist, owner)
     findings += [Finding("extra", entry / rel, dist) for rel in sorted(info_found - set(seal.info))]
     try:
-        declared = _declared(entry)
+        declared = declared_paths(entry)
     except (OSError, ValueError):
         return findings or [Finding("missing", entry / "info" / "paths.json", dist)]
-    if archive is not None and not _same_declarations(declared, archive_paths(archive)):
-        findings.append(Finding(_flags("5"), entry / "info" / "paths.json", dist))
+    if archive is not None and not same_declarations(declared, archive_paths(archive)):
+        findings.append(Finding(rpm_flags("5"), entry / "info" / "paths.json", dist))
     links = {rel: {"_path": rel, "path_type": "softlink", "target": t} for rel, t in seal.links.items()}
     declared = [links.get(d["_path"], d) for d in declared]
     findings += check_files(entry, declared, dist, owner)
@@ -253,7 +248,7 @@ def check_entry(
         if owner is not None and dst.st_uid != owner:
             dflags.add("U")
         if dflags:
-            findings.append(Finding(_flags(dflags), Path(dirpath), dist))
+            findings.append(Finding(rpm_flags(dflags), Path(dirpath), dist))
         if rel_dir == "info":
             continue
         for name in (*filenames, *(d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))):
@@ -306,146 +301,6 @@ def discard(root: Root, dist: str) -> None:
     root.pkg_lock(dist).unlink(missing_ok=True)
 
 
-def check_extracted(
-    root: Root, dist: str, archive: Path, declared: list[dict], hashed: dict[str, str] | None = None
-) -> list[Finding]:
-    """Right after an install extracted ``dist`` from ``archive`` (verified): how its files differ
-    from what the archive declares (``declared``: :func:`archive_paths`); empty when they match.
-    Reads the files only: the installer may still be linking them. ``hashed``: files found
-    intact while it was extracting them (:meth:`Extracted.watch`)."""
-    entry = root.pkg_entry(dist)
-    findings = []
-    try:
-        same = _same_declarations(_declared(entry), declared)
-    except (OSError, ValueError):
-        same = False
-    if not same:
-        findings.append(Finding(_flags("5"), entry / "info" / "paths.json", dist))
-    # modes: made read-only after
-    return findings + check_files(entry, declared, dist, None, modes=False, hashed=hashed)
-
-
-def reject(root: Root, dist: str, archive: Path, findings: list[Finding]) -> IntegrityError:
-    """Remove a freshly extracted package that failed :func:`check_extracted`: the error to raise."""
-    discard(root, dist)
-    first = findings[0]
-    return IntegrityError(
-        f"package {dist} in the cache {root.pkgs} did not match its verified archive {archive.name} "
-        f"right after it was extracted ({first.flags.strip('.') or first.flags} "
-        f"{first.path}); it was removed: run the build again, and check who writes to {root.pkgs}."
-    )
-
-
-def seal_checked(root: Root, dist: str, sha256: str, declared: list[dict]) -> None:
-    """Seal ``dist`` once :func:`check_extracted` passed and the installer is done with it: make
-    it read-only, then write the seal (the archive's sha256, ``info/``'s hashes, the links, the
-    fingerprints). The seal is written atomically: a failure on the way leaves none."""
-    entry = root.pkg_entry(dist)
-    info = {
-        os.path.relpath(os.path.join(d, f), entry): ""
-        for d, _dirs, files in os.walk(entry / "info")
-        for f in files
-    }
-    hashes = hash_many(str(entry / rel) for rel in info)
-    links = {d["_path"]: link_target(entry / d["_path"]) for d in declared if d["path_type"] == "softlink"}
-    (entry / CACHE_SEAL).unlink(missing_ok=True)
-    stat_map: dict[str, str] = {}
-    cut = len(str(entry)) + 1
-    # one walk: read-only, and the fingerprints (a mode change changes none of them)
-    make_read_only(entry, seen=lambda path, st: stat_map.__setitem__(path[cut:], fingerprint(st)))
-    record = CacheSeal(
-        package=dist,
-        archive_sha256=sha256,
-        info={rel: hashes[str(entry / rel)] or "" for rel in info},
-        links=links,
-        stat=stat_map,
-        sealed=now_iso(),
-        by=current_user(),
-    )
-    write_seal(entry, record, CACHE_SEAL)
-
-
-def is_sealed(root: Root, dist: str) -> bool:
-    """Whether ``dist`` has a seal (a package sealed before an install was checked before it)."""
-    return read_regular(root.pkg_seal(dist)) is not None
-
-
-class Extracted:
-    """Sealing one package the installer extracts into the cache from its verified archive (the
-    steps of :class:`~.seals.PackageSeal`, run by a :class:`~.seals.Sealer`). A package sealed
-    before the install was checked before it (by the function :func:`prepare`) and is left as
-    it is."""
-
-    def __init__(self, root: Root, dist: str, archive: Path, sha256: str) -> None:
-        self.root, self.dist, self.archive, self.sha256 = root, dist, archive, sha256
-        self._sealed_before = is_sealed(root, dist)
-        self._declared: list[dict] | None = None
-        self._pending: list[dict] | None = None  # the files watch() looks for, in order
-        self._next = 0  # the first of them it has not found complete
-        self._hashed: dict[str, str] = {}  # _path -> fingerprint when it matched its sha256
-        self._findings: list[Finding] | None = None  # None: nothing to seal
-
-    def prepare(self) -> None:
-        if not self._sealed_before:
-            self._declarations()
-
-    def _declarations(self) -> list[dict]:
-        if self._declared is None:
-            self._declared = archive_paths(self.archive)
-        return self._declared
-
-    def watch(self) -> None:
-        """While the installer extracts the package (into a temporary folder beside its place,
-        renamed there when complete): hash the files it has written in full so far, so that
-        :meth:`check` reads only the others. It writes them in about the order of ``paths.json``:
-        each look goes on from the first file not found complete at the last one, up to the next
-        such file. Only a speed-up: a file counts only if it is still the same (inode, size,
-        modification time) when :meth:`check` looks at it, and a folder not found, or not found
-        alone, is just not watched."""
-        if self._sealed_before:
-            return
-        if self._pending is None:
-            self._pending = [
-                d for d in self._declarations() if d.get("sha256") and d["path_type"] == "hardlink"
-            ]
-        try:
-            found = [n for n in os.listdir(self.root.pkgs) if n.startswith(f".{self.dist}")]
-        except OSError:
-            return
-        if len(found) != 1:
-            return
-        base = f"{self.root.pkgs}/{found[0]}/"
-        while self._next < len(self._pending):
-            d = self._pending[self._next]
-            path = base + d["_path"]
-            try:
-                st = os.lstat(path)
-                size = d.get("size_in_bytes")  # None for an empty file
-                if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
-                    return  # not there yet, or being written
-                got = sha256_file(path)
-                after = os.lstat(path)
-            except OSError:
-                return
-            if got != d["sha256"] or fingerprint(after) != fingerprint(st):
-                return  # not written in full yet: the next look, or check(), reads it again
-            self._hashed[d["_path"]] = fingerprint(st)
-            self._next += 1
-
-    def check(self) -> None:
-        if is_sealed(self.root, self.dist):
-            return
-        declared = self._declarations()
-        self._findings = check_extracted(self.root, self.dist, self.archive, declared, self._hashed)
-
-    def seal(self) -> None:
-        if self._findings is None or self._declared is None:
-            return
-        if self._findings:
-            raise reject(self.root, self.dist, self.archive, self._findings)
-        seal_checked(self.root, self.dist, self.sha256, self._declared)
-
-
 def secure(root: Root, dists: Iterable[str]) -> None:
     """The installer's own lock files in the cache, whatever the umask made them: the admin's
     alone (a lock file others can open is a lock they can hold, stalling every build)."""
@@ -456,7 +311,7 @@ def secure(root: Root, dists: Iterable[str]) -> None:
         admin_only(root.downloads)
 
 
-def _same_declarations(a: list[dict], b: list[dict]) -> bool:
+def same_declarations(a: list[dict], b: list[dict]) -> bool:
     return {d["_path"]: _essence(d) for d in a} == {d["_path"]: _essence(d) for d in b}
 
 
