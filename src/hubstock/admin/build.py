@@ -81,9 +81,9 @@ def host_platform() -> str:
     known = _PLATFORMS.get((platform.system(), platform.machine()))
     if known:
         return known
-    from rattler import Platform  # any other: the solver knows them all
+    from rattler import Subdir  # any other: the solver knows them all
 
-    return str(Platform.current())
+    return str(Subdir.current())
 
 
 def ensure_build(site: Site, spec: EnvSpec, progress: Progress) -> BuildResult:
@@ -325,7 +325,7 @@ def _install_conda(
     sealed after the install."""
     import asyncio
 
-    from rattler import Platform, install
+    from rattler import Subdir, install
     from rattler.exceptions import InstallerError, LinkError, TransactionError
 
     try:
@@ -334,7 +334,7 @@ def _install_conda(
                 records,
                 target_prefix=prefix,
                 cache_dir=root.pkgs,
-                platform=Platform(platform),
+                platform=Subdir(platform),
                 show_progress=progress.bars,
                 reporter=None if progress.bars else _reporter(sealer, names),
                 execute_link_scripts=False,

@@ -117,10 +117,10 @@ def solve(site: Site, spec: EnvSpec, platform: str) -> list[RepoDataRecord]:
 
 
 async def _solve_in(gateway, channels, spec: EnvSpec, platform: str, vpkgs) -> list[RepoDataRecord]:
-    from rattler import MatchSpec, Platform
+    from rattler import MatchSpec, Subdir
     from rattler import solve as rattler_solve
 
-    subdirs = [Platform(platform), Platform("noarch")]
+    subdirs = [Subdir(platform), Subdir("noarch")]
     # a name no channel has is the commonest mistake: say so plainly, before solving
     found = await gateway.query(channels, subdirs, specs=spec.spec_names, recursive=False)
     have = {r.name.normalized for per_channel in found for r in per_channel}
