@@ -255,10 +255,13 @@ def test_a_seal_that_cannot_be_written_leaves_none_and_is_checked_again(make_sit
     assert _no_sealer_thread()
 
     monkeypatch.setattr(extraction, "write_seal", real)
-    inode = os.stat(root.pkg_entry(DIST) / VICTIM).st_ino
+    # a second link holds the unsealed file's inode, so a file extracted again cannot get its number
+    held = root.path.parent / "held-victim"
+    os.link(root.pkg_entry(DIST) / VICTIM, held)
     result = _build(site)
     assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST))
-    assert os.stat(root.pkg_entry(DIST) / VICTIM).st_ino != inode  # unsealed: extracted again
+    assert not os.path.samefile(root.pkg_entry(DIST) / VICTIM, held)  # unsealed: extracted again
+    held.unlink()
     assert (root.pkg_entry(DIST) / CACHE_SEAL).is_file()
     assert hubstock(site, "verify").returncode == 0
 
