@@ -115,9 +115,9 @@ def test_abort_waits_only_for_the_step_under_way():
     sealer.linked("a")
     sealer.extracted("b")
     time.sleep(0.05)
-    t0 = time.monotonic()
+    before = list(log)  # a step is logged as it starts: the last one is under way
     assert sealer.abort() is None
-    assert time.monotonic() - t0 < 0.35
+    assert len(log) <= len(before) + 1, (before, log)  # at most one more began as abort was called
     assert "b:seal" not in log
     assert _no_sealer_thread()
 

