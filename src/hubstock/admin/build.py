@@ -155,10 +155,7 @@ def _build(
     # each package the installer extracts is checked and sealed while it works on the others;
     # on an error, sealing stops: a package not sealed is checked again by the next build
     with Sealer(
-        {
-            d: Extracted(root, d, a, p.hash.sha256)
-            for d, a, p in zip(dists, archives, conda, strict=True)
-        }
+        {d: Extracted(root, d, a, p.hash.sha256) for d, a, p in zip(dists, archives, conda, strict=True)}
     ) as sealer:
         names = {r.name.normalized: d for r, d in zip(records, dists, strict=True)}
         _install_conda(root, records, prefix, platform, progress, sealer, names)
