@@ -30,6 +30,9 @@ PBS_DEBIAN_PACKAGES: list[str] = [
     "python3-dev",
     *("postgresql", "iproute2", "util-linux", "mount"),
 ]
+#: Debian packages of the stock R kernel: Lmod, and Debian's R with IRkernel behind the site kit's
+#: modulefile (modules/R/debian.lua); `build-envs` installs them when run as root
+STOCK_DEBIAN_PACKAGES: list[str] = ["lmod", "r-base-core", "r-cran-irkernel"]
 #: Debian packages the test suite uses (installed by `nox -s tests` when run as root)
 TEST_DEBIAN_PACKAGES: list[str] = [
     *SLURM_DEBIAN_PACKAGES,
@@ -37,6 +40,7 @@ TEST_DEBIAN_PACKAGES: list[str] = [
     "chromium",  # the browser tests (driven by Playwright; never a browser download)
     *("openssl", "systemd"),  # the TLS hub test's CA, and systemd-analyze verify of the rendered units
     "postgresql",  # the hub suite's run with PostgreSQL as the hub database
+    *STOCK_DEBIAN_PACKAGES,  # Lmod and Debian's R with IRkernel: module kernels (rigs/lmod_rig.py)
 ]
 
 
@@ -51,8 +55,9 @@ def _missing_debian_packages(names: list[str]) -> list[str]:
     return missing
 
 
-def _ensure_debian_packages(session: nox.Session, names: list[str]) -> None:
-    """Install missing Debian packages when root; say what is missing otherwise."""
+def _ensure_debian_packages(session: nox.Session, names: list[str], *, required: bool = True) -> None:
+    """Install missing Debian packages when root; say what is missing otherwise (in CI, a missing
+    package the tests need is an error; one the stock catalog can do without is not)."""
     if not names or not shutil.which("dpkg-query"):
         return
     missing = _missing_debian_packages(names)
@@ -60,9 +65,9 @@ def _ensure_debian_packages(session: nox.Session, names: list[str]) -> None:
         return
     if os.geteuid() != 0:
         msg = f"missing Debian packages {' '.join(missing)}: install them (apt-get install) or run as root"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") and required:
             session.error(msg)
-        session.warn(msg + "; the tests that need them will be skipped")
+        session.warn(msg + ("; the tests that need them will be skipped" if required else "; left out"))
         return
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
@@ -93,8 +98,17 @@ def lock(session: nox.Session) -> None:
 
 @nox.session(name="build-envs")
 def build_envs(session: nox.Session) -> None:
-    """Build the locked environments on the shared root, then publish the kernels."""
-    _hubstock(session, "build", *session.posargs)
+    """Lock what has no lock, build the locked environments on the shared root, publish the kernels.
+
+    An env without a lock is locked first, and a venv whose lock was made for another Python than
+    its interpreter is locked again (saying so): this makes the shipped catalog build on any
+    machine. A site that wants its committed locks taken as they are runs `hubstock build` and
+    `hubstock publish` itself (or drops the lock line below); a stale lock is an error either way.
+    """
+    if os.geteuid() == 0:  # the stock R kernel: Lmod and Debian's R (an optional env: left out without)
+        _ensure_debian_packages(session, STOCK_DEBIAN_PACKAGES, required=False)
+    _hubstock(session, "lock", "--if-needed", *session.posargs)
+    session.run("hubstock", "build", *session.posargs)
     session.run("hubstock", "publish")
     session.run("hubstock", "status")
 

@@ -749,8 +749,8 @@ def kernel_start_readonly(b: Bench) -> list[dict[str, Any]]:
 SMOKE_ALONE = r"""
 import json, os, sys, tempfile, time
 from pathlib import Path
-from hubstock.admin.kernels import load_kernel_templates, render_template, smoke_test, write_kernel
-from hubstock.admin.publish import build_ref
+from hubstock.admin.publish.kernels import load_kernel_templates, render_template, smoke_test, write_kernel
+from hubstock.admin.publish.publish import build_ref
 from hubstock.site import load_site
 
 site = load_site(sys.argv[1])

@@ -2,7 +2,7 @@
 
     python -m bench.phases SITE ROOT ENV     prints {"phase": seconds, ...} as JSON
 
-It wraps the steps of :mod:`hubstock.admin.build` (read-only: nothing in hubstock is
+It wraps the steps of :mod:`hubstock.admin.build.build` (read-only: nothing in hubstock is
 changed, the wrappers only time the calls) and builds ``ENV`` once. ``other`` is
 what the build spends outside the named steps (provenance, marker, root lock); the
 caller gets the interpreter's start, imports and exit as its wall time minus
@@ -19,18 +19,19 @@ import sys
 import time
 from collections import defaultdict
 
+#: label -> (module of hubstock.admin, function): the steps of a conda build, timed where they are
 STEPS = {
-    "empty trash": "empty_trash",
-    "lock check": "require_fresh_lock",
-    "verify sha256": "_verified_archive",
-    "read records": "_records",
-    "check cache": "_check_cache",
-    "install conda": "_install_conda",
-    "seal (wait after install)": "_seal_extracted",
-    "install pip": "_install_pip",
-    "byte-compile": "_compile",
-    "read-only": "make_read_only",
-    "file list": "build_file_list",
+    "empty trash": ("build.build", "empty_trash"),
+    "lock check": ("lock.lockfile", "require_fresh_lock"),
+    "verify sha256": ("build.conda_install", "_verified_archive"),
+    "read records": ("build.conda_install", "_records"),
+    "check cache": ("build.conda_install", "_check_cache"),
+    "install conda": ("build.conda_install", "_install_conda"),
+    "seal (wait after install)": ("build.conda_install", "_seal_extracted"),
+    "install pip": ("build.conda_install", "install_pip"),
+    "byte-compile": ("build.conda_install", "compile_sources"),
+    "read-only": ("build.build", "make_read_only"),
+    "file list": ("build.build", "build_file_list"),
 }
 
 
@@ -60,16 +61,19 @@ def _timed(fn, label: str, spent: dict[str, float]):
 
 def main(argv: list[str]) -> dict[str, float]:
     site_dir, root, env = argv
-    from hubstock.admin import build as building
-    from hubstock.admin.envspec import load_env_spec
+    import importlib
+
+    from hubstock.admin.build import build as building
+    from hubstock.admin.kinds import load_env
     from hubstock.progress import Progress
     from hubstock.site import load_site
 
     spent: dict[str, float] = defaultdict(float)
-    for label, attr in STEPS.items():
-        setattr(building, attr, _timed(getattr(building, attr), label, spent))
+    for label, (module, attr) in STEPS.items():
+        mod = importlib.import_module(f"hubstock.admin.{module}")
+        setattr(mod, attr, _timed(getattr(mod, attr), label, spent))
     site = load_site(site_dir, root)
-    spec = load_env_spec(site, env)
+    spec = load_env(site, env)
     t0 = time.perf_counter()
     result = building.ensure_build(site, spec, Progress(enabled=False))
     total = time.perf_counter() - t0

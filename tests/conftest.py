@@ -27,6 +27,9 @@ What each fixture gives:
   (``rigs/postgres_rig.py``), stopped by PID; needs root.
 - ``hub_site`` (session): a published site with a server env and a stock Python kernel
   (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
+- ``lmod_tree`` (session): ``(init, tree)``, Lmod's bash init and a real Lmod module tree with
+  ``python/X.Y`` and ``R/X.Y`` modules (``rigs/lmod_rig.py``) under ``hub_workdir``; installs
+  Lmod, R and IRkernel when root: skipped without them, failed in CI.
 """
 
 from __future__ import annotations
@@ -182,3 +185,27 @@ def as_nobody() -> list[str]:
             pytest.fail("CI runs as root; tests that switch users need root")
         pytest.skip("needs root to run a command as another user")
     return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.fixture(scope="session")
+def lmod_tree(hub_workdir: Path):
+    """``(init, tree)``: the Debian Lmod's bash init (a Path) and a ``rigs.lmod_rig.ModuleTree``
+    written under ``hub_workdir/lmod`` (world-readable, so the Slurm and OpenPBS rigs' jobs can
+    load its modules too): ``tree.python_module`` ("python/3.11") puts this machine's
+    /usr/bin/python3 on PATH, ``tree.r_module`` ("R/4.2") Debian's R with IRkernel; ``module use
+    tree.modulepath`` first. Installs the Debian packages (lmod r-base-core r-cran-irkernel) when
+    root; when they are missing: failed in CI, skipped otherwise."""
+    from rigs.lmod_rig import RigError, ensure_debian_packages, write_module_tree
+
+    from hubstock.errors import ModuleError
+    from hubstock.lmod import find_init
+
+    try:
+        ensure_debian_packages()
+        init = find_init()
+        tree = write_module_tree(hub_workdir / "lmod")
+    except (RigError, ModuleError) as exc:
+        if IN_CI:
+            pytest.fail(f"{exc} (CI must run the Lmod tests)")
+        pytest.skip(str(exc))
+    return init, tree

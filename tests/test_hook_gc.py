@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from tests.test_hooks import _publish, _spawner
 
-import hubstock.admin.gc as gc_module
+import hubstock.admin.publish.gc as gc_module
 import hubstock.hub.hooks as hooks
-from hubstock.admin.gc import gc
+from hubstock.admin.publish.gc import gc
 from hubstock.progress import Progress
 from hubstock.site import Settings, Site
 from hubstock.store.generations import Generation, resolve_current, switch_current
@@ -174,7 +174,7 @@ HUB = textwrap.dedent("""
 ADMIN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from hubstock.admin.gc import gc
+    from hubstock.admin.publish.gc import gc
     from hubstock.progress import Progress
     from hubstock.site import Settings, Site
     from hubstock.store.root import Root

@@ -20,9 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hubstock.admin import condalock, condaspec, lockhash
-from hubstock.admin.envspec import load_env_spec
-from hubstock.admin.lockfile import build_id, lock_spec_and_hashes, lock_status, read_lock, virtual_packages
+from hubstock.admin.lock import condalock, condaspec, lockhash
+from hubstock.admin.lock.envspec import load_env_spec
+from hubstock.admin.lock.lockfile import (
+    build_id,
+    lock_spec_and_hashes,
+    lock_status,
+    read_lock,
+    virtual_packages,
+)
 from hubstock.errors import LockError, SpecError
 from hubstock.site import Settings, Site, VirtualPackages
 
@@ -503,8 +509,8 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out):
     rc = main(["--site", sys.argv[1], "--root", sys.argv[2], "status", "--json"])
 after_status = sorted(m for m in sys.modules if m.partition(".")[0] == "conda_lock")
-from hubstock.admin.envspec import load_env_spec
-from hubstock.admin.lockfile import build_id, packages_for, require_fresh_lock
+from hubstock.admin.lock.envspec import load_env_spec
+from hubstock.admin.lock.lockfile import build_id, packages_for, require_fresh_lock
 from hubstock.site import load_site
 site = load_site(sys.argv[1], sys.argv[2])
 lock = require_fresh_lock(site, load_env_spec(site, "demo"))

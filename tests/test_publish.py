@@ -375,7 +375,7 @@ def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing
     while _processes_with(f"{kernel_python} -m ipykernel_launcher") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _processes_with(f"{kernel_python} -m ipykernel_launcher")
-    assert not _processes_with("hubstock.admin.smoke")
+    assert not _processes_with("hubstock.admin.publish.smoke")
     assert os.readlink(root.current) == "generations/0001"
     assert sorted(os.listdir(root.generations)) == ["0001"]  # no staging left behind
 
@@ -388,11 +388,11 @@ def test_the_smoke_worker_ignores_the_working_directory_and_an_unchanged_publish
     hubstock(site, "publish", check=True, cwd=tmp_path)
     res = hubstock(site, "publish", check=True, cwd=tmp_path)
     assert "unchanged" in res.stdout
-    assert not _processes_with("hubstock.admin.smoke")
+    assert not _processes_with("hubstock.admin.publish.smoke")
 
 
 def test_a_smoke_test_worker_that_fails_is_one_sentence(tmp_path):
-    from hubstock.admin.smoke import SmokeJob, SmokeWorker
+    from hubstock.admin.publish.smoke import SmokeJob, SmokeWorker
     from hubstock.errors import PublishError
 
     # a stand-in for the worker: it dies the way a broken install would

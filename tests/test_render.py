@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from hubstock.admin.extensions import render_server_config
-from hubstock.admin.kernels import BuildRef, load_kernel_templates, render_kernelspec
+from hubstock.admin.publish.extensions import render_server_config
+from hubstock.admin.publish.kernels import BuildRef, load_kernel_templates, render_kernelspec
 from hubstock.errors import SiteError
 from hubstock.site import Settings, Site
 

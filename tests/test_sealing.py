@@ -1,7 +1,7 @@
 """Sealing the package cache while the installer works: what each package's seal protects
 against stays the same, and a seal that cannot be finished is never written.
 
-- :class:`~hubstock.admin.seals.Sealer` runs each package's steps in order in one worker
+- :class:`~hubstock.admin.build.seals.Sealer` runs each package's steps in order in one worker
   thread, raises the worker's error in the caller's thread and never leaves the thread behind;
 - a file hashed while the installer was still extracting (:meth:`Extracted.watch`) counts only
   while it is the very file that was hashed: one changed afterwards is read again and found;
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from hubstock.admin import build as building
-from hubstock.admin import cache, extraction
-from hubstock.admin.envspec import load_env_spec
-from hubstock.admin.seals import Sealer, still_sealed
+from hubstock.admin.build import build as building
+from hubstock.admin.build import cache, extraction
+from hubstock.admin.build.seals import Sealer, still_sealed
+from hubstock.admin.kinds import load_env
+from hubstock.admin.lock.envspec import load_env_spec
 from hubstock.errors import IntegrityError
 from hubstock.progress import Progress
 from hubstock.store.root import CACHE_SEAL, Root
@@ -207,7 +208,7 @@ def test_no_folder_to_watch_is_only_slower(extracting, monkeypatch):
 
 
 def _build(site):
-    return building.ensure_build(site, load_env_spec(site, "demo"), Progress(enabled=False))
+    return building.ensure_build(site, load_env(site, "demo"), Progress(enabled=False))
 
 
 def test_a_package_changed_before_its_seal_fails_the_build_and_is_not_sealed(
@@ -267,7 +268,7 @@ def test_a_seal_that_cannot_be_written_leaves_none_and_is_checked_again(make_sit
 
 
 def _lock_sha(site, dist: str) -> str:
-    from hubstock.admin.lockfile import packages_for, require_fresh_lock
+    from hubstock.admin.lock.lockfile import packages_for, require_fresh_lock
 
     spec = load_env_spec(site, "demo")
     lock = require_fresh_lock(site, spec)

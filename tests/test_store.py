@@ -79,7 +79,7 @@ RECORDS = [PROVENANCE, MANIFEST, SESSION, AUDIT]
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
 def test_records_round_trip_with_their_schema(record):
     text = record.to_json()
-    assert json.loads(text)["schema"] == 1
+    assert json.loads(text)["schema"] == type(record).SCHEMA
     assert type(record).from_text(text, "x.json") == record
     assert type(record).from_text(record.to_line(), "x.json") == record
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from conda_lock.lockfile.v2prelim.models import HashModel, LockedDependency, Lockfile, LockMeta, TimeMeta
 
-from hubstock.admin.lockfile import build_id, virtual_packages
-from hubstock.admin.solve import _pick_artifact, _solver_summary, _target_tags
+from hubstock.admin.lock.lockfile import build_id, virtual_packages
+from hubstock.admin.lock.solve import _solver_summary
+from hubstock.admin.lock.wheeltags import pick_artifact as _pick_artifact
+from hubstock.admin.lock.wheeltags import target_tags as _target_tags
 from hubstock.errors import SiteError, SpecError
 from hubstock.site import Settings, load_settings
 
@@ -100,7 +102,7 @@ def test_build_id_depends_only_on_the_packages():
 
 
 def test_env_spec_parsing(tmp_path):
-    from hubstock.admin.envspec import load_env_spec
+    from hubstock.admin.lock.envspec import load_env_spec
     from hubstock.site import Site
 
     site = Site(dir=tmp_path, settings=Settings(channels=["file:///ch"]), root=tmp_path / "r")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .errors import DiskFullError, HubstockError, UsageError, is_disk_full
+from .errors import DiskFullError, HubstockError, ModuleError, UsageError, is_disk_full
 from .progress import Progress
 
 if TYPE_CHECKING:
@@ -50,11 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"hubstock {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    lk = sub.add_parser("lock", help="solve envs/<env>/environment.yml into conda-lock.yml")
+    lk = sub.add_parser(
+        "lock", help="lock each env's spec (conda-lock.yml, pylock.toml or modules.lock.json)"
+    )
     lk.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
     mode = lk.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="exit 1 if any lock is missing or stale")
     mode.add_argument("--update", action="store_true", help="solve again even where the lock is fresh")
+    mode.add_argument(
+        "--if-needed",
+        action="store_true",
+        help="lock only what has no lock, or a venv lock made for another Python than its interpreter's "
+        "(the site kit's build-envs does this; a stale lock is still an error)",
+    )
 
     bd = sub.add_parser("build", help="build the locked environments on the root")
     bd.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
@@ -113,38 +121,86 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.envspec import load_env_spec
-    from .admin.lockfile import lock_status
-    from .admin.solve import lock_env
+    from .admin.kinds import kind_of, load_envs
 
     bad = []
-    for name in site.check_env_names(args.envs):
-        spec = load_env_spec(site, name)
-        state = lock_status(site, spec).state
+    for env in load_envs(site, args.envs):
+        kind = kind_of(env)
+        state = kind.lock_state(site, env)
         if args.check:
             if state != "fresh":
-                bad.append(f"envs/{name}/conda-lock.yml is {state}")
+                bad.append(f"{env.lock_rel} is {state}")
             continue
-        if state == "fresh" and not args.update:
-            progress.step(f"[{name}] lock is up to date")
+        if args.if_needed and state == "fresh":
+            try:
+                why = _lock_misfit(site, env)
+            except ModuleError as e:
+                if not env.optional:
+                    raise
+                print(f"hubstock: env {env.name!r} (optional) left out: {e}", file=sys.stderr)
+                continue
+            if why is None:
+                progress.step(f"[{env.name}] lock is up to date")
+                continue
+            progress.step(f"[{env.name}] {why}: locking it again")
+        elif args.if_needed and state == "stale":
+            bad.append(f"{env.lock_rel} is stale")
             continue
-        lock_env(site, spec, progress)
-        progress.step(f"[{name}] wrote envs/{name}/conda-lock.yml")
+        elif state == "fresh" and not args.update:
+            progress.step(f"[{env.name}] lock is up to date")
+            continue
+        try:
+            kind.lock(site, env, progress)
+        except ModuleError as e:
+            if not env.optional:
+                raise
+            print(f"hubstock: env {env.name!r} (optional) left out: {e}", file=sys.stderr)
+            continue
+        progress.step(f"[{env.name}] wrote {env.lock_rel}")
     if bad:
-        print(f"hubstock: {'; '.join(bad)}; run `nox -s lock` and commit the locks.", file=sys.stderr)
+        fix = (
+            "run `hubstock lock ENV` and commit the locks"
+            if args.if_needed
+            else "run `nox -s lock` and commit the locks"
+        )
+        print(f"hubstock: {'; '.join(bad)}; {fix}.", file=sys.stderr)
         return 1
     return 0
 
 
-def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.build import ensure_builds
-    from .admin.envspec import load_env_spec
+def _lock_misfit(site: Site, env) -> str | None:
+    """Why a fresh lock does not fit this machine (a venv locked for another Python), or None."""
+    if env.kind != "venv":
+        return None
+    from .admin.kinds.venv import VenvKind, site_interpreter
 
-    specs = [load_env_spec(site, name) for name in site.check_env_names(args.envs)]
-    if not specs:
-        raise HubstockError(f"the site {site.dir} has no environments: add envs/<env>/environment.yml.")
+    locked = VenvKind().locked_python(env)
+    have = site_interpreter(site, env).minor
+    return (
+        None if locked == have else f"{env.lock_rel} was made for Python {locked}, the interpreter is {have}"
+    )
+
+
+def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .admin.build.build import ensure_builds, host_platform
+    from .admin.kinds import kind_of, load_envs
+
+    envs = load_envs(site, args.envs)
+    if not envs:
+        raise HubstockError(
+            f"the site {site.dir} has no environments: add envs/<env>/ with an env.toml or environment.yml."
+        )
+    kept = []
+    for env in envs:
+        if env.optional:
+            try:
+                kind_of(env).plan(site, env, host_platform())
+            except ModuleError as e:
+                print(f"hubstock: env {env.name!r} (optional) left out: {e}", file=sys.stderr)
+                continue
+        kept.append(env)
     done = []
-    for result in ensure_builds(site, specs, progress):
+    for result in ensure_builds(site, kept, progress):
         done.append({"env": result.env, "build": result.build_id, "built": result.built})
         if not args.json:
             print(f"{result.env}: {result.build_id} ({'built' if result.built else 'up to date'})")
@@ -162,7 +218,7 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.publish import publish
+    from .admin.publish.publish import publish
 
     result = publish(site, progress, smoke=args.smoke_worker)
     if args.json:
@@ -179,7 +235,7 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
 
 
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.rollback import rollback
+    from .admin.publish.rollback import rollback
 
     gen = rollback(site, args.generation, progress)
     print(json.dumps({"generation": gen}, indent=2) if args.json else f"generation {gen} is current")
@@ -187,7 +243,7 @@ def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> in
 
 
 def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.gc import gc
+    from .admin.publish.gc import gc
 
     keep = args.keep if args.keep is not None else site.settings.gc.keep
     if keep < 1:
@@ -283,9 +339,14 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
-    from .admin.verify import verify
+    from .admin.build.repair import verify_and_repair
+    from .admin.build.verify import verify
 
-    report = verify(site, args.envs, args.repair, progress)
+    report = (
+        verify_and_repair(site, args.envs, progress)
+        if args.repair
+        else verify(site, args.envs, False, progress)
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -361,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.smoke_worker = None
             if args.command == "publish":
                 # the smoke tests' worker starts before the site is loaded: its import of
-                # jupyter_client overlaps with this process's own (hubstock.admin.smoke)
-                from .admin.smoke import SmokeWorker
+                # jupyter_client overlaps with this process's own (hubstock.admin.publish.smoke)
+                from .admin.publish.smoke import SmokeWorker
 
                 args.smoke_worker = stack.enter_context(SmokeWorker.start())
             from .site import load_site  # pydantic and the site's models: after the worker's start

@@ -52,6 +52,10 @@ class BuildError(HubstockError):
     """Building an environment failed."""
 
 
+class ModuleError(HubstockError):
+    """An environment module (Lmod) is missing or does not load; ``detail`` carries Lmod's output."""
+
+
 class PublishError(HubstockError):
     """Publishing kernels failed; the current generation was left as it was."""
 

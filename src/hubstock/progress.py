@@ -31,3 +31,7 @@ class Progress:
         if self.enabled:
             elapsed = time.monotonic() - self._t0
             print(f"hubstock [{elapsed:6.1f}s] {message}", file=self.stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        """A line the user must see even when progress is off (something was left out)."""
+        print(f"hubstock: {message}", file=self.stream, flush=True)

@@ -29,6 +29,8 @@ KNOWN_PLATFORMS = (
     "osx-arm64",
     "win-64",
 )
+#: the files that make a folder of envs/ an environment: its kind's settings, or a conda spec
+ENV_SPEC_FILES = ("env.toml", "environment.yml")
 ENV_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -241,6 +243,21 @@ class DoctorSettings(_Model):
     )
 
 
+class ModulesSettings(_Model):
+    """Lmod: where its shell init is and which module trees the site adds (``module use``)."""
+
+    init: str | None = Field(
+        None,
+        description="Lmod's bash init, e.g. '/usr/share/lmod/lmod/init/bash'; unset: found "
+        "($LMOD_PKG, then Debian's and the usual places)",
+    )
+    use: list[str] = Field(
+        default_factory=list,
+        description="module trees to `module use` before loading, e.g. ['/software/modules']; relative "
+        "paths are relative to the site. They must be at the same path on the compute nodes",
+    )
+
+
 class Settings(_Model):
     """The schema of ``hubstock.toml``."""
 
@@ -263,6 +280,7 @@ class Settings(_Model):
     hub: HubSettings = Field(default_factory=HubSettings)
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
     doctor: DoctorSettings = Field(default_factory=DoctorSettings)
+    modules: ModulesSettings = Field(default_factory=ModulesSettings)
 
     @field_validator("root", mode="before")
     @classmethod
@@ -337,11 +355,18 @@ class Site:
     def extensions_dir(self) -> Path:
         return self.dir / "extensions"
 
+    def module_use(self) -> list[str]:
+        """``[modules] use`` as absolute paths (relative ones are the site's)."""
+        return [os.path.normpath(self.dir / u) for u in self.settings.modules.use]
+
     def env_names(self) -> list[str]:
-        """Every environment of the site: ``envs/<name>/environment.yml``."""
+        """Every environment of the site: ``envs/<name>/`` with an ``env.toml`` (its kind and
+        interpreter or modules) or a conda ``environment.yml``."""
         if not self.envs_dir.is_dir():
             return []
-        return sorted(p.name for p in self.envs_dir.iterdir() if (p / "environment.yml").is_file())
+        return sorted(
+            p.name for p in self.envs_dir.iterdir() if any((p / f).is_file() for f in ENV_SPEC_FILES)
+        )
 
     def check_env_names(self, names: list[str]) -> list[str]:
         """``names`` if all exist (all envs when empty), else a :class:`SiteError`."""
@@ -352,8 +377,8 @@ class Site:
             if name not in known:
                 have = ", ".join(known) or "none"
                 raise SiteError(
-                    f"no environment named {name!r}: {self.envs_dir / name / 'environment.yml'} "
-                    f"does not exist (the site has: {have})."
+                    f"no environment named {name!r}: neither {self.envs_dir / name / 'env.toml'} nor "
+                    f"{self.envs_dir / name / 'environment.yml'} exists (the site has: {have})."
                 )
         return list(dict.fromkeys(names))
 

@@ -10,21 +10,19 @@ from ..store.builds import build_ids, current_build, damage, is_complete
 from ..store.generations import generations, resolve_current
 from ..store.records import RecordError
 from ..store.root import Root
-from .lockcache import digest, known_fresh
+from .lock.lockcache import known_fresh
 
 
 def lock_state(site: Site, name: str) -> str:
-    """``fresh``, ``stale`` or ``missing``: remembered for a lock seen fresh, byte for byte,
+    """``fresh``, ``stale`` or ``missing``: remembered for a conda lock seen fresh, byte for byte,
     with the same settings (:mod:`.lockcache`); else read (and the spec checked) in full."""
     if known_fresh(site, name):
         return "fresh"
-    from .envspec import load_env_spec  # only now: YAML and the spec grammar cost more than the rest
-    from .lockfile import lock_status
+    from .kinds import kind_of, load_env  # only now: YAML and the spec grammar cost more than the rest
 
-    key = digest(site, name)
-    spec = load_env_spec(site, name)
+    env = load_env(site, name)  # a spec that is not valid is an error, named
     try:
-        return lock_status(site, spec, key).state
+        return kind_of(env).lock_state(site, env)
     except HubstockError:
         return "stale"  # unreadable: nothing may build from it
 

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from ..proc import run
@@ -37,13 +38,15 @@ def uv_env(site: Site) -> dict[str, str]:
     }
 
 
-def run_uv(site: Site, *args: str, what: str) -> subprocess.CompletedProcess[str]:
+def run_uv(
+    site: Site, *args: str, what: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``uv ARGS`` (no user or project config, quiet) with hubstock's uv environment.
 
     uv sets modes of its own in its cache (its lock files are 0666): the root's uv cache is
     made the admin's alone afterwards, so no user can change or lock anything in it.
     """
-    env = uv_env(site)
+    env = {**(env or {}), **uv_env(site)}  # ``env``: what the interpreter needs (its module's)
     root = Root(site.root)
     own_cache = Path(env["UV_CACHE_DIR"]) == root.uv_cache
     if own_cache:
@@ -53,6 +56,47 @@ def run_uv(site: Site, *args: str, what: str) -> subprocess.CompletedProcess[str
     finally:
         if own_cache:
             admin_only(root.cache)
+
+
+def compile_pylock(
+    site: Site,
+    requirements: list[str],
+    *,
+    python: str,
+    target: str,
+    constraints: tuple[str, ...] = (),
+    index_url: str | None = None,
+    what: str,
+) -> str:
+    """``uv pip compile`` of ``requirements`` for Python ``python`` (X.Y) on ``target`` (uv's
+    platform name): the text of the pylock.toml (PEP 751) uv writes. A :class:`CommandError` when
+    uv cannot resolve them."""
+    with tempfile.TemporaryDirectory(prefix="hubstock-pip-") as tmp:
+        req = Path(tmp, "requirements.in")
+        req.write_text("".join(f"{r}\n" for r in requirements))
+        extra = ["--index-url", index_url] if index_url else []
+        if constraints:
+            cons = Path(tmp, "constraints.txt")
+            cons.write_text("".join(f"{c}\n" for c in constraints))
+            extra += ["--constraint", str(cons)]
+        out = Path(tmp, "pylock.toml")
+        run_uv(
+            site,
+            "pip",
+            "compile",
+            "--format",
+            "pylock.toml",
+            "--python-version",
+            python,
+            "--python-platform",
+            target,
+            *extra,
+            "--output-file",
+            str(out),
+            str(req),
+            what=what,
+        )
+        return out.read_text()
 
 
 def uv_error_summary(output: str) -> str:

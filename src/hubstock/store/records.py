@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -109,17 +109,47 @@ class LockedPackage(BaseModel):
     sha256: str
 
 
-class BuildProvenance(Record):
-    """Where a build came from: written by ``hubstock build`` before its completion marker."""
+class ModuleRef(BaseModel):
+    """An Lmod module as it resolved when locking or building: its modulefile and that file's sha256."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: str  # as the env or kernel asks for it ("R/4.2")
+    full_name: str  # what Lmod loaded ("R/4.2")
+    path: str  # the modulefile
+    sha256: str
+
+
+class Interpreter(BaseModel):
+    """The site interpreter a venv build runs on: its identity is part of the build id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    path: str  # the resolved executable
+    version: str  # the full version, "3.11.2"
+    sha256: str  # of the executable
+    module: str | None = None  # the Lmod module that provides it, if any
+
+
+class BuildProvenance(Record):
+    """Where a build came from: written by ``hubstock build`` before its completion marker.
+
+    Schema 2 adds the env's kind, the interpreter of a venv build and the modules of a
+    module env (or of a venv's interpreter)."""
+
+    SCHEMA: ClassVar[int] = 2
     WHAT: ClassVar[str] = "build provenance"
 
+    schema_version: int = Field(default=2, alias="schema", ge=1)
     build_id: str
     env: str
+    kind: Literal["conda", "venv", "module"] = "conda"
     platform: str
     lock_content_hash: dict[str, str] = Field(default_factory=dict)
     lock_platform_hash: str | None = None
     packages: list[LockedPackage] = Field(default_factory=list)
+    interpreter: Interpreter | None = None
+    modules: list[ModuleRef] = Field(default_factory=list)
     created: str
     builder: str
 

@@ -3,8 +3,10 @@
 On the hub node: the shared root (there, the admin's, closed to users, its lock free, its
 current generation whole), the hub's settings (ports, private state, secrets, TLS, PAM, the
 allowed group), the scheduler and its queues against the spawn form, and the hub's jupyterhub
-and batchspawner against the published server build's. From a compute node: a short probe job,
-submitted the way the hub submits servers, as a test account, that reports what the node sees.
+and batchspawner against the published server build's, the site interpreters and Lmod modules
+the generation's venv and module builds need. From a compute node: a short probe job, submitted
+the way the hub submits servers, as a test account, that reports what the node sees (the same
+interpreters and modules included).
 
 Each check is a small function returning :class:`~.model.Check` values (``ok``, ``warn`` or
 ``FAIL``, with one sentence of fix); :func:`run_doctor` runs them in order. This package runs
@@ -31,6 +33,13 @@ from ...store.records import GenerationManifest
 from ...store.root import Root
 from ..hooks import BASE_PATH
 from ..units import state_dir
+from .envs import (
+    GenerationEnvs,
+    check_interpreters_here,
+    check_modules_here,
+    probe_args,
+    read_generation_envs,
+)
 from .hubcheck import (
     check_hub_running,
     check_login,
@@ -95,10 +104,16 @@ def run_doctor(
     add(*check_root(root))
     gen: Generation | None = None
     manifest: GenerationManifest | None = None
+    envs = GenerationEnvs()
+    modules = site.settings.modules
     if root.path.is_dir():
         add(check_lock(root))
         gen_check, gen, manifest = check_generation(root)
         add(gen_check)
+        if gen is not None and manifest is not None:
+            envs = read_generation_envs(root, gen, manifest)
+            add(*check_interpreters_here(envs))
+            add(*check_modules_here(envs, modules.init, site.module_use()))
     server = manifest.server if manifest else None
     if server is not None:
         prefix = Path(server.prefix)
@@ -138,7 +153,7 @@ def run_doctor(
             )
         )
         return checks
-    plan_or_check = _plan(site, opts, user, queue, gen, manifest, running.running, log)
+    plan_or_check = _plan(site, opts, user, queue, gen, manifest, envs, running.running, log)
     if isinstance(plan_or_check, Check):
         add(plan_or_check)
         return checks
@@ -167,6 +182,7 @@ def _plan(
     queue: str,
     gen: Generation,
     manifest: GenerationManifest,
+    envs: GenerationEnvs,
     hub_running: bool,
     log: Callable[[str], None],
 ) -> tuple[ProbePlan, NodeExpect] | Check:
@@ -210,6 +226,7 @@ def _plan(
         "hub_api": url,
         "cuda": opts_job.gpus > 0,
         "timeout": min(timeout, 120),
+        **probe_args(envs, site.settings.modules.init, site.module_use()),
     }
     python = f"{prefix}/bin/python"
     files = {
@@ -256,5 +273,6 @@ def _plan(
         hub_url=url,
         hub_running=hub_running,
         user=user,
+        envs=envs,
     )
     return plan, expect

@@ -38,8 +38,8 @@ def fail(name: str, detail: str, fix: str) -> Check:
 
 
 def format_check(check: Check) -> str:
-    """One line: ``FAIL  queue.gpu         no partition 'gpu' in Slurm... Fix: create it, or ...``."""
-    line = f"{check.status:<4}  {check.name:<20} {check.detail}"
+    """One line: ``FAIL  queue.gpu              no partition 'gpu' in Slurm... Fix: create it, or ...``."""
+    line = f"{check.status:<4}  {check.name:<22} {check.detail}"
     if check.fix and check.status != "ok":
         line += f" Fix: {check.fix}"
     return line

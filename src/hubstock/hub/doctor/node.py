@@ -2,14 +2,18 @@
 
 The report is :mod:`.node_probe`'s JSON, or the probe shell's short one when the server
 build's python could not run at all (``probe_failed``, ``root_readable``, ``python_executable``).
+``node.interpreter`` and ``node.modules`` appear only when the generation has venv builds or
+kernels that load modules (:mod:`.envs`).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ...lmod import lmod_message
+from .envs import GenerationEnvs, ModuleSet, interpreter_fix, interpreter_problem, kernels_label
 from .model import Check, fail, ok, warn
 
 NOT_CHECKED = "not checked: the server build's python did not run on the node"
@@ -28,6 +32,8 @@ class NodeExpect:
     hub_url: str  # http://<hub_connect_ip>:<hub_port>/hub/api
     hub_running: bool  # the hub answers on the hub node
     user: str
+    #: the generation's venv interpreters and the module sets its kernels load
+    envs: GenerationEnvs = field(default_factory=GenerationEnvs)
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
@@ -167,6 +173,117 @@ def hub_api_check(report: dict[str, Any], e: NodeExpect) -> Check:
     )
 
 
+def _reported(report: dict[str, Any], key: str, count: int) -> list[dict[str, Any]] | None:
+    """The report's ``key`` list if it has ``count`` entries (one per thing asked), else None."""
+    found = report.get(key)
+    if not isinstance(found, list) or len(found) != count or not all(isinstance(f, dict) for f in found):
+        return None
+    return found
+
+
+def _load_said(load: dict[str, Any]) -> str:
+    """Lmod's message of a failed load, in one line (or why there was no Lmod)."""
+    output = str(load.get("output") or "")
+    if load.get("code") == 4 or load.get("init") is None:
+        return output.strip().splitlines()[0] if output.strip() else "no Lmod"
+    return lmod_message(output) or f"exit status {load.get('code')}"
+
+
+def interpreter_check(report: dict[str, Any], e: NodeExpect) -> list[Check]:
+    """``node.interpreter``: every venv build's interpreter is on the node (after loading its
+    module, as its kernel does) and its real binary is the one the build was made with."""
+    uses = e.envs.interpreters
+    if not uses:
+        return []
+    name, host = "node.interpreter", report.get("host", "the node")
+    if "probe_failed" in report:
+        return [warn(name, NOT_CHECKED)]
+    found = _reported(report, "interpreters", len(uses))
+    if found is None:
+        return [
+            warn(name, f"the probe on {host} did not report the interpreters", "run hubstock doctor again.")
+        ]
+    bad, unloaded = [], []
+    for use, f in zip(uses, found, strict=True):
+        load = f.get("load") or {}
+        not_loaded = (
+            f"module {' '.join(use.modules)} does not load there ({_load_said(load)})"
+            if load and not load.get("ok")
+            else ""
+        )
+        problem = interpreter_problem(use, f, host)
+        if problem:
+            bad.append((use, problem + (f"; its {not_loaded}" if not_loaded else "")))
+        elif not_loaded:
+            unloaded.append(f"env {use.env!r}: its {not_loaded}")
+    if bad:
+        return [
+            fail(
+                name,
+                "; ".join(p for _, p in bad) + ": the site changed its Python",
+                interpreter_fix(u.env for u, _ in bad),
+            )
+        ]
+    if unloaded:
+        return [
+            warn(
+                name,
+                f"the interpreters are on {host} and unchanged, but " + "; ".join(unloaded),
+                "install the module on the compute nodes, or fix [modules] use in hubstock.toml (see node.modules).",
+            )
+        ]
+    shown = ", ".join(f"{u.path} ({u.env})" for u in uses)
+    return [ok(name, f"the venv builds' interpreters are on {host} and unchanged: {shown}")]
+
+
+def _named(modules: tuple[str, ...], message: str) -> list[str]:
+    """The modules of a set that Lmod's message names (all of them when it names none)."""
+    named = [m for m in modules if re.search(rf"(?<![\w./+-]){re.escape(m)}(?![\w./+-])", message)]
+    return named or list(modules)
+
+
+def module_problem(s: ModuleSet, load: dict[str, Any], host: str) -> tuple[str, str]:
+    """(the sentence, its fix) for a set of modules that does not load on ``host``."""
+    who = f"{kernels_label(s.kernels)} cannot start on {host}"
+    said = _load_said(load)
+    if load.get("code") == 4 or load.get("init") is None:
+        init = load.get("init")
+        where = f"Lmod's init {init} is missing there or is not Lmod" if init else "it has no Lmod"
+        return (
+            f"{who}: {where} ({said})",
+            "install Lmod on the compute nodes at the path the kernels use, or set [modules] init in "
+            "hubstock.toml to where it is there and publish again.",
+        )
+    names = " ".join(_named(s.modules, said))
+    plural = "s" if " " in names else ""
+    how = "unknown" if "unknown" in said.lower() else "failing"
+    verb = ("are" if plural else "is") + f" {how} there"
+    return (
+        f"{who}: module{plural} {names} {verb} ({said})",
+        "install the module on the compute nodes, or fix [modules] use in hubstock.toml, then lock, build "
+        "and publish again.",
+    )
+
+
+def modules_check(report: dict[str, Any], e: NodeExpect) -> list[Check]:
+    """``node.modules``: every set of modules a published kernel loads loads on the node, with the
+    site's Lmod (``module load`` through bash, as the kernel does)."""
+    sets = e.envs.module_sets
+    if not sets:
+        return []
+    name, host = "node.modules", report.get("host", "the node")
+    if "probe_failed" in report:
+        return [warn(name, NOT_CHECKED)]
+    found = _reported(report, "modules", len(sets))
+    if found is None:
+        return [warn(name, f"the probe on {host} did not report the modules", "run hubstock doctor again.")]
+    bad = [module_problem(s, f, host) for s, f in zip(sets, found, strict=True) if not f.get("ok")]
+    if bad:
+        return [fail(name, "; ".join(d for d, _ in bad), bad[0][1])]
+    shown = "; ".join(f"{' '.join(s.modules)} ({', '.join(s.kernels)})" for s in sets)
+    return [ok(name, f"every kernel's modules load on {host}: {shown}")]
+
+
 def node_checks(report: dict[str, Any], e: NodeExpect) -> list[Check]:
     """Every check of the node from the probe's report."""
     return [
@@ -174,4 +291,6 @@ def node_checks(report: dict[str, Any], e: NodeExpect) -> list[Check]:
         python_check(report, e),
         *virtual_checks(report, e),
         hub_api_check(report, e),
+        *interpreter_check(report, e),
+        *modules_check(report, e),
     ]

@@ -7,13 +7,18 @@ that runs it with the published server build's python::
 
 It reads the paths and addresses in ARGS.json and prints one JSON report: the node, the
 root as this user sees it, ``jupyterhub-singleuser --version``, glibc, the Linux kernel,
-the CUDA driver (when asked), and whether the hub's API answers from here. Standard library
-only, and Python 3.8 or newer: it runs with whatever python the server build has.
+the CUDA driver (when asked), whether the hub's API answers from here, the site interpreters
+the generation's venv builds run on (their real binary's sha256, after loading their module),
+and whether each set of Lmod modules a kernel loads loads here (``module load`` through bash,
+as the kernel does). Standard library only, and Python 3.8 or newer: it runs with whatever
+python the server build has.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
+import hashlib
 import json
 import os
 import platform
@@ -26,6 +31,29 @@ import urllib.error
 import urllib.request
 
 MAX_PROBLEMS = 5
+#: how much of Lmod's output a load keeps for the report
+MAX_OUTPUT = 2000
+#: printed (between NULs) after a successful load: Lmod's messages come before it
+LOADED = "HUBSTOCK-PROBE-LOADED"
+#: Lmod's bash init where the hub named none: $LMOD_PKG's, Debian's, then the usual places
+INIT_PLACES = (
+    "/usr/share/lmod/lmod/init/bash",
+    "/usr/share/lmod/*/init/bash",
+    "/opt/apps/lmod/lmod/init/bash",
+)
+# As a kernel that loads modules starts: bash without profiles sources Lmod's init, then
+# `module use DIR...; module purge; module load MODULE...`; the directories and modules are
+# positional arguments ($1 init, $2 how many directories), never spliced into the script.
+LOAD_SCRIPT = (
+    "init=$1; nuse=$2; shift 2\n"
+    'source "$init"\n'
+    "type module >/dev/null 2>&1 || exit 4\n"
+    'if [ "$nuse" -gt 0 ]; then module use "${@:1:$nuse}"; shift "$nuse"; fi\n'
+    "module purge\n"
+    'if [ "$#" -gt 0 ]; then module load "$@" || exit 1; fi\n'
+    "printf '\\0%s\\0' " + LOADED + "\n"
+    "command -p env -0\n"
+)
 
 
 def unreadable(dirs: list[str], trees: list[str], files: list[str]) -> tuple[bool, list[dict[str, str]]]:
@@ -111,11 +139,101 @@ def hub_api(url: str, timeout: float) -> dict[str, object]:
     return {"status": status, "version": version}
 
 
+def lmod_init(configured: object) -> str | None:
+    """Lmod's bash init here: the one the hub named, else $LMOD_PKG's or the usual places."""
+    if isinstance(configured, str) and configured:
+        return configured
+    candidates = []
+    if os.environ.get("LMOD_PKG"):
+        candidates.append(os.path.join(os.environ["LMOD_PKG"], "init", "bash"))
+    for pattern in INIT_PLACES:
+        candidates.extend(sorted(glob.glob(pattern), reverse=True))
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def load_modules(lmod: dict, modules: list[str], timeout: float) -> dict[str, object]:
+    """``module load MODULES`` here, as a kernel does it (the job's own environment): whether it
+    loaded, Lmod's output (its messages, or why there was no Lmod), and the PATH it left."""
+    init = lmod_init(lmod.get("init"))
+    if init is None:
+        return {"ok": False, "code": None, "init": None, "output": "no Lmod init/bash found on this node"}
+    use = [str(u) for u in lmod.get("use") or []]
+    argv = ["/bin/bash", "--noprofile", "--norc", "-c", LOAD_SCRIPT, "hubstock-probe", init, str(len(use))]
+    try:
+        p = subprocess.run(
+            [*argv, *use, *modules],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"ok": False, "code": None, "init": init, "output": str(e)}
+    out = p.stdout.decode(errors="replace")
+    messages, sep, env_text = out.partition(f"\0{LOADED}\0")
+    if p.returncode != 0 or not sep:
+        return {"ok": False, "code": p.returncode, "init": init, "output": messages[-MAX_OUTPUT:]}
+    path = ""
+    for entry in env_text.split("\0"):
+        if entry.startswith("PATH="):
+            path = entry[5:]
+    return {"ok": True, "code": 0, "init": init, "output": messages[-MAX_OUTPUT:], "path": path}
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def interpreter_state(path: str) -> dict[str, object]:
+    """Whether the interpreter at ``path`` is here: its real binary and that file's sha256."""
+    if not os.path.lexists(path):
+        return {"exists": False}
+    real = os.path.realpath(path)
+    if not os.path.isfile(real):
+        return {"exists": False, "real": real}
+    try:
+        return {"exists": True, "real": real, "sha256": sha256_of(real)}
+    except OSError as e:
+        return {"exists": True, "real": real, "error": e.strerror or str(e)}
+
+
+def on_path(command: str, path: str) -> str | None:
+    """Where ``command`` is on ``path`` (a PATH value), symlinks kept."""
+    for d in path.split(os.pathsep):
+        candidate = os.path.join(d, command)
+        if os.path.isabs(d) and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def interpreters(wanted: list[dict], lmod: dict, timeout: float) -> list[dict[str, object]]:
+    """For each venv build's interpreter (``path``, ``modules`` to load first): its state here
+    and, when it comes from a module, that load and where the module's PATH finds its command."""
+    out: list[dict[str, object]] = []
+    for want in wanted:
+        path, modules = str(want["path"]), [str(m) for m in want.get("modules") or []]
+        found: dict[str, object] = {"path": path}
+        if modules:
+            loaded = load_modules(lmod, modules, timeout)
+            found["load"] = {k: v for k, v in loaded.items() if k != "path"}
+            if loaded.get("ok"):
+                found["on_path"] = on_path(os.path.basename(path), str(loaded.get("path") or ""))
+        found.update(interpreter_state(path))
+        out.append(found)
+    return out
+
+
 def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         args = json.load(f)
     started = float(argv[2]) if len(argv) > 2 else time.time()
     visible, problems = unreadable(args["dirs"], args["trees"], args["files"])
+    timeout = float(args.get("timeout", 120))
+    lmod = args.get("lmod") or {}
     report = {
         "started": started,
         "host": socket.gethostname(),
@@ -123,11 +241,15 @@ def main(argv: list[str]) -> int:
         "python": platform.python_version(),
         "executable": sys.executable,
         "root": {"visible": visible, "unreadable": problems},
-        "singleuser": singleuser(args["server_prefix"], float(args.get("timeout", 120))),
+        "singleuser": singleuser(args["server_prefix"], timeout),
         "glibc": glibc(),
         "linux": platform.release(),
         "cuda": cuda_driver() if args.get("cuda") else None,
         "hub_api": hub_api(args["hub_api"], 10) if args.get("hub_api") else None,
+        "interpreters": interpreters(args.get("interpreters") or [], lmod, timeout),
+        "modules": [
+            load_modules(lmod, [str(m) for m in mods], timeout) for mods in args.get("module_sets") or []
+        ],
         "finished": time.time(),
     }
     json.dump(report, sys.stdout)

@@ -1,0 +1,319 @@
+"""Smoke tests of kernels: start each from a kernels folder with jupyter_client and run its check.
+
+``hubstock publish`` runs them in a worker process (``python -m hubstock.admin.publish.smoke``) that it
+starts before it loads the site: the worker imports jupyter_client (the slowest import of a
+publish, about 0.15 s) on another core while the command loads its own modules and stages the
+generation. The worker takes one request as JSON on stdin and answers with one JSON document on
+stdout; standard input closed without a request means nothing is to be tested. This module
+imports only the standard library (jupyter_client only where kernels are started), so the worker
+starts without hubstock's models.
+
+A kernel passes when its process runs from the build it names and its check code runs without
+error. Kernels are tested concurrently, each with its own home and IPC sockets in a private
+temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+from ...errors import PublishError
+
+#: a kernel's failure: (the reason, in a few words, and the end of its log); None: it passed
+Outcome = tuple[str, str] | None
+
+#: how long the command waits for the worker beyond the smoke timeout (kernel shutdowns, start-up)
+_WORKER_GRACE_S = 60.0
+
+
+@dataclass(frozen=True)
+class SmokeJob:
+    """One kernel to smoke-test: its kernelspec is ``<kernels_dir>/<name>/kernel.json``."""
+
+    name: str
+    #: the build the kernel's process must run from
+    prefix: str
+    #: code run in the kernel ("" for none)
+    check: str
+    #: the kernelspec's executable, named when it does not exist
+    argv0: str
+    #: whether the kernel's executable must lie inside ``prefix`` (a conda build's own); a venv's
+    #: python is its site interpreter, a module kernel's the module's: their check code says more
+    exe_in_prefix: bool = True
+
+
+def run_smoke(jobs: Sequence[SmokeJob], kernels_dir: Path, timeout: float) -> list[Outcome]:
+    """Smoke-test ``jobs`` in this process, concurrently; one outcome per job, in order."""
+    if not jobs:
+        return []
+    import asyncio  # here, not at the top: the command that starts the worker does not need it
+
+    with tempfile.TemporaryDirectory(prefix="hubstock-smoke-") as tmp, _quiet_jupyter_client():
+        return asyncio.run(_smoke_all(jobs, kernels_dir, Path(tmp), timeout))
+
+
+class SmokeWorker:
+    """The worker process that runs one :func:`run_smoke` request.
+
+    Start it as early as possible (:meth:`start`), hand it the request when the kernels are
+    staged (:meth:`run`), and :meth:`close` it in any case (a context manager): an unused worker
+    is stopped, one that is testing is asked to shut its kernels down first.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._asked = False
+
+    @classmethod
+    def start(cls) -> SmokeWorker:
+        proc = subprocess.Popen(
+            # -P: nothing in the working directory shadows a module (PYTHONPATH still counts)
+            [sys.executable, "-P", "-m", __name__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        return cls(proc)
+
+    def __enter__(self) -> SmokeWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, jobs: Sequence[SmokeJob], kernels_dir: Path, timeout: float) -> list[Outcome]:
+        """The outcome of each of ``jobs``, as :func:`run_smoke` gives it, from the worker."""
+        if self._asked:
+            raise RuntimeError("a smoke-test worker takes one request")
+        self._asked = True
+        request = {"kernels_dir": str(kernels_dir), "timeout": timeout, "jobs": [asdict(j) for j in jobs]}
+        try:
+            out, err = self._proc.communicate(json.dumps(request).encode(), timeout=timeout + _WORKER_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise PublishError(
+                f"the smoke tests did not finish within {timeout + _WORKER_GRACE_S:.0f} s; nothing was "
+                "published, the current kernels stay. Run `hubstock -v publish` to see where they stop."
+            ) from None
+        try:
+            answer = json.loads(out)
+            outcomes = answer["outcomes"]
+            if self._proc.returncode != 0 or not isinstance(outcomes, list) or len(outcomes) != len(jobs):
+                raise ValueError(outcomes)
+        except (ValueError, KeyError, TypeError):
+            said = err.decode(errors="replace").strip()
+            last = said.splitlines()[-1] if said else f"exit status {self._proc.returncode}"
+            raise PublishError(
+                f"the smoke-test worker failed ({last}); nothing was published, the current kernels "
+                "stay. Check that jupyter_client is installed beside hubstock (`pip install hubstock`).",
+                detail=said,
+            ) from None
+        return [tuple(o) if o else None for o in outcomes]
+
+    def close(self) -> None:
+        """Stop the worker if it still runs: at once if it has no request (it started nothing),
+        else with SIGTERM first, so that it shuts down the kernels it started."""
+        proc = self._proc
+        if proc.poll() is not None:
+            return
+        if not self._asked:
+            proc.kill()
+        else:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+                return
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+
+# --- the tests themselves -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet_jupyter_client() -> Iterator[None]:
+    """jupyter_client logs its own account of a kernel that fails to start; hubstock's one
+    sentence says it (naming the kernel and the fix), so nothing is logged before it."""
+    loggers = [logging.getLogger(name) for name in ("traitlets", "jupyter_client")]
+    saved = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, saved, strict=True):
+            lg.disabled = was
+
+
+async def _smoke_all(jobs: Sequence[SmokeJob], kernels_dir: Path, tmp: Path, timeout: float) -> list[Outcome]:
+    import asyncio
+
+    return list(await asyncio.gather(*(_smoke_one(j, kernels_dir, tmp, timeout) for j in jobs)))
+
+
+async def _smoke_one(job: SmokeJob, kernels_dir: Path, tmp: Path, timeout: float) -> Outcome:
+    import asyncio
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import AsyncKernelManager
+
+    home = tmp / job.name
+    home.mkdir()
+    log_path = home / "kernel.log"
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "IPYTHONDIR": str(home / ".ipython"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "MPLCONFIGDIR": str(home / ".matplotlib"),
+        "JUPYTER_PATH": str(kernels_dir.parent),
+    }
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+    (home / "runtime").mkdir()
+    # IPC sockets in a private folder: kernels started together cannot race for TCP ports
+    km = AsyncKernelManager(
+        kernel_name=job.name, kernel_spec_manager=ksm, transport="ipc", ip=str(home / "runtime" / "k")
+    )
+    km.connection_file = str(home / "runtime" / f"kernel-{job.name}.json")
+    with open(log_path, "wb") as log:
+        try:
+            await asyncio.wait_for(_start_and_check(km, job, env, log), timeout)
+            return None
+        except TimeoutError:
+            return (f"it did not answer within {timeout:.0f} s", _tail(log_path))
+        except _SmokeFailure as e:
+            return (str(e), "\n".join(x for x in (_tail(log_path), e.detail) if x))
+        except FileNotFoundError as e:
+            exe = e.filename or job.argv0
+            return (f"its executable {exe} does not exist; fix 'argv' in its kernel.json", _tail(log_path))
+        except (OSError, RuntimeError) as e:
+            return (f"it could not be started ({e})", _tail(log_path))
+        finally:
+            await _shutdown(km)
+
+
+class _SmokeFailure(Exception):
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+async def _start_and_check(km: Any, job: SmokeJob, env: dict[str, str], log: Any) -> None:
+    await km.start_kernel(env=env, stdout=log, stderr=log)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await _wait_ready(km, kc)
+        pid = getattr(km.provisioner, "pid", None)
+        if pid and job.exe_in_prefix:
+            exe = os.path.realpath(f"/proc/{pid}/exe")
+            prefix = os.path.realpath(job.prefix)
+            if not exe.startswith(prefix + os.sep):
+                raise _SmokeFailure(f"it runs {exe}, which is not inside its build {prefix}")
+        if job.check:
+            await _execute(kc, job.check)
+    finally:
+        kc.stop_channels()
+
+
+async def _wait_ready(km: Any, kc: Any) -> None:
+    """One kernel_info request, then wait for its reply, watching the process meanwhile.
+
+    (jupyter_client's own wait_for_ready sends a request every second and, once a kernel
+    has died, can block the whole event loop in a zmq send; one request cannot.)
+    """
+    msg_id = kc.kernel_info()
+    while True:
+        try:
+            reply = await kc.get_shell_msg(timeout=0.5)
+        except Empty:
+            if not await km.is_alive():
+                raise _SmokeFailure("it exited while starting") from None
+            continue
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return
+
+
+async def _execute(kc: Any, code: str) -> None:
+    msg_id = kc.execute(code, store_history=False)
+    reply = await kc.get_shell_msg(timeout=None)
+    while reply["parent_header"].get("msg_id") != msg_id:
+        reply = await kc.get_shell_msg(timeout=None)
+    content = reply["content"]
+    if content.get("status") != "ok":
+        ename = content.get("ename", "error")
+        evalue = content.get("evalue", "")
+        tb = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(content.get("traceback", [])))
+        raise _SmokeFailure(f"its check {code!r} raised {ename}: {evalue}", tb)
+
+
+async def _shutdown(km: Any) -> None:
+    try:
+        if km.has_kernel and await km.is_alive():
+            await km.shutdown_kernel(now=True)
+        else:
+            await km.cleanup_resources()
+    except (OSError, RuntimeError):
+        pass
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    """The command asks the worker to stop: asyncio.run then cancels the tests, which shut their
+    kernels down (they run in sessions of their own: nothing else stops them)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: that shutdown is not interrupted
+    raise KeyboardInterrupt
+
+
+def worker_main() -> int:
+    """The worker: import jupyter_client at once, then run the one request on stdin (if any)."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the command stops the worker
+    try:
+        import jupyter_client.kernelspec  # noqa: F401  (the import this worker exists to start early)
+        import jupyter_client.manager  # noqa: F401
+
+        raw = sys.stdin.buffer.read()
+        if not raw.strip():
+            return 0  # the command had nothing to test
+        request = json.loads(raw)
+        jobs = [SmokeJob(**j) for j in request["jobs"]]
+        outcomes = run_smoke(jobs, Path(request["kernels_dir"]), float(request["timeout"]))
+    except KeyboardInterrupt:
+        return 130
+    sys.stdout.write(json.dumps({"outcomes": [list(o) if o else None for o in outcomes]}))
+    return 0
+
+
+if __name__ == "__main__":
+    code = worker_main()
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter teardown (jupyter_client's zmq context): the answer is written
