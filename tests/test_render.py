@@ -107,3 +107,53 @@ def test_bad_kernel_templates_are_named(tmp_path, name, spec, message):
     with pytest.raises(SiteError, match=f"kernels/{name}") as e:
         load_kernel_templates(site)
     assert message in str(e.value)
+
+
+# --- kernels that load Lmod modules ------------------------------------------------------------
+
+
+def test_a_kernel_of_a_module_env_loads_its_modules_then_its_own_and_falls_back_to_the_stand_in():
+    from hubstock.admin.publish.kernels import UNAVAILABLE_KERNEL, KernelTemplate, LmodRef, render_template
+
+    build = BuildRef(
+        env="r",
+        build_id="f" * 16,
+        prefix=Path("/sw/envs/r/" + "f" * 16),
+        lock_hash="h",
+        kind="module",
+        modules=("R/4.2",),
+    )
+    spec = {
+        "argv": ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"],
+        "display_name": "R",
+        "language": "R",
+        "metadata": {"hubstock": {"env": "r", "modules": ["gcc/12", "R/4.2"]}},
+    }
+    lmod = LmodRef(
+        init="/usr/share/lmod/lmod/init/bash", use=("/sw/modules",), python="/sw/envs/server/b/bin/python"
+    )
+    k = render_template(
+        KernelTemplate(name="r", dir=Path("/nonexistent"), spec=spec, resources=()), build, lmod
+    )
+    argv = k.spec["argv"]
+    assert argv[:4] == ["/bin/bash", "--noprofile", "--norc", "-c"]
+    assert argv[5:] == ["hubstock-kernel", *spec["argv"]]  # the kernel's own argv, untouched, as arguments
+    script = argv[4]
+    assert (
+        "source /usr/share/lmod/lmod/init/bash; module use /sw/modules; module purge; module load R/4.2 gcc/12 ||"
+        in script
+    )
+    assert f"exec /sw/envs/server/b/bin/python '{{resource_dir}}/{UNAVAILABLE_KERNEL}' R " in script
+    assert script.endswith('exec "$@"')
+    assert UNAVAILABLE_KERNEL in k.resources  # published beside the kernel.json
+    plain = render_kernelspec(spec | {"metadata": {"hubstock": {"env": "py"}}}, BUILD, lmod)
+    assert plain["argv"] == spec["argv"]  # no modules: nothing wrapped
+
+
+def test_a_kernel_that_loads_modules_without_lmod_is_one_sentence():
+    build = BuildRef(
+        env="r", build_id="f" * 16, prefix=Path("/sw/r"), lock_hash="h", kind="module", modules=("R/4.2",)
+    )
+    spec = {"argv": ["R", "{connection_file}"], "display_name": "R", "metadata": {"hubstock": {"env": "r"}}}
+    with pytest.raises(SiteError, match="loads modules R/4.2 but Lmod was not found"):
+        render_kernelspec(spec, build, None)
