@@ -10,6 +10,7 @@ from ..store.builds import build_ids, current_build, damage, is_complete
 from ..store.generations import generations, resolve_current
 from ..store.records import RecordError
 from ..store.root import Root
+from .lock.envconf import read_env_conf
 from .lock.lockcache import known_fresh
 
 
@@ -33,7 +34,9 @@ def collect_status(site: Site) -> dict[str, Any]:
     envs: dict[str, Any] = {}
     for name in site.env_names():
         state = lock_state(site, name)
+        conf = read_env_conf(site, name)
         envs[name] = {
+            "kind": conf.kind if conf else "conda",
             "lock": state,
             "current": current_build(root, name),
             "builds": _builds(root, name),
@@ -80,7 +83,9 @@ def format_status(doc: dict[str, Any]) -> str:
         n = len(env["builds"])
         done = sum(b["complete"] for b in env["builds"])
         cur = env["current"] or "none"
-        lines.append(f"  env {name:<16} lock {env['lock']:<8} current {cur:<18} builds {done}/{n} complete")
+        lines.append(
+            f"  env {name:<16} {env['kind']:<6} lock {env['lock']:<8} current {cur:<18} builds {done}/{n} complete"
+        )
         for b in env["builds"]:
             if b.get("damaged"):
                 lines.append(
