@@ -175,6 +175,7 @@ def test_diff_reports_each_change_exactly(make_site, hubstock, channel_url, extr
         "pinned_of": "stock",
         "packages": [],
         "packages_known": True,
+        "interpreter": None,
     }
     assert d12["extensions"] == [
         {

@@ -19,7 +19,9 @@ Under ``$JUPYTERHUB_SERVICE_PREFIX``:
     api/generations/<gen>                one generation, as api/current
     api/diff                             the current generation against the one before
     api/diff/<gen_a>/<gen_b>             any two (the same data as ``hubstock diff --json``)
-    lock/<gen>/<kernel>/conda-lock.yml   the lock a kernel's build was made from (<gen>: or 'current')
+    lock/<gen>/<kernel>/conda-lock.yml   the lock a kernel's build was made from (<gen>: or 'current'),
+    lock/<gen>/<kernel>/pylock.toml      by its kind: a conda env's, a venv's (PEP 751), a module
+    lock/<gen>/<kernel>/modules.lock.json  env's (the modules it loads; for reference)
     oauth_callback                       JupyterHub's OAuth
 
 Each request resolves ``current`` once, so a publish while someone reads never gives a
@@ -34,12 +36,14 @@ import json
 import logging
 import os
 import pwd
+import re
 import secrets
 import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..store.buildlock import LOCK_NAMES
 from ..store.diff import GenerationContents, diff_generations
 from ..store.records import GenerationManifest, KernelEntry
 from ..store.root import Root
@@ -123,17 +127,18 @@ def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None)
 
     class Lock(Base):
         @web.authenticated
-        def get(self, gen: str, kernel: str) -> None:
+        def get(self, gen: str, kernel: str, name: str) -> None:
             try:
-                data = self.views.lock(gen, kernel)
+                lock = self.views.lock_file(gen, kernel, name)
             except NotFound as e:
                 raise web.HTTPError(404, str(e)) from None
-            self.set_header("Content-Type", "application/x-yaml; charset=utf-8")
-            self.set_header("Content-Disposition", 'attachment; filename="conda-lock.yml"')
-            self.finish(data)
+            self.set_header("Content-Type", lock.content_type)
+            self.set_header("Content-Disposition", f'attachment; filename="{lock.name}"')
+            self.finish(lock.data)
 
     p = prefix if prefix.endswith("/") else prefix + "/"
     name = r"([^/]+)"
+    lock_name = "(" + "|".join(re.escape(n) for n in sorted(set(LOCK_NAMES.values()))) + ")"
     return web.Application(
         [
             (p, Page),
@@ -143,7 +148,7 @@ def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None)
             (p + f"api/generations/{name}", OneGeneration),
             (p + "api/diff", Diff),
             (p + f"api/diff/{name}/{name}", Diff),
-            (p + f"lock/{name}/{name}/conda-lock.yml", Lock),
+            (p + f"lock/{name}/{name}/{lock_name}", Lock),
         ],
         cookie_secret=cookie_secret or secrets.token_bytes(32),
     )

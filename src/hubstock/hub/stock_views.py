@@ -18,11 +18,11 @@ from urllib.parse import quote
 
 import jinja2
 
-from ..store.buildlock import lock_copy_path, read_lock_copy
+from ..store.buildlock import LOCK_NAMES, lock_copy_path, read_lock_copy
 from ..store.catalog import Catalog, language_version, package_source, previous_generation
 from ..store.diff import GenerationContents, GenerationDiff
 from ..store.generations import GEN_RE, Generation, resolve_current
-from ..store.records import KernelEntry, RecordError
+from ..store.records import BuildProvenance, KernelEntry, RecordError
 from ..store.root import Root
 
 log = logging.getLogger("hubstock.stock_page")
@@ -33,8 +33,31 @@ NOTHING_PUBLISHED = (
 )
 
 
+#: the Content-Type of each lock users download, by its name
+LOCK_TYPES = {
+    "conda-lock.yml": "application/x-yaml; charset=utf-8",
+    "pylock.toml": "application/toml",
+    "modules.lock.json": "application/json",
+}
+#: what each kind of env is, in a few words, for the page
+KIND_LABELS = {
+    "conda": "a conda environment",
+    "venv": "a Python virtual environment (venv) on the site's Python",
+    "module": "the site's own software, loaded from its module tree (Lmod)",
+}
+
+
 class NotFound(Exception):
     """A generation, kernel or lock that is not there (the message is for the user)."""
+
+
+@dataclass(frozen=True)
+class LockFile:
+    """A build's lock, as users download it: its file name, its Content-Type and its bytes."""
+
+    name: str
+    content_type: str
+    data: bytes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -89,6 +112,7 @@ class StockViews:
             raise NotFound(f"generation {gen.name} cannot be read; ask the administrators") from None
 
     def kernel_doc(self, contents: GenerationContents, k: KernelEntry) -> dict[str, Any]:
+        prov = contents.provenance(k.env, k.build)
         pkgs = contents.packages(k.env, k.build)
         packages = []
         for p in sorted(pkgs or [], key=lambda p: (p.name.lower(), p.manager)):
@@ -103,23 +127,33 @@ class StockViews:
                     "channel": where,
                 }
             )
+        kind = prov.kind if prov else None
+        lock_name = LOCK_NAMES.get(kind) if kind else None
         lock = lock_copy_path(self.root, k.env, k.build)
-        has_lock = lock is not None and os.access(lock, os.R_OK)  # offer only what can be served
+        # offer only what can be served, under the name its kind's lock has
+        has_lock = lock is not None and lock_name is not None and os.access(lock, os.R_OK)
+        interp = prov.interpreter if prov else None
+        modules = [m.model_dump(mode="json") for m in prov.modules] if prov else []
         return {
             "name": k.name,
             "display_name": k.display_name,
             "env": k.env,
             "build": k.build,
+            "kind": kind,  # "conda", "venv", "module"; None when the build's provenance is unknown
+            "kind_label": KIND_LABELS.get(kind or "", "unknown"),
+            "platform": prov.platform if prov else None,
             "language": k.language,
-            "language_version": language_version(k.language, pkgs or []),
+            "language_version": language_version(k.language, prov),
+            "interpreter": interp.model_dump(mode="json") if interp else None,
+            "modules": modules,  # {"name", "full_name", "path", "sha256"}, in Lmod's load order
+            "module_load": "module load " + " ".join(m["full_name"] for m in modules) if modules else None,
             "pinned_of": k.pinned_of,
             "packages_known": pkgs is not None,
             "packages": packages,
-            "lock_url": self.lock_url(contents.name, k.name) if has_lock else None,
-            "install": [
-                f"conda-lock install -n {k.name} conda-lock.yml",
-                f"micromamba create -n {k.name} -f conda-lock.yml",
-            ],
+            "lock_name": lock_name,
+            "lock_url": self.lock_url(contents.name, k.name, lock_name) if has_lock and lock_name else None,
+            "installable": kind in ("conda", "venv"),
+            "install": install_commands(k.name, prov),
         }
 
     def generation_doc(self, contents: GenerationContents, current: bool) -> dict[str, Any]:
@@ -175,12 +209,14 @@ class StockViews:
         except RecordError:
             raise NotFound("one of these generations cannot be read; ask the administrators") from None
 
-    def lock(self, gen_name: str, kernel: str) -> bytes:
-        """The conda-lock.yml of ``kernel`` in generation ``gen_name`` ('current' allowed).
+    def lock_file(self, gen_name: str, kernel: str, name: str | None = None) -> LockFile:
+        """The lock of ``kernel`` in generation ``gen_name`` ('current' allowed): its
+        conda-lock.yml, pylock.toml or modules.lock.json, by the kind of its build.
 
         Both names are looked up in the root (the generation among the published ones,
         the kernel in its manifest); the file is the one the manifest's build keeps,
-        served only if it is a regular file inside that build under the root.
+        served only if it is a regular file inside that build under the root. ``name``,
+        when given (the URL's last part), must be the name of that kind's lock.
         """
         snap = self.snapshot()
         contents = self._contents(self._generation(snap, gen_name))
@@ -190,10 +226,23 @@ class StockViews:
         data = read_lock_copy(self.root, entry.env, entry.build)
         if data is None:
             raise NotFound(f"no lock is kept for build {entry.env}/{entry.build} of kernel {kernel!r}")
-        return data
+        prov = contents.provenance(entry.env, entry.build)
+        lock_name = LOCK_NAMES.get(prov.kind) if prov else None
+        if lock_name is None:
+            raise NotFound(
+                f"the record of build {entry.env}/{entry.build} of kernel {kernel!r} cannot be read, "
+                "so neither can its lock; ask the administrators"
+            )
+        if name is not None and name != lock_name:
+            raise NotFound(f"kernel {kernel!r} has no {name}: its lock is {lock_name}")
+        return LockFile(name=lock_name, content_type=LOCK_TYPES[lock_name], data=data)
 
-    def lock_url(self, gen: str, kernel: str) -> str:
-        return f"{self.prefix}lock/{quote(gen, safe='')}/{quote(kernel, safe='')}/conda-lock.yml"
+    def lock(self, gen_name: str, kernel: str) -> bytes:
+        """The bytes of :meth:`lock_file`."""
+        return self.lock_file(gen_name, kernel).data
+
+    def lock_url(self, gen: str, kernel: str, name: str = "conda-lock.yml") -> str:
+        return f"{self.prefix}lock/{quote(gen, safe='')}/{quote(kernel, safe='')}/{quote(name, safe='')}"
 
     # -- the page --------------------------------------------------------------------------------------
 
@@ -233,6 +282,25 @@ class StockViews:
             nothing_published=NOTHING_PUBLISHED if snap.current is None else None,
             history=self.history(snap),
         )
+
+
+def install_commands(kernel: str, prov: BuildProvenance | None) -> list[str]:
+    """The commands that make the kernel's env elsewhere from its downloaded lock (none for a
+    module env: the site's own software, not installable elsewhere)."""
+    kind = prov.kind if prov else None
+    if kind == "conda":
+        return [
+            f"conda-lock install -n {kernel} conda-lock.yml",
+            f"micromamba create -n {kernel} -f conda-lock.yml",
+        ]
+    if kind == "venv" and prov is not None and prov.interpreter is not None:
+        minor = ".".join(prov.interpreter.version.split(".")[:2])
+        # uv installs a PEP 751 lock (named pylock.toml or pylock.<name>.toml: the name matters)
+        return [
+            f"uv venv --python {minor} {kernel}",
+            f"uv pip sync --python {kernel}/bin/python pylock.toml",
+        ]
+    return []
 
 
 def _stock_first(kernels: list[KernelEntry]) -> list[KernelEntry]:

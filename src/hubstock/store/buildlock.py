@@ -1,6 +1,11 @@
 """The copy of its lock that every build keeps, so users can make the same environment elsewhere.
 
-    $ROOT/envs/<env>/<build-id>/.hubstock-lock.yml    the env's conda-lock.yml, as built
+    $ROOT/envs/<env>/<build-id>/.hubstock-lock.yml    the env's lock, as built, whatever its format
+
+The file keeps one name whatever the env's kind; what it holds, and the name users know
+it by (:data:`LOCK_NAMES`), depend on the kind the build's provenance records: a conda
+env's ``conda-lock.yml``, a venv's ``pylock.toml`` (PEP 751), a module env's
+``modules.lock.json``.
 
 ``hubstock build`` writes it before the completion marker (:func:`write_lock_copy`).
 Readers (the hub's "Stock environments" page) get it only through :func:`read_lock_copy`,
@@ -21,6 +26,8 @@ from .fs import atomic_write
 from .root import Root
 
 LOCK_COPY = ".hubstock-lock.yml"
+#: the name of the lock an env of each kind keeps in the site (and users download)
+LOCK_NAMES = {"conda": "conda-lock.yml", "venv": "pylock.toml", "module": "modules.lock.json"}
 #: what an env name or a build id may look like (no separators, no leading dot)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: a lock larger than this is not served (a real one is well under a few MB)
@@ -28,7 +35,7 @@ MAX_LOCK_BYTES = 64 << 20
 
 
 def write_lock_copy(prefix: Path, data: bytes) -> None:
-    """Keep ``data`` (the env's conda-lock.yml) in the build at ``prefix``; world-readable."""
+    """Keep ``data`` (the env's lock, see :data:`LOCK_NAMES`) in the build at ``prefix``; world-readable."""
     atomic_write(prefix / LOCK_COPY, data, mode=0o644)
 
 

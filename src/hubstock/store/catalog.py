@@ -67,13 +67,26 @@ def previous_generation(name: str, names: list[str]) -> str | None:
     return earlier[-1] if earlier else None
 
 
-def language_version(language: str | None, packages: list[LockedPackage]) -> str | None:
-    """The version of the kernel's language in its build: ``python`` for Python, ``r-base`` for R..."""
-    if not language:
+#: the conda packages (and Lmod module families) that are each kernel language
+_LANGUAGE_PACKAGES = {"python": ["python"], "r": ["r-base", "r"], "julia": ["julia"]}
+
+
+def language_version(language: str | None, provenance: BuildProvenance | None) -> str | None:
+    """The version of the kernel's language in its build, by the build's kind: a conda env's
+    package (``python`` for Python, ``r-base`` for R...); a venv's interpreter (its full version,
+    for a Python kernel); a module env's module of that language (``R/4.2`` -> ``4.2``)."""
+    if not language or provenance is None:
         return None
     lang = language.lower()
-    names = {"python": ["python"], "r": ["r-base", "r"], "julia": ["julia"]}.get(lang, [lang])
-    by_name = {p.name.lower(): p.version for p in packages if p.manager == "conda"}
+    names = _LANGUAGE_PACKAGES.get(lang, [lang])
+    if provenance.kind == "venv":
+        i = provenance.interpreter
+        return i.version if i is not None and lang == "python" else None
+    manager = "module" if provenance.kind == "module" else "conda"
+    by_name: dict[str, str] = {}
+    for p in provenance.packages:
+        if p.manager == manager:
+            by_name.setdefault(p.name.lower(), p.version)
     for n in names:
         if n in by_name:
             return by_name[n]
@@ -81,7 +94,10 @@ def language_version(language: str | None, packages: list[LockedPackage]) -> str
 
 
 def package_source(p: LockedPackage) -> tuple[str, str]:
-    """(short label, full location) of where a package came from: its conda channel, or PyPI."""
+    """(short label, full location) of where a package came from: its conda channel, PyPI (or the
+    index it came from), or for an Lmod module its modulefile."""
+    if p.manager == "module":
+        return "module", p.url
     u = urlparse(p.url)
     if p.manager == "pip":
         host = u.hostname or ""

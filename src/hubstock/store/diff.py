@@ -7,8 +7,11 @@ page both use it, so they always agree; :mod:`hubstock.store.catalog` reads the
 contents from the root.
 
 For each stock kernel: packages added, removed, upgraded and downgraded (conda and
-PyPI alike, with versions); kernels added, removed and renamed (the pinned kernels of
-previous builds, ``<name>-<build8>``, included); and the extension defaults
+PyPI alike, with versions); the Lmod modules under it (a module env's, a venv
+interpreter's: manager ``module``, whose "build" is its modulefile's sha256, so a
+modulefile the site changed in place shows as ``changed``); a venv's interpreter
+(version, binary, path or module); kernels added, removed and renamed (the pinned
+kernels of previous builds, ``<name>-<build8>``, included); and the extension defaults
 (``page_config.json``, ``overrides.json``, ``jupyter_server_config.json``) key by key.
 """
 
@@ -19,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .records import BuildProvenance, GenerationManifest, KernelEntry, LockedPackage
+from .records import BuildProvenance, GenerationManifest, Interpreter, KernelEntry, LockedPackage
 from .versions import canonicalize_name, compare_versions
 
 #: the extension-default files of a generation that are compared, in this order
@@ -37,9 +40,32 @@ class GenerationContents:
     #: extension-default file name -> its JSON content ({} when the generation has none)
     extensions: dict[str, Any] = field(default_factory=dict)
 
+    def provenance(self, env: str, build: str) -> BuildProvenance | None:
+        return self.provenances.get(f"{env}/{build}")
+
     def packages(self, env: str, build: str) -> list[LockedPackage] | None:
-        prov = self.provenances.get(f"{env}/{build}")
+        prov = self.provenance(env, build)
         return list(prov.packages) if prov else None
+
+
+def module_package(family_and_version: str, path: str, sha256: str) -> LockedPackage:
+    """An Lmod module as a package of manager ``module``, as a module env's provenance has it:
+    ``R/4.2`` -> name ``R``, version ``4.2`` (``default`` when the full name has no version)."""
+    name, _, version = family_and_version.partition("/")
+    return LockedPackage(manager="module", name=name, version=version or "default", url=path, sha256=sha256)
+
+
+def compared_packages(prov: BuildProvenance) -> list[LockedPackage]:
+    """What a build's diff compares: its packages, and the modules it loads that are not among
+    them (a venv interpreter's module; a module env has its modules as packages already)."""
+    out = list(prov.packages)
+    have = {p.name.lower() for p in out if p.manager == "module"}
+    for m in prov.modules:
+        p = module_package(m.full_name, m.path, m.sha256)
+        if p.name.lower() not in have:
+            have.add(p.name.lower())
+            out.append(p)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -53,13 +79,24 @@ class _Out(BaseModel):
 class PackageChange(_Out):
     """One package that differs between two builds."""
 
-    manager: str  # "conda" or "pip"
+    manager: str  # "conda", "pip" or "module" (an Lmod module: name "R", version "4.2")
     name: str
+    #: "changed": the same version, but another file (a module's modulefile edited in place, a
+    #: package's artifact with another sha256), or versions that differ only in spelling
     change: Literal["added", "removed", "upgraded", "downgraded", "rebuilt", "changed"]
     before: str | None = None  # version
     after: str | None = None
-    before_build: str | None = None  # conda build string
+    before_build: str | None = None  # conda build string; a module's: its modulefile's sha256
     after_build: str | None = None
+
+
+class InterpreterChange(_Out):
+    """A venv build's interpreter (the site's Python) that differs between two builds: another
+    version, another binary (sha256), another path or another module."""
+
+    change: Literal["added", "removed", "upgraded", "downgraded", "changed"]
+    before: Interpreter | None = None
+    after: Interpreter | None = None
 
 
 class KernelChange(_Out):
@@ -77,6 +114,7 @@ class KernelChange(_Out):
     pinned_of: str | None = None  # a previous build's kernel: the stock kernel it was
     packages: list[PackageChange] = []
     packages_known: bool = True  # False when a build's provenance is gone from the root
+    interpreter: InterpreterChange | None = None  # only when a venv's interpreter changed
 
 
 class ServerChange(_Out):
@@ -88,6 +126,7 @@ class ServerChange(_Out):
     build_before: str | None = None
     packages: list[PackageChange] = []
     packages_known: bool = True
+    interpreter: InterpreterChange | None = None
 
 
 class ExtensionChange(_Out):
@@ -133,26 +172,34 @@ def _key(p: LockedPackage) -> tuple[str, str]:
     return p.manager, name
 
 
+def _build(p: LockedPackage) -> str | None:
+    """What tells two files of one version apart: a conda build string; a module's modulefile sha256."""
+    return p.sha256 if p.manager == "module" else (p.build or None)
+
+
 def diff_packages(before: list[LockedPackage], after: list[LockedPackage]) -> list[PackageChange]:
-    """Packages added, removed, upgraded, downgraded or rebuilt, sorted by name then manager."""
+    """Packages added, removed, upgraded, downgraded, rebuilt or changed, sorted by name then manager.
+
+    The same version and build with another sha256 is "changed" (a modulefile edited in place,
+    a wheel or package file replaced): what a kernel runs is not the same."""
     a = {_key(p): p for p in before}
     b = {_key(p): p for p in after}
     out = []
     for key in sorted(a.keys() | b.keys(), key=lambda k: (k[1], k[0])):
         pa, pb = a.get(key), b.get(key)
         if pa and pb:
-            if pa.version == pb.version and (pa.build or None) == (pb.build or None):
+            same_build = _build(pa) == _build(pb)
+            if pa.version == pb.version and same_build and pa.sha256 == pb.sha256:
                 continue
             c = compare_versions(pa.version, pb.version)
-            kind = (
-                "upgraded"
-                if c < 0
-                else "downgraded"
-                if c > 0
-                else "rebuilt"
-                if pa.version == pb.version
-                else "changed"
-            )
+            if c:
+                kind: Literal["upgraded", "downgraded", "rebuilt", "changed"] = (
+                    "upgraded" if c < 0 else "downgraded"
+                )
+            elif pa.version == pb.version and not same_build and pb.manager != "module":
+                kind = "rebuilt"
+            else:
+                kind = "changed"
             out.append(
                 PackageChange(
                     manager=pb.manager,
@@ -160,14 +207,14 @@ def diff_packages(before: list[LockedPackage], after: list[LockedPackage]) -> li
                     change=kind,
                     before=pa.version,
                     after=pb.version,
-                    before_build=pa.build,
-                    after_build=pb.build,
+                    before_build=_build(pa),
+                    after_build=_build(pb),
                 )
             )
         elif pb:
             out.append(
                 PackageChange(
-                    manager=pb.manager, name=pb.name, change="added", after=pb.version, after_build=pb.build
+                    manager=pb.manager, name=pb.name, change="added", after=pb.version, after_build=_build(pb)
                 )
             )
         elif pa:
@@ -177,10 +224,25 @@ def diff_packages(before: list[LockedPackage], after: list[LockedPackage]) -> li
                     name=pa.name,
                     change="removed",
                     before=pa.version,
-                    before_build=pa.build,
+                    before_build=_build(pa),
                 )
             )
     return out
+
+
+def diff_interpreters(before: Interpreter | None, after: Interpreter | None) -> InterpreterChange | None:
+    """How a venv's interpreter changed (None: it did not, or neither build is a venv)."""
+    if before == after:
+        return None
+    if before is None:
+        return InterpreterChange(change="added", after=after)
+    if after is None:
+        return InterpreterChange(change="removed", before=before)
+    c = compare_versions(before.version, after.version)
+    kind: Literal["upgraded", "downgraded", "changed"] = (
+        "upgraded" if c < 0 else "downgraded" if c > 0 else "changed"
+    )
+    return InterpreterChange(change=kind, before=before, after=after)
 
 
 def _renames(removed: list[KernelEntry], added: list[KernelEntry]) -> dict[str, KernelEntry]:
@@ -215,13 +277,15 @@ def _renames(removed: list[KernelEntry], added: list[KernelEntry]) -> dict[str, 
 
 def _package_changes(
     before: GenerationContents, after: GenerationContents, env_a: str, build_a: str, env_b: str, build_b: str
-) -> tuple[list[PackageChange], bool]:
+) -> tuple[list[PackageChange], bool, InterpreterChange | None]:
+    """(package and module changes, whether both builds' provenances are known, interpreter change)."""
     if (env_a, build_a) == (env_b, build_b):
-        return [], True
-    pa, pb = before.packages(env_a, build_a), after.packages(env_b, build_b)
+        return [], True, None
+    pa, pb = before.provenance(env_a, build_a), after.provenance(env_b, build_b)
     if pa is None or pb is None:
-        return [], False
-    return diff_packages(pa, pb), True
+        return [], False, None
+    pkgs = diff_packages(compared_packages(pa), compared_packages(pb))
+    return pkgs, True, diff_interpreters(pa.interpreter, pb.interpreter)
 
 
 def _flatten_changes(file: str, a: Any, b: Any, path: list[str], out: list[ExtensionChange]) -> None:
@@ -277,7 +341,7 @@ def diff_generations(before: GenerationContents | None, after: GenerationContent
                 )
             )
             continue
-        pkgs, known = _package_changes(prev, after, o.env, o.build, k.env, k.build)
+        pkgs, known, interp = _package_changes(prev, after, o.env, o.build, k.env, k.build)
         same = (o.env, o.build, o.display_name) == (k.env, k.build, k.display_name)
         kernels.append(
             KernelChange(
@@ -293,6 +357,7 @@ def diff_generations(before: GenerationContents | None, after: GenerationContent
                 pinned_of=k.pinned_of,
                 packages=pkgs,
                 packages_known=known,
+                interpreter=interp,
             )
         )
     for name, o in old.items():
@@ -327,7 +392,13 @@ def _server_change(before: GenerationContents, after: GenerationContents) -> Ser
         return ServerChange(env=b.env, change="added", build=b.build)
     if (a.env, a.build) == (b.env, b.build):
         return ServerChange(env=b.env, change="unchanged", build=b.build)
-    pkgs, known = _package_changes(before, after, a.env, a.build, b.env, b.build)
+    pkgs, known, interp = _package_changes(before, after, a.env, a.build, b.env, b.build)
     return ServerChange(
-        env=b.env, change="changed", build=b.build, build_before=a.build, packages=pkgs, packages_known=known
+        env=b.env,
+        change="changed",
+        build=b.build,
+        build_before=a.build,
+        packages=pkgs,
+        packages_known=known,
+        interpreter=interp,
     )
