@@ -194,6 +194,10 @@ def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     for env in envs:
         if env.optional:
             try:
+                if kind_of(env).lock_state(site, env) == "missing":
+                    raise ModuleError(
+                        f"{env.lock_rel} is missing and `hubstock lock {env.name}` could not make it here"
+                    )
                 kind_of(env).plan(site, env, host_platform())
             except ModuleError as e:
                 print(f"hubstock: env {env.name!r} (optional) left out: {e}", file=sys.stderr)

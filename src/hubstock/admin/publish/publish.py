@@ -110,7 +110,8 @@ def _available(site: Site, templates: list[KernelTemplate], progress: Progress) 
             ref = build_ref(site, t.env)
             lmod_ref(site, [t], {t.env: ref})
         except PublishError as e:
-            progress.warn(f"kernel {t.name!r} left out (env {t.env!r} is optional): {e}")
+            why = str(e).removesuffix(" Nothing was published.")
+            progress.warn(f"kernel {t.name!r} left out (env {t.env!r} is optional): {why}")
             continue
         out.append(t)
     if not out:
@@ -166,6 +167,12 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
             f"kernels/ (the site has: {', '.join(names)})."
         )
     templates = _available(site, templates, progress)
+    if default_kernel not in {t.name for t in templates}:  # left out here: the first kernel published
+        if site.settings.publish.default_kernel:
+            progress.warn(
+                f"the default kernel {default_kernel!r} was left out: {templates[0].name!r} is the default"
+            )
+        default_kernel = templates[0].name
     envs = sorted({t.env for t in templates})
     builds = {env: build_ref(site, env) for env in envs}
     server_env = site.settings.server.env
