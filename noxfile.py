@@ -21,7 +21,7 @@ nox.options.sessions = ["lint", "tests"]
 #: Debian packages of the private single-node Slurm with its PBS commands (rigs/slurm_rig.py):
 #: the hub tests' scheduler, and the demo's when run as root
 SLURM_DEBIAN_PACKAGES: list[str] = ["slurmctld", "slurmd", "slurm-client", "munge", "slurm-wlm-torque"]
-#: Debian packages of the private single-node OpenPBS (rigs/openpbs_rig.py): what building OpenPBS
+#: Debian packages of the private single-node OpenPBS (rigs/openpbs/): what building OpenPBS
 #: from its source tarball needs, then its PostgreSQL datastore and the network-namespace tools
 PBS_DEBIAN_PACKAGES: list[str] = [
     *("gcc", "g++", "make", "libtool", "autoconf", "automake", "pkg-config", "swig", "patchelf"),

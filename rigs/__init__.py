@@ -2,7 +2,7 @@
 
 - ``rigs.channel``: the offline conda channel (this Python repackaged, plus small packages);
 - ``rigs.slurm_rig``: a private single-node Slurm with its PBS (Torque) commands;
-- ``rigs.openpbs_rig``: a private single-node OpenPBS (PBS Pro) in its own network namespace,
+- ``rigs.openpbs``: a private single-node OpenPBS (PBS Pro) in its own network namespace,
   built once from its source tarball;
 - ``rigs.clusters``: one interface over both schedulers for the hub tests;
 - ``rigs.postgres_rig``: a private PostgreSQL server for the hub's database;

@@ -159,7 +159,7 @@ class PBSCluster(Cluster):
     name = "pbs"
     scheduler = "pbs"
 
-    def __init__(self, rig: Any) -> None:  # rigs.openpbs_rig.OpenPBSRig
+    def __init__(self, rig: Any) -> None:  # rigs.openpbs.OpenPBSRig
         self.rig = rig
         self.node = rig.host
         self.launcher = rig.ns_argv

@@ -49,7 +49,7 @@ from .channel import cached_channel
 from .clusters import PBSCluster
 from .hub_rig import Forwarder, Hub, HubError
 from .hubsite import base_settings, build_site, free_port, hub_settings, start_hub, test_cache
-from .openpbs_rig import OpenPBSRig
+from .openpbs import OpenPBSRig
 from .slurm_rig import (
     RigError,
     SlurmRig,

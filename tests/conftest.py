@@ -20,12 +20,13 @@ What each fixture gives:
 - ``slurm_rig`` (session): a private single-node Slurm with its PBS commands, started
   and stopped by PID (``rigs/slurm_rig.py``); needs root.
 - ``openpbs_rig`` (session): a private single-node OpenPBS in its own network namespace
-  (``rigs/openpbs_rig.py``; commands run inside it with ``openpbs_rig.run``); needs root and
+  (``rigs/openpbs/``; commands run inside it with ``openpbs_rig.run``); needs root and
   ``HUBSTOCK_OPENPBS_SOURCE`` (built once, cached) or ``HUBSTOCK_OPENPBS_PREFIX``: skipped
   without them, failed in CI.
 - ``postgres_rig`` (session): a private PostgreSQL server on 127.0.0.1 for the hub's database
   (``rigs/postgres_rig.py``), stopped by PID; needs root.
-- ``hub_site`` (session): a published site with a server env and a stock Python kernel
+- ``hub_site`` (session): a published site with a server env and a stock Python kernel, a venv
+  env with its Python kernel and a module env with the R kernel, both on ``lmod_tree``'s modules
   (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
 - ``lmod_tree`` (session): ``(init, tree)``, Lmod's bash init and a real Lmod module tree with
   ``python/X.Y`` and ``R/X.Y`` modules (``rigs/lmod_rig.py``) under ``hub_workdir``; installs
@@ -144,7 +145,7 @@ def slurm_rig(hub_workdir: Path):
 
 @pytest.fixture(scope="session")
 def openpbs_rig(hub_workdir: Path):
-    from rigs.openpbs_rig import OpenPBSMissing, OpenPBSRig, locate_openpbs
+    from rigs.openpbs import OpenPBSMissing, OpenPBSRig, locate_openpbs
 
     need_root("the OpenPBS tests")
     try:
@@ -172,10 +173,10 @@ def postgres_rig(hub_workdir: Path):
 
 
 @pytest.fixture(scope="session")
-def hub_site(hub_workdir: Path, channel: Path) -> Path:
+def hub_site(hub_workdir: Path, channel: Path, lmod_tree) -> Path:
     from rigs.hubsite import build_site
 
-    return build_site(hub_workdir / "site", hub_workdir / "root", channel)
+    return build_site(hub_workdir / "site", hub_workdir / "root", channel, modules=lmod_tree[1])
 
 
 @pytest.fixture

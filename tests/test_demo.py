@@ -121,7 +121,7 @@ def test_demo_brings_the_hub_up_and_a_second_run_reuses_the_builds(world_tmp, de
 def test_demo_on_openpbs(world_tmp, demo_user):
     """`nox -s demo -- --scheduler pbs`: the servers are OpenPBS jobs; the hub lives in the rig's
     namespace, and the printed address (this machine's 127.0.0.1) reaches it."""
-    from rigs.openpbs_rig import OpenPBSMissing, OpenPBSRig, locate_openpbs
+    from rigs.openpbs import OpenPBSMissing, OpenPBSRig, locate_openpbs
 
     need_root("the OpenPBS demo")
     try:

@@ -1,4 +1,4 @@
-"""The private single-node OpenPBS rig (rigs/openpbs_rig.py), in its own network namespace.
+"""The private single-node OpenPBS rig (rigs/openpbs/), in its own network namespace.
 
 The rig tests need root and OpenPBS: HUBSTOCK_OPENPBS_SOURCE (the source tarball; .ci/run sets
 it, the build is cached) or HUBSTOCK_OPENPBS_PREFIX (an installed OpenPBS).  Without them they
@@ -23,8 +23,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from rigs import openpbs_rig as pbsrig
-from rigs.openpbs_rig import (
+from rigs import openpbs as pbsrig
+from rigs.openpbs import (
     ADDRESS,
     DEFAULT_QUEUES,
     OpenPBSMissing,
@@ -35,6 +35,8 @@ from rigs.openpbs_rig import (
     parse_qstat_f,
     remove_user,
 )
+from rigs.openpbs import build as pbsbuild
+from rigs.slurm_rig import _alive  # the rigs' shared process helper
 
 USER = "hspbs1"
 
@@ -127,7 +129,7 @@ def test_rig_runs_in_a_private_namespace_with_the_sites_queues(openpbs_rig: Open
     assert rig.netns and rig.netns != netns(os.getpid())
     for name, pid in rig.pids.items():
         assert netns(pid) == rig.netns, f"{name} is not in the rig's namespace"
-        assert pbsrig._alive(pid)  # noqa: SLF001 - the rig's own helper
+        assert _alive(pid)
     addrs = rig.run(["ip", "-o", "addr", "show"]).stdout
     assert sorted(re.findall(r"inet6? (\S+)", addrs)) == sorted(
         ["127.0.0.1/8", f"{ADDRESS}/32", "::1/128"]
@@ -321,9 +323,9 @@ def test_second_rig_cold_then_warm_and_stop_leaves_nothing(openpbs_rig: OpenPBSR
         other.stop()
 
         for name, (pid, start) in daemons.items():
-            assert not pbsrig._alive(pid, start), f"{name} ({pid}) survived stop()"  # noqa: SLF001
-        assert not pbsrig._alive(*holder), "the namespace holder survived stop()"  # noqa: SLF001
-        assert not pbsrig._alive(*postgres), "postgres survived stop()"  # noqa: SLF001
+            assert not _alive(pid, start), f"{name} ({pid}) survived stop()"
+        assert not _alive(*holder), "the namespace holder survived stop()"
+        assert not _alive(*postgres), "postgres survived stop()"
         assert processes_in(ns) == [], "processes left in the rig's namespace"
         assert other.stray_processes() == []
         assert not other.running() and other.procs == {} and other.holder is None
@@ -349,7 +351,7 @@ def test_second_rig_cold_then_warm_and_stop_leaves_nothing(openpbs_rig: OpenPBSR
         shutil.rmtree(workdir, ignore_errors=True)
     # the session rig was not disturbed
     assert openpbs_rig.node_state() == "free"
-    assert all(pbsrig._alive(p, s) for p, s in openpbs_rig.procs.values())  # noqa: SLF001
+    assert all(_alive(p, s) for p, s in openpbs_rig.procs.values())
 
 
 # ---------------------------------------------------------------------------- no rig needed
@@ -413,8 +415,8 @@ def test_only_a_complete_build_of_this_recipe_counts(tmp_path):
     prefix = tmp_path / ("0" * 64)
     prefix.mkdir()
     assert pbsrig.build_info(prefix) is None  # interrupted: no completion record
-    marker = prefix / pbsrig._BUILD_MARKER  # noqa: SLF001
-    marker.write_text(json.dumps({"recipe": pbsrig._BUILD_RECIPE - 1}))  # noqa: SLF001
+    marker = prefix / pbsbuild._BUILD_MARKER  # noqa: SLF001
+    marker.write_text(json.dumps({"recipe": pbsbuild._BUILD_RECIPE - 1}))  # noqa: SLF001
     assert pbsrig.build_info(prefix) is None  # an older recipe is rebuilt
-    marker.write_text(json.dumps({"recipe": pbsrig._BUILD_RECIPE, "version": "23.06.06"}))  # noqa: SLF001
+    marker.write_text(json.dumps({"recipe": pbsbuild._BUILD_RECIPE, "version": "23.06.06"}))  # noqa: SLF001
     assert pbsrig.build_info(prefix)["version"] == "23.06.06"
