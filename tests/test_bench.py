@@ -3,7 +3,8 @@
 ``nox -s bench`` runs the real suite (see BENCHMARKS.md). This test runs its tiny
 case, one run of each figure at the smallest sizes, and checks that every
 benchmark reports a figure with its baseline (or, without root, says why
-``spawn_to_ready`` and ``kernel_start_readonly`` were skipped).
+``spawn_to_ready`` and ``kernel_start_readonly`` were skipped; without Lmod and R, why
+``module_kernel_start`` was).
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ BENCHMARKS = {
     "cli_overhead",
     "cold_build",
     "disk_five_builds",
+    "venv_build_cold",
+    "venv_build_warm",
     "kernel_start_readonly",
+    "module_kernel_start",
     "publish",
     "hook",
     "spawn_to_ready",
@@ -34,6 +38,12 @@ BENCHMARKS = {
 }
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "goal"}
 NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready", "status_rpcs_per_interval"}
+#: skipped on a machine without what they start, with a reason that says (benchmark -> part of it)
+NEEDS_SOFTWARE = {
+    "venv_build_cold": "/usr/bin/python3",
+    "venv_build_warm": "/usr/bin/python3",
+    "module_kernel_start": "needs",  # Lmod and R, or IRkernel
+}
 
 
 def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
@@ -56,7 +66,10 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
         assert set(r) >= KEYS, r
         assert "error" not in r, r
         if r.get("skipped"):
-            assert os.geteuid() != 0 and r["benchmark"] in NEEDS_ROOT, r
+            if r["benchmark"] in NEEDS_SOFTWARE:
+                assert NEEDS_SOFTWARE[r["benchmark"]] in r["skipped"], r
+            else:
+                assert os.geteuid() != 0 and r["benchmark"] in NEEDS_ROOT, r
             continue
         assert r["value"] > 0 and r["baseline_value"] > 0, r
         assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"], rel=1e-2), r
@@ -64,6 +77,9 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
     readonly = next(r for r in results if r["name"] == "kernel_start_readonly")
     if not readonly.get("skipped"):
         assert readonly["files_written"] == 0, readonly
+    module = next(r for r in results if r["name"] == "module_kernel_start")
+    if not module.get("skipped"):  # the load alone, and what it adds to a start, are reported
+        assert module["module_load_alone_s"] > 0 and "lmod_cost_s" in module, module
     spawn = [r for r in results if r["benchmark"] == "spawn_to_ready" and not r.get("skipped")]
     assert all(r["active_jobs_after"] == 0 and r["rig_processes_after"] == 0 for r in spawn), spawn
     rpcs = next(r for r in results if r["name"] == "status_rpcs_per_interval")

@@ -1,0 +1,270 @@
+"""What every benchmark shares: result entries, the :class:`Bench` context (scratch folder,
+channel, built sites), running the real ``hubstock`` command and timing commands.
+
+A result entry::
+
+    {"name": "warm_build", "value": 1.02, "unit": "s", "baseline": "cp -al of the build",
+     "baseline_value": 0.11, "ratio": 9.3, "goal": "ratio <= 1.5", "met": false,
+     "benchmark": "warm_build", "runs": 5, "samples": [...], "baseline_samples": [...], ...}
+
+Extra fields explain a figure (file counts, phases of a build, files written).
+A benchmark that cannot run here (``spawn_to_ready`` without root) has
+``"value": null`` and says why in ``"skipped"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rigs.channel import add_package, cached_channel
+from rigs.hubsite import base_settings, build_site, py_env
+
+from hubstock.store.root import Root
+
+#: the repository's root (``python -m bench.phases`` runs from there)
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+#: the env most benchmarks build: the repackaged interpreter and a noarch python package, no pip part
+PY_ENV = "dependencies:\n  - python\n  - demo-c\n"
+KERNEL_ROOT = "kernel-root"
+KERNEL_ARGV = ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+Say = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- results
+
+
+def result(
+    benchmark: str,
+    value: float | None,
+    unit: str,
+    baseline: str,
+    baseline_value: float | None,
+    goal: str,
+    limit: float | None = None,
+    *,
+    name: str | None = None,
+    met: bool | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One entry of results.json; ``met`` is ``ratio <= limit`` unless given."""
+    ratio = value / baseline_value if value is not None and baseline_value else None
+    if met is None and limit is not None and ratio is not None:
+        met = ratio <= limit
+    return {
+        "name": name or benchmark,
+        "value": rounded(value),
+        "unit": unit,
+        "baseline": baseline,
+        "baseline_value": rounded(baseline_value),
+        "ratio": rounded(ratio, 3),
+        "goal": goal,
+        "met": met,
+        "benchmark": benchmark,
+        **extra,
+    }
+
+
+def rounded(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def skipped(benchmark: str, name: str, unit: str, baseline: str, goal: str, reason: str) -> dict[str, Any]:
+    return {**result(benchmark, None, unit, baseline, None, goal, name=name), "skipped": reason}
+
+
+def timings(a: list[float], b: list[float]) -> dict[str, Any]:
+    """The extra fields that show the runs behind a median."""
+    return {"runs": len(a), "samples": [round(x, 4) for x in a], "baseline_samples": [round(x, 4) for x in b]}
+
+
+median = statistics.median
+
+
+# --------------------------------------------------------------------------- the context
+
+
+@dataclass
+class Bench:
+    """What every benchmark shares: the scratch folder, the channel, the built sites."""
+
+    work: Path  # world-readable (0755): other users run what is built below it
+    repeat: int = 5
+    tiny: bool = False
+    say: Say = print
+    cache: dict[str, Any] = field(default_factory=dict)
+    #: runs that failed and were run again (reset by the runner for each benchmark)
+    failures: list[str] = field(default_factory=list)
+
+    def interleaved(self, *runs: Callable[[], float], times: int | None = None) -> list[list[float]]:
+        """Call each of ``runs`` in turn, ``times`` (default ``repeat``) times; the samples of each.
+
+        A run that fails is recorded in ``failures`` and run once more (a second
+        failure ends the benchmark): one flaky start must not hide a figure, nor pass unseen.
+        """
+        samples: list[list[float]] = [[] for _ in runs]
+        for _ in range(times or self.repeat):
+            for i, run in enumerate(runs):
+                try:
+                    samples[i].append(run())
+                except RuntimeError as e:
+                    self.failures.append(" ".join(str(e).split())[:400])
+                    self.say(f"a run failed, running it again: {self.failures[-1][:200]}")
+                    samples[i].append(run())
+        return samples
+
+    @property
+    def many_files(self) -> int:
+        """Files of ``bench-many``: the python env has ~1,750, so 16,000 more make it 10x."""
+        return 2000 if self.tiny else 16000
+
+    def channel(self) -> Path:
+        """A copy of the test channel with ``bench-many`` and ``bench-extra`` 1.0 ... 5.0 added."""
+        if "channel" not in self.cache:
+            self.say(f"preparing the channel ({self.many_files} files in bench-many)")
+            ch = self.work / "channel"
+            shutil.copytree(cached_channel(), ch)
+            files = {
+                f"share/bench-many/{i // 1000:02d}/f{i:05d}.txt": f"{i}\n" for i in range(self.many_files)
+            }
+            add_package(ch, "bench-many", "1.0", files=files)
+            for v in range(1, 6):
+                add_package(ch, "bench-extra", f"{v}.0", files={"share/bench-extra/VERSION": f"{v}.0\n"})
+            self.cache["channel"] = ch
+        return self.cache["channel"]
+
+    def site(self, name: str, envs: dict[str, str], root: Path) -> Path:
+        """A site folder with ``envs`` on ``root`` and the bench channel, locked (not built)."""
+        site = self.work / name
+        for env, text in envs.items():
+            (site / "envs" / env).mkdir(parents=True, exist_ok=True)
+            (site / "envs" / env / "environment.yml").write_text(text)
+        (site / "hubstock.toml").write_text(base_settings(root, self.channel()))
+        hubstock(site, "lock")
+        return site
+
+    def kernel_site(self) -> Path:
+        """A published site: env ``py`` (python, demo-c, ipykernel from PyPI) and one kernel."""
+        if "kernel_site" not in self.cache:
+            self.say("building and publishing the kernel site")
+            site = self.site("kernel", {"py": py_env("0.1")}, self.work / KERNEL_ROOT)
+            write_kernels(site, 1, "first")
+            hubstock(site, "build")
+            hubstock(site, "publish")
+            self.cache["kernel_site"] = site
+        return self.cache["kernel_site"]
+
+    def hub_site(self) -> Path:
+        """The hub tests' published site (server env and stock kernel), on the test channel."""
+        if "hub_site" not in self.cache:
+            self.say("building and publishing the hub site (server env from PyPI)")
+            hub = self.work / "hub"
+            self.cache["hub_site"] = build_site(hub / "site", hub / "root", cached_channel())
+        return self.cache["hub_site"]
+
+
+def hubstock_argv(site: Path, *args: str, root: Path | None = None) -> list[str]:
+    opts = ["--root", str(root)] if root else []
+    return [sys.executable, "-m", "hubstock", "--site", str(site), *opts, "-q", *args]
+
+
+def hubstock(site: Path, *args: str, root: Path | None = None) -> str:
+    """Run the real ``hubstock`` command; its stdout, or a RuntimeError with its output."""
+    return run_checked(hubstock_argv(site, *args, root=root))[1]
+
+
+def run_checked(argv: list[str], timeout: float = 600, **kw: Any) -> tuple[float, str]:
+    """(seconds, stdout) of ``argv``, which must succeed within ``timeout``.
+
+    It runs in its own session: on timeout its whole process group is killed (and
+    only that), so a hung command fails its figure instead of stalling the suite.
+    """
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kw
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise RuntimeError(
+            f"{shlex.join(map(str, argv[:6]))} did not finish within {timeout:.0f} s:\n{err[-2000:]}"
+        ) from None
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{shlex.join(map(str, argv[:6]))} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}"
+        )
+    return took, out
+
+
+def timed(argv: list[str], **kw: Any) -> float:
+    """Seconds ``argv`` takes to run to completion (it must succeed)."""
+    return run_checked(argv, **kw)[0]
+
+
+def current_build(root: Path, env: str) -> Path:
+    r = Root(root)
+    return r.build(env, os.readlink(r.env_current(env)))
+
+
+def count_files(top: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(top))
+
+
+def build_phases(site: Path, root: Path, env: str, environ: dict[str, str] | None = None) -> dict[str, float]:
+    """The phases of one build of ``env`` into the (empty of it) ``root``, via bench.phases
+    (``environ``: its environment, else this process's)."""
+    argv = [sys.executable, "-m", "bench.phases", str(site), str(root), env]
+    wall, out = run_checked(argv, cwd=REPO, env=environ)
+    phases = json.loads(out.strip().splitlines()[-1])
+    phases["interpreter, imports, exit"] = round(wall - phases["build total"], 4)
+    return phases
+
+
+def write_kernels(site: Path, n: int, label: str) -> list[str]:
+    """Kernel templates k01..kNN on env ``py`` (others removed); ``label`` goes in the display names."""
+    kdir = site / "kernels"
+    shutil.rmtree(kdir, ignore_errors=True)
+    names = [f"k{i:02d}" for i in range(1, n + 1)]
+    for name in names:
+        (kdir / name).mkdir(parents=True)
+        spec = {
+            "argv": KERNEL_ARGV,
+            "display_name": f"Bench {name} ({label})",
+            "language": "python",
+            "metadata": {"hubstock": {"env": "py", "check": "import demo_c"}},
+        }
+        (kdir / name / "kernel.json").write_text(json.dumps(spec))
+    return names
+
+
+# --------------------------------------------------------------------------- the scratch folder
+
+
+def world_tmp(prefix: str = "hubstock-bench-") -> Path:
+    """A fresh 0755 directory in /tmp (other users run what is built below it)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    d.chmod(0o755)
+    return d
+
+
+def remove_work(work: Path) -> None:
+    """Remove the scratch folder, read-only builds and generations included."""
+    subprocess.run(["chmod", "-R", "u+w", str(work)], check=False)
+    shutil.rmtree(work, ignore_errors=True)
