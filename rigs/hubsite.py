@@ -3,8 +3,16 @@
 ``build_site`` writes a site repository (this repository's ``spawner/``,
 ``hooks/`` and ``extensions/``, a server env, a stock Python kernel env) whose
 channel is the offline test channel, then locks, builds and publishes it with the
-real ``hubstock`` command. ``hub_settings`` renders its ``hubstock.toml`` for a
-given scheduler and ports; ``start_hub`` runs JupyterHub on it.
+real ``hubstock`` command. Given a module tree (``rigs/lmod_rig.py``), the site also
+has the two other kinds of environment: a venv env (ipykernel from PyPI on the tree's
+Python module) with its kernel :data:`VENV_KERNEL`, and a module env (the tree's R
+module) with the shipped R kernel template, :data:`R_KERNEL`. ``hub_settings``
+renders its ``hubstock.toml`` for a given scheduler and ports; ``start_hub`` runs
+JupyterHub on it.
+
+The site's ``[modules] use`` is its own ``modules/`` (as in the site kit), which
+``build_site`` links to the tree: every ``hubstock.toml`` these functions write
+keeps it, so the module env's lock stays fresh whatever hub settings a test writes.
 """
 
 from __future__ import annotations
@@ -18,15 +26,28 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import jupyterhub
 
 from .channel import file_url
 from .hub_rig import Hub, NetNamespace, ensure_chp
 
+if TYPE_CHECKING:
+    from .lmod_rig import ModuleTree
+
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_NAME = "python-stock"
 KERNEL_DISPLAY_NAME = "Python 3 (stock)"
+#: the venv env (ipykernel from PyPI on the module tree's Python) and its kernel
+VENV_ENV = "venv"
+VENV_KERNEL = "python-venv"
+VENV_DISPLAY_NAME = "Python 3 (venv)"
+#: the module env (the tree's R module) and its kernel: this repository's kernels/r template
+R_ENV = "r"
+R_KERNEL = "r"
+#: the site's module tree, relative to the site (``[modules] use``): a link to the rig's tree
+SITE_MODULES = "modules"
 
 
 def free_port(near: int = 0) -> int:
@@ -47,9 +68,16 @@ def test_cache() -> Path:
 
 
 def cli(site: Path, *args: str) -> str:
-    """Run the real ``hubstock`` command on ``site``; raise with its output if it fails."""
+    """Run the real ``hubstock`` command on ``site``; raise with its output if it fails.
+
+    uv's download cache is the test cache's (``UV_CACHE_DIR``, unless already set): PyPI's
+    files are fetched once, not once per root."""
+    env = {**os.environ, "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(test_cache() / "uv")}
     res = subprocess.run(
-        [sys.executable, "-m", "hubstock", "--site", str(site), *args], capture_output=True, text=True
+        [sys.executable, "-m", "hubstock", "--site", str(site), *args],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     if res.returncode != 0:
         raise RuntimeError(f"hubstock {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}")
@@ -60,8 +88,55 @@ def py_env(demo_c: str) -> str:
     return f"dependencies:\n  - python\n  - demo-c {demo_c}\n  - pip:\n    - ipykernel\n"
 
 
-def build_site(site: Path, root: Path, channel: Path, report: Callable[[str], None] | None = None) -> Path:
-    """Write, lock, build and publish a site with a server env and a stock Python kernel (idempotent).
+def venv_kernel_spec(display_name: str = VENV_DISPLAY_NAME) -> dict:
+    """The venv env's kernel template."""
+    return {
+        "argv": ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": display_name,
+        "language": "python",
+        "metadata": {"hubstock": {"env": VENV_ENV, "check": "import ipykernel, sys; print(sys.prefix)"}},
+    }
+
+
+def add_module_kinds(site: Path, tree: ModuleTree) -> None:
+    """Add the venv env (ipykernel on ``tree.python_module``) and the module env (``tree.r_module``)
+    with their kernels to ``site``, and link the site's ``modules/`` to the tree (idempotent)."""
+    link = site / SITE_MODULES
+    if link.is_symlink() and link.readlink() != tree.modulepath:
+        link.unlink()
+    if not link.is_symlink():
+        link.symlink_to(tree.modulepath, target_is_directory=True)
+    venv = site / "envs" / VENV_ENV
+    if not venv.exists():
+        venv.mkdir(parents=True)
+        (venv / "env.toml").write_text(f'kind = "venv"\n\n[python]\nmodule = "{tree.python_module}"\n')
+        (venv / "requirements.in").write_text("ipykernel\n")
+    kernel = site / "kernels" / VENV_KERNEL / "kernel.json"
+    if not kernel.exists():
+        kernel.parent.mkdir(parents=True)
+        kernel.write_text(json.dumps(venv_kernel_spec(), indent=1) + "\n")
+    r = site / "envs" / R_ENV
+    if not r.exists():
+        r.mkdir(parents=True)
+        (r / "env.toml").write_text(f'kind = "module"\nmodules = ["{tree.r_module}"]\n')
+    if not (site / "kernels" / R_KERNEL).exists():  # the shipped template (and logos), on this env
+        shutil.copytree(REPO / "kernels" / "r", site / "kernels" / R_KERNEL)
+        spec = json.loads((REPO / "kernels" / "r" / "kernel.json").read_text())
+        spec["metadata"]["hubstock"]["env"] = R_ENV
+        (site / "kernels" / R_KERNEL / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+
+
+def build_site(
+    site: Path,
+    root: Path,
+    channel: Path,
+    report: Callable[[str], None] | None = None,
+    *,
+    modules: ModuleTree | None = None,
+) -> Path:
+    """Write, lock, build and publish a site with a server env and a stock Python kernel (idempotent);
+    with ``modules`` (a ``rigs.lmod_rig.ModuleTree``), also a venv and a module env with their
+    kernels (:func:`add_module_kinds`).
 
     ``report`` gets each line ``hubstock build`` and ``publish`` print (``server: <id> (built)``,
     ``generation 0001 (unchanged)``...)."""
@@ -99,6 +174,8 @@ def build_site(site: Path, root: Path, channel: Path, report: Callable[[str], No
                 }
             )
         )
+    if modules is not None:
+        add_module_kinds(site, modules)
     toml = site / "hubstock.toml"
     if not toml.exists():
         toml.write_text(base_settings(root, channel))
@@ -111,7 +188,9 @@ def build_site(site: Path, root: Path, channel: Path, report: Callable[[str], No
 
 
 def base_settings(root: Path, channel: Path) -> str:
-    return f'root = "{root}"\nchannels = ["{file_url(channel)}"]\n'
+    """The root, the channel, and the site's own module tree (``modules/``: used only by the venv
+    and module envs :func:`add_module_kinds` adds, with it)."""
+    return f'root = "{root}"\nchannels = ["{file_url(channel)}"]\n\n[modules]\nuse = ["{SITE_MODULES}"]\n'
 
 
 def hub_settings(

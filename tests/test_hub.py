@@ -13,6 +13,7 @@ ask the scheduler through one face (:class:`rigs.clusters.Cluster`, the ``rig`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ import pytest
 from rigs.clusters import Cluster, PBSCluster, SlurmCluster
 from rigs.hub_rig import Hub, run_code
 from rigs.hubsite import KERNEL_NAME as KERNEL
-from rigs.hubsite import cli, free_port, hub_settings, py_env, start_hub
+from rigs.hubsite import R_KERNEL, VENV_KERNEL, cli, free_port, hub_settings, py_env, start_hub
 from rigs.slurm_rig import create_user, remove_user
 from tests.helpers import need_root
 
@@ -266,6 +267,107 @@ def test_a_publish_during_a_session_does_not_change_it(hub, rig, site):
     assert gens[-2:] == [os.path.basename(gen_before), os.path.basename(os.readlink(root.current))]
     submitted = [a for a in spawns if a["action"] == "submitted" and a["user"] == ALICE]
     assert submitted and all(a["job_id"] for a in submitted)
+
+
+VENV_CODE = (
+    "import os, sys, pwd\n"
+    "print(pwd.getpwuid(os.getuid()).pw_name)\n"
+    "print(sys.prefix)\n"
+    "print(os.environ.get('LOADEDMODULES'))\n"
+)
+R_CODE = 'cat(1+1, Sys.info()[["effective_user"]], Sys.getenv("LOADEDMODULES"), R.home(), "\\n")'
+
+
+def _toggle_display_name(kernel_json: Path) -> str:
+    """Give the site's kernel template a new display name (this runs once per hub); the new name."""
+    spec = json.loads(kernel_json.read_text())
+    base, _, _ = spec["display_name"].partition(" #")
+    n = int(spec["display_name"].rpartition(" #")[2]) + 1 if " #" in spec["display_name"] else 2
+    spec["display_name"] = f"{base} #{n}"
+    kernel_json.write_text(json.dumps(spec, indent=1) + "\n")
+    return spec["display_name"]
+
+
+def test_a_new_user_gets_the_venv_and_module_kernels_pinned_across_a_publish(
+    hub, rig, site, hub_workdir, lmod_tree
+):
+    """A venv build and a module kernel through the whole path: a new PAM user's first login and
+    spawn, the server lists both kernels, each runs code in the user's job (the venv build's
+    Python through its python module, Debian's R through the R module), and a publish while the
+    server runs leaves the session on its generation; the next spawn gets the new one."""
+    _, tree = lmod_tree
+    root = Root(site.parent / "root")
+    user, password = f"hskind{secrets.token_hex(3)}", f"Kinds-{secrets.token_hex(4)}"
+    create_user(user, password, hub_workdir / "homes")
+    token = None
+    try:
+        status, token = hub.token_for(user, password)  # the first login creates the hub's user
+        assert status == 201 and token, (status, hub.log_tail())
+        _start(hub, user, token)
+        job = rig.user_job(user)
+        assert (job.user, job.running) == (user, True), job
+
+        gen_before = os.readlink(root.current)
+        manifest = json.loads((root.current / "manifest.json").read_text())
+        published = {k["name"]: k for k in manifest["kernels"]}
+        venv, r = published[VENV_KERNEL], published[R_KERNEL]
+        assert (venv["env"], r["env"]) == ("venv", "r"), manifest["kernels"]
+        venv_prefix = str(root.build("venv", venv["build"]))
+
+        # what the launcher shows: the server's kernelspecs, with both kernels as published
+        _, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
+        shown = {name: k["spec"] for name, k in specs["kernelspecs"].items()}
+        assert set(shown) == set(published) and specs["default"] == KERNEL, shown
+        assert {n: shown[n]["display_name"] for n in (VENV_KERNEL, R_KERNEL)} == {
+            VENV_KERNEL: venv["display_name"],
+            R_KERNEL: r["display_name"],
+        }
+        # each starts through Lmod: its argv loads the tree's module, then execs the kernel
+        assert f"module load {tree.python_module}" in shown[VENV_KERNEL]["argv"][4]
+        assert f"{venv_prefix}/bin/python" in shown[VENV_KERNEL]["argv"]
+        assert f"module load {tree.r_module}" in shown[R_KERNEL]["argv"][4]
+
+        # a notebook runs code in each, as the user, in the job
+        venv_out = run_code(hub, user, token, VENV_KERNEL, VENV_CODE).split()
+        assert venv_out == [user, venv_prefix, tree.python_module], venv_out
+        r_out = run_code(hub, user, token, R_KERNEL, R_CODE, timeout=180).split()
+        assert r_out[:3] == ["2", user, tree.r_module], r_out
+
+        # a publish while the server runs: new display names for both kernels, a new generation
+        new_names = {
+            name: _toggle_display_name(site / "kernels" / name / "kernel.json")
+            for name in (VENV_KERNEL, R_KERNEL)
+        }
+        cli(site, "publish")
+        assert os.readlink(root.current) != gen_before
+        now = {k["name"]: k for k in json.loads((root.current / "manifest.json").read_text())["kernels"]}
+        assert {n: now[n]["display_name"] for n in new_names} == new_names
+        assert (now[VENV_KERNEL]["build"], now[R_KERNEL]["build"]) == (venv["build"], r["build"])
+
+        # the running session keeps its generation: the same kernels, named as before, and both run
+        _, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
+        assert {n: k["spec"]["display_name"] for n, k in specs["kernelspecs"].items()} == {
+            n: k["display_name"] for n, k in published.items()
+        }
+        record = json.loads((root.sessions / f"{user}.default.json").read_text())
+        assert record["generation"] == manifest["generation"] and record["job_id"] == job.id
+        assert run_code(hub, user, token, VENV_KERNEL, VENV_CODE).split() == venv_out
+        assert run_code(hub, user, token, R_KERNEL, R_CODE, timeout=180).split() == r_out
+        _stop(hub, rig, user, token)
+
+        # the next spawn gets the new generation
+        _start(hub, user, token)
+        _, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
+        assert {n: specs["kernelspecs"][n]["spec"]["display_name"] for n in new_names} == new_names
+        assert run_code(hub, user, token, VENV_KERNEL, VENV_CODE).split() == venv_out
+        record = json.loads((root.sessions / f"{user}.default.json").read_text())
+        assert record["generation"] == json.loads((root.current / "manifest.json").read_text())["generation"]
+        _stop(hub, rig, user, token)
+    finally:
+        if token:  # a failure above may leave the server running: stop it before the user goes
+            with contextlib.suppress(Exception):
+                _stop(hub, rig, user, token)
+        remove_user(user)
 
 
 def test_the_spawn_form_and_what_the_scheduler_gives_the_job(hub, rig):
