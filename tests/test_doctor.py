@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
+from tests.test_doctor_probe import write_fake_lmod
 
 from hubstock.hub.doctor import DoctorOptions, run_doctor
+from hubstock.hub.doctor.envs import (
+    GenerationEnvs,
+    InterpreterUse,
+    LmodAt,
+    ModuleSet,
+    check_interpreters_here,
+    check_modules_here,
+    lmod_location,
+    probe_args,
+    read_generation_envs,
+)
 from hubstock.hub.doctor.hubcheck import (
     HubProbe,
     check_hub_running,
@@ -47,10 +60,19 @@ from hubstock.hub.doctor.scheduler import (
     slurm_time,
 )
 from hubstock.limits import Queue
+from hubstock.lmod import kernel_argv
 from hubstock.site import HubSettings, load_site
-from hubstock.store.builds import mark_complete, record_damage
+from hubstock.store.builds import mark_complete, record_damage, write_provenance
 from hubstock.store.generations import Generation, switch_current
-from hubstock.store.records import BuildDamage, GenerationManifest, KernelEntry, ManifestBuild
+from hubstock.store.records import (
+    BuildDamage,
+    BuildProvenance,
+    GenerationManifest,
+    Interpreter,
+    KernelEntry,
+    ManifestBuild,
+    ModuleRef,
+)
 from hubstock.store.root import Root
 from hubstock.store.scan import scan_root, user_writable_paths
 
@@ -198,6 +220,202 @@ def test_versions_compare_by_major_and_minor(tmp_path):
     bad = compare_versions("jupyterhub", "6.1.1", "5.2.1", "server")
     assert bad.status == "FAIL" and "6.1.*" in bad.fix and "envs/server/environment.yml" in bad.fix
     assert compare_versions("batchspawner", "1.3.0", None, "server").status == "FAIL"
+
+
+# ---------------------------------------------------------------------- venv interpreters and Lmod modules
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _module_ref(name: str) -> ModuleRef:
+    return ModuleRef(name=name, full_name=name, path=f"/sw/modules/{name}.lua", sha256="c" * 64)
+
+
+def _published_envs(tmp_path: Path, interp: Path, at: LmodAt, old_at: LmodAt | None = None) -> Root:
+    """A generation with a conda server, a venv on ``interp`` through module python/3.11, and an
+    R module env whose old build is still published under a pinned name; its kernels find Lmod
+    ``at`` (the old build's kernel ``old_at``, as published from another checkout)."""
+    root = Root(tmp_path / "root")
+    ident = Interpreter(path=str(interp), version="3.11.2", sha256=_sha(interp), module="python/3.11")
+    builds = {
+        ("server", "s1"): dict(kind="conda"),
+        ("python", "p1"): dict(kind="venv", interpreter=ident, modules=[_module_ref("python/3.11")]),
+        ("r", "r1"): dict(kind="module", modules=[_module_ref("R/4.2")]),
+        ("r", "r0"): dict(kind="module", modules=[_module_ref("R/4.2")]),
+    }
+    for (env, bid), kw in builds.items():
+        prefix = root.build(env, bid)
+        (prefix / "bin").mkdir(parents=True)
+        prov = BuildProvenance(
+            build_id=bid, env=env, platform="linux-64", created="2026-12-01T10:00:00+00:00", builder="t", **kw
+        )
+        write_provenance(prefix, prov)
+        mark_complete(prefix, bid)
+    (root.build("server", "s1") / "bin" / "jupyterhub-singleuser").write_text("#!/bin/sh\n")
+    gen = Generation("0001", root.generation("0001"))
+    kernels = {  # name: (env, build, the template's own modules)
+        "python-stock": ("python", "p1", None),
+        "r": ("r", "r1", None),
+        "r-r0000000": ("r", "r0", None),
+        "r-gcc": ("r", "r1", ["gcc/12", "R/4.2"]),
+    }
+    for name, (env, bid, own) in kernels.items():
+        hub = {"env": env, "build": bid, **({"modules": own} if own else {})}
+        where = old_at if old_at and bid == "r0" else at
+        mods = dict.fromkeys([*(m.full_name for m in builds[(env, bid)]["modules"]), *(own or [])])
+        argv = kernel_argv(["kernel", "{connection_file}"], list(mods), init=where.init, use=where.use)
+        gen.kernel_dir(name).mkdir(parents=True)
+        (gen.kernel_dir(name) / "kernel.json").write_text(
+            json.dumps({"argv": argv, "metadata": {"hubstock": hub}})
+        )
+    gen.write_manifest(
+        GenerationManifest(
+            generation="0001", digest="d" * 64, created="2026-12-01T10:00:00+00:00", by="admin",
+            default_kernel="python-stock",
+            server=ManifestBuild(env="server", build="s1", prefix=str(root.build("server", "s1"))),
+            kernels=[KernelEntry(name=n, display_name=n, env=e, build=b) for n, (e, b, _) in kernels.items()],
+        )
+    )  # fmt: skip
+    switch_current(root, "0001")
+    return root
+
+
+def test_the_generations_interpreters_and_module_sets_come_from_the_builds_records(tmp_path):
+    interp = tmp_path / "python3.11"
+    interp.write_bytes(b"python")
+    at, old = (
+        LmodAt("/opt/lmod/init/bash", ("/sw/modules",)),
+        LmodAt("/opt/lmod/init/bash", ("/old/modules",)),
+    )
+    root = _published_envs(tmp_path, interp, at, old)
+    _, gen, manifest = check_generation(root)
+    envs = read_generation_envs(root, gen, manifest)
+    assert envs.interpreters == (  # the conda server has none; python-stock's kernel says where Lmod is
+        InterpreterUse(
+            "python", "p1", str(interp), _sha(interp), "3.11.2", "python/3.11", ("python/3.11",), at
+        ),
+    )
+    assert envs.module_sets == (  # a build's modules first, then the kernel.json's own, each once
+        ModuleSet(("python/3.11",), ("python-stock",), at),
+        ModuleSet(("R/4.2",), ("r",), at),
+        ModuleSet(("R/4.2",), ("r-r0000000",), old),  # the same modules, but another tree
+        ModuleSet(("R/4.2", "gcc/12"), ("r-gcc",), at),
+    )
+    assert envs.problems == ()
+    (gen.kernel_dir("r-gcc") / "kernel.json").chmod(0o644)
+    (gen.kernel_dir("r-gcc") / "kernel.json").write_text("{not json")
+    envs = read_generation_envs(root, gen, manifest)
+    assert len(envs.module_sets) == 3 and "r-gcc/kernel.json cannot be read" in envs.problems[0]
+
+
+# what hubstock publish wrote for a kernel of module R/4.2 that, when the load fails, starts a kernel saying why
+PUBLISHED_R = [
+    "/bin/bash", "--noprofile", "--norc", "-c",
+    "source /usr/share/lmod/lmod/init/bash; module use '/srv/my site/modules' /sw/modules; module purge; "
+    "module load R/4.2 || { why=$( (module load R/4.2) 2>&1 >/dev/null | tr -s ' \\n' ' ' | sed -e "
+    "'s/^ *Lmod has detected the following error: *//' -e 's/ *$//' ); echo 'hubstock: module load R/4.2 "
+    "failed; see above.' >&2; exec /root/envs/server/s1/bin/python '{resource_dir}/unavailable.py' R "
+    '"This kernel cannot start on ${HOSTNAME:-this node}: module load R/4.2 failed (${why:-no message})." '
+    '"$@"; }; exec "$@"',
+    "hubstock-kernel", "R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}",
+]  # fmt: skip
+
+
+def test_where_a_kernel_finds_lmod_is_read_from_the_head_of_its_argv():
+    assert lmod_location(PUBLISHED_R) == LmodAt(
+        "/usr/share/lmod/lmod/init/bash", ("/srv/my site/modules", "/sw/modules")
+    )
+    plain = kernel_argv(["R", "{connection_file}"], ["R/4.2"], init="/opt/lmod x/init/bash")
+    assert lmod_location(plain) == LmodAt("/opt/lmod x/init/bash", ())
+    for argv in (
+        ["R", "--slave", "{connection_file}"],  # loads nothing
+        ["/bin/bash", "--noprofile", "--norc", "-c", 'module load R; exec "$@"'],  # not hubstock's
+        ["/bin/bash", "--noprofile", "--norc", "-c", "source '/unbalanced; module purge; exec R"],
+        "/bin/bash -c x",
+    ):
+        assert lmod_location(argv) is None, argv
+
+
+def test_a_generation_of_conda_builds_needs_nothing_of_the_kind(tmp_path):
+    root = _published(tmp_path)
+    _, gen, manifest = check_generation(root)
+    envs = read_generation_envs(root, gen, manifest)
+    assert envs == GenerationEnvs()
+    assert check_interpreters_here(envs) == [] and check_modules_here(envs, None, []) == []
+    assert probe_args(envs, None, []) == {}
+
+
+def test_on_the_hub_node_a_changed_or_missing_interpreter_is_a_warning(tmp_path):
+    interp = tmp_path / "python3.11"
+    interp.write_bytes(b"python")
+    use = InterpreterUse("python", "p1abcdef99", str(interp), _sha(interp), "3.11.2")
+    (check,) = check_interpreters_here(GenerationEnvs(interpreters=(use,)))
+    assert check.status == "ok" and str(interp) in check.detail
+    interp.write_bytes(b"python, rebuilt by the site")
+    (check,) = check_interpreters_here(GenerationEnvs(interpreters=(use,)))
+    assert check.name == "generation.interpreter" and check.status == "warn"
+    assert f"the interpreter {interp} of env 'python' build p1abcdef differs on the hub node" in check.detail
+    assert f"sha256 {_sha(interp)[:12]}..., not {use.sha256[:12]}..." in check.detail
+    assert check.fix == "rebuild with `hubstock build python` and publish, or restore the interpreter."
+    interp.unlink()
+    (check,) = check_interpreters_here(GenerationEnvs(interpreters=(use,)))
+    assert check.status == "warn" and "is missing on the hub node" in check.detail
+
+
+def test_on_the_hub_node_modules_are_loaded_when_it_has_lmod(tmp_path):
+    init, mods, _ = write_fake_lmod(tmp_path)
+    envs = GenerationEnvs(module_sets=(ModuleSet(("python/3.11",), ("python-stock",)),))
+    (check,) = check_modules_here(envs, str(init), [str(mods)])
+    assert (
+        check.status == "ok"
+        and check.detail == "every kernel's modules load here: python/3.11 (python-stock)"
+    )
+    envs = GenerationEnvs(module_sets=(ModuleSet(("R/4.2",), ("r",)),))
+    (check,) = check_modules_here(envs, str(init), [str(mods)])
+    assert check.name == "generation.modules" and check.status == "warn"
+    assert check.detail.startswith(
+        "kernel 'r': module load R/4.2 fails here (Lmod: The following module(s) are unknown: \"R/4.2\")"
+    )
+    (check,) = check_modules_here(envs, str(tmp_path / "no-lmod" / "bash"), [str(mods)])
+    assert check.status == "ok" and check.detail.startswith("not checked here: no Lmod on the hub node")
+    at = LmodAt(str(init), (str(mods),))
+    envs = GenerationEnvs(
+        module_sets=(ModuleSet(("R/4.2",), ("r",)), ModuleSet(("python/3.11",), ("py",), at))
+    )
+    (check,) = check_modules_here(envs, str(tmp_path / "no-lmod" / "bash"), [])  # py's own Lmod is there
+    assert check.status == "ok" and check.detail == "every kernel's modules load here: python/3.11 (py)"
+    assert probe_args(envs, str(init), ["/site/modules"]) == {
+        "module_sets": [
+            {"modules": ["R/4.2"]},
+            {"modules": ["python/3.11"], "init": str(init), "use": [str(mods)]},
+        ],
+        "lmod": {"init": str(init), "use": ["/site/modules"]},
+    }
+
+
+def test_doctor_reads_them_from_the_published_generation(tmp_path):
+    """The kernels' own Lmod (as published), not the site's [modules] as doctor reads it."""
+    init, mods, interp = write_fake_lmod(tmp_path / "lmod")
+    link = tmp_path / "lmod" / "sw" / "python" / "3.11" / "bin" / "python3"
+    root = _published_envs(tmp_path, link, LmodAt(str(init), (str(mods),)))
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "hubstock.toml").write_text(
+        f'root = "{root.path}"\n[hub]\nstate_dir = "{tmp_path / "state"}"\nhub_port = 1\n'
+        f'[spawner]\nscheduler = "local"\n[modules]\ninit = "{tmp_path / "nowhere"}"\nuse = ["modules"]\n'
+    )
+    checks = {c.name: c for c in run_doctor(load_site(site_dir), DoctorOptions(job=False))}
+    assert checks["generation.interpreter"].status == "ok"
+    modules = checks["generation.modules"]  # the stand-in Lmod has python/3.11 only
+    assert (
+        modules.status == "warn"
+        and "kernels 'r', 'r-r0000000': module load R/4.2 fails here" in modules.detail
+    )
+    interp.write_bytes(b"another python")
+    checks = {c.name: c for c in run_doctor(load_site(site_dir), DoctorOptions(job=False))}
+    assert checks["generation.interpreter"].status == "warn" and checks["generation"].status == "ok"
 
 
 # ---------------------------------------------------------------------------------------------- the hub

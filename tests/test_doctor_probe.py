@@ -6,6 +6,7 @@ running the tests. ``tests/test_doctor_hub.py`` runs it on the Slurm rig.
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import json
 import os
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from hubstock.hub.doctor import node_probe
+from hubstock.hub.doctor.envs import GenerationEnvs, InterpreterUse, ModuleSet
 from hubstock.hub.doctor.job import ProbeJob, ProbePlan
 from hubstock.hub.doctor.jobscript import (
     JobCommands,
@@ -29,7 +32,7 @@ from hubstock.hub.doctor.jobscript import (
     probe_shell,
     render_probe_script,
 )
-from hubstock.hub.doctor.model import Check
+from hubstock.hub.doctor.model import Check, format_check
 from hubstock.hub.doctor.node import NodeExpect, node_checks, version_tuple
 from hubstock.hub.doctor.node_probe import main as probe_main
 from hubstock.limits import Limits, MiB, Queue, Seconds
@@ -143,6 +146,226 @@ def test_the_probe_reports_what_it_sees(tmp_path):
     assert report["hub_api"] == {"status": 200, "version": "9.9.9"}
     assert report["glibc"] and report["cuda"] is None
     assert callable(probe_main)
+
+
+# ------------------------------------------------------------------ the node: interpreters and modules
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+PY = "/sw/python/3.11/bin/python3"
+ENVS = GenerationEnvs(
+    interpreters=(
+        InterpreterUse("server", "s1", "/usr/bin/python3", SHA_A, "3.11.2"),
+        InterpreterUse("python", "p1abcdef99", PY, SHA_A, "3.11.2", "python/3.11", ("python/3.11",)),
+    ),
+    module_sets=(
+        ModuleSet(("python/3.11",), ("python-stock",)),
+        ModuleSet(("R/4.2",), ("r", "r-4b03c0ba")),
+    ),
+)
+LOADED = {"ok": True, "code": 0, "init": "/usr/share/lmod/lmod/init/bash", "output": ""}
+ENV_REPORT = {
+    "interpreters": [
+        {"path": "/usr/bin/python3", "exists": True, "real": "/usr/bin/python3.11", "sha256": SHA_A},
+        {"path": PY, "load": LOADED, "on_path": PY, "exists": True, "real": "/sw/python/3.11/bin/python3.11",
+         "sha256": SHA_A},
+    ],
+    "modules": [LOADED, LOADED],
+}  # fmt: skip
+UNKNOWN_R = (
+    'Lmod has detected the following error:  The following module(s) are unknown:\n"R/4.2"\n\n'
+    'Please check the spelling or version number. Also try "module spider ..."\n'
+)
+
+
+def _env_checks(**changes: object) -> dict[str, Check]:
+    from dataclasses import replace
+
+    report = {**REPORT, **ENV_REPORT, **changes}
+    return {c.name: c for c in node_checks(report, replace(EXPECT, envs=ENVS))}
+
+
+def test_venv_interpreters_and_kernel_modules_that_the_node_has_are_ok():
+    checks = _env_checks()
+    assert {n: c.status for n, c in checks.items()} == dict.fromkeys(
+        [
+            "node.root",
+            "node.python",
+            "node.glibc",
+            "node.linux",
+            "node.hub_api",
+            "node.interpreter",
+            "node.modules",
+        ],
+        "ok",
+    )
+    assert checks["node.interpreter"].detail == (
+        f"the venv builds' interpreters are on node042 and unchanged: /usr/bin/python3 (server), {PY} (python)"
+    )
+    assert checks["node.modules"].detail == (
+        "every kernel's modules load on node042: python/3.11 (python-stock); R/4.2 (r, r-4b03c0ba)"
+    )
+
+
+def test_a_generation_without_venv_or_module_builds_gives_no_such_lines():
+    names = {c.name for c in node_checks({**REPORT, **ENV_REPORT}, EXPECT)}
+    assert "node.interpreter" not in names and "node.modules" not in names
+
+
+def test_a_changed_interpreter_on_the_node_fails_naming_it_and_both_hashes():
+    changed = [ENV_REPORT["interpreters"][0], {**ENV_REPORT["interpreters"][1], "sha256": SHA_B}]
+    checks = _env_checks(interpreters=changed)
+    bad = [c for c in checks.values() if c.status != "ok"]
+    assert [c.name for c in bad] == ["node.interpreter"] and bad[0].status == "FAIL"
+    assert bad[0].detail == (
+        f"the interpreter {PY} of env 'python' build p1abcdef differs on node042 (its real binary "
+        "/sw/python/3.11/bin/python3.11 has sha256 bbbbbbbbbbbb..., not aaaaaaaaaaaa...): the site changed its Python"
+    )
+    assert bad[0].fix == "rebuild with `hubstock build python` and publish, or restore the interpreter."
+
+
+def test_a_missing_interpreter_says_what_its_module_gives_now():
+    moved = {"path": PY, "load": LOADED, "on_path": "/sw/python/3.12/bin/python3", "exists": False}
+    check = _env_checks(interpreters=[ENV_REPORT["interpreters"][0], moved])["node.interpreter"]
+    assert check.status == "FAIL"
+    assert check.detail.startswith(
+        f"the interpreter {PY} of env 'python' build p1abcdef is missing on node042; "
+        "module python/3.11 gives /sw/python/3.12/bin/python3 there"
+    )
+
+
+def test_an_interpreter_whose_module_does_not_load_is_a_warning_beside_the_kernels_fail():
+    unknown = {
+        "ok": False,
+        "code": 1,
+        "init": LOADED["init"],
+        "output": UNKNOWN_R.replace("R/4.2", "python/3.11"),
+    }
+    there = {**ENV_REPORT["interpreters"][1], "load": unknown}
+    del there["on_path"]
+    checks = _env_checks(interpreters=[ENV_REPORT["interpreters"][0], there], modules=[unknown, LOADED])
+    assert checks["node.interpreter"].status == "warn"
+    assert "module python/3.11 of env 'python' does not load there" in checks["node.interpreter"].detail
+    assert checks["node.modules"].status == "FAIL"
+    assert checks["node.modules"].detail.startswith("kernel 'python-stock' cannot start on node042")
+
+
+def test_a_module_missing_on_the_node_fails_naming_the_kernels_the_module_and_lmods_message():
+    failed = {"ok": False, "code": 1, "init": LOADED["init"], "output": UNKNOWN_R}
+    checks = _env_checks(modules=[LOADED, failed])
+    bad = [c for c in checks.values() if c.status != "ok"]
+    assert [c.name for c in bad] == ["node.modules"] and bad[0].status == "FAIL"
+    assert bad[0].detail == (
+        "kernels 'r', 'r-4b03c0ba' cannot start on node042: module R/4.2 is unknown there "
+        '(Lmod: The following module(s) are unknown: "R/4.2")'
+    )
+    assert bad[0].fix.startswith("install the module on the compute nodes, or fix [modules] use")
+    assert "\n" not in format_check(bad[0])
+
+
+def test_a_node_without_the_sites_lmod_fails_with_where_to_set_it():
+    none = {"ok": False, "code": 4, "init": "/opt/lmod/init/bash",
+            "output": "hubstock-probe: line 2: /opt/lmod/init/bash: No such file or directory\n"}  # fmt: skip
+    check = _env_checks(modules=[none, none])["node.modules"]
+    assert check.status == "FAIL" and "[modules] init" in check.fix
+    assert check.detail.startswith(
+        "kernel 'python-stock' cannot start on node042: Lmod's init /opt/lmod/init/bash is missing there or is "
+        "not Lmod (hubstock-probe: line 2: /opt/lmod/init/bash: No such file or directory); kernels 'r', "
+    )
+
+
+def test_without_the_probes_answer_the_interpreters_and_modules_are_not_checked():
+    from dataclasses import replace
+
+    failed = {
+        "probe_failed": 126,
+        "host": "n1",
+        "started": 1.0,
+        "root_readable": True,
+        "python_executable": False,
+    }
+    s = statuses(node_checks(failed, replace(EXPECT, envs=ENVS)))
+    assert s["node.interpreter"] == "warn" and s["node.modules"] == "warn"
+    s = statuses(node_checks({**REPORT, "modules": [LOADED]}, replace(EXPECT, envs=ENVS)))  # an older probe
+    assert s["node.interpreter"] == "warn" and s["node.modules"] == "warn"
+
+
+# A stand-in for Lmod's bash init: `module use DIR` sets MODULEPATH; `module load M` "loads" M when
+# DIR/M.lua exists (putting DIR/../sw/M/bin on PATH), else fails with Lmod's message.
+FAKE_LMOD = """\
+module() {
+  case "$1" in
+    use) shift; export MODULEPATH="$1";;
+    purge) unset LOADEDMODULES _LMFILES_;;
+    load) shift
+      for m in "$@"; do
+        if [ ! -f "$MODULEPATH/$m.lua" ]; then
+          printf 'Lmod has detected the following error: The following module(s) are unknown:\\n"%s"\\n\\n' "$m" >&2
+          return 1
+        fi
+        LOADEDMODULES="${LOADEDMODULES:+$LOADEDMODULES:}$m"
+        _LMFILES_="${_LMFILES_:+$_LMFILES_:}$MODULEPATH/$m.lua"
+        PATH="$MODULEPATH/../sw/$m/bin:$PATH"
+      done
+      export LOADEDMODULES _LMFILES_ PATH;;
+  esac
+}
+"""
+
+
+def write_fake_lmod(d: Path) -> tuple[Path, Path, Path]:
+    """(init, module directory, interpreter): a stand-in Lmod whose module python/3.11 puts
+    ``sw/python/3.11/bin/python3`` (a symlink to the interpreter, a file of its own) on PATH."""
+    init = d / "lmod" / "init" / "bash"
+    init.parent.mkdir(parents=True)
+    init.write_text(FAKE_LMOD)
+    mods = d / "modules"
+    (mods / "python").mkdir(parents=True)
+    (mods / "python" / "3.11.lua").write_text('prepend_path("PATH", "...")\n')
+    interp = d / "real" / "python3.11"
+    interp.parent.mkdir()
+    interp.write_bytes(b"\x7fELF not really a python")
+    interp.chmod(0o755)
+    bindir = d / "sw" / "python" / "3.11" / "bin"
+    bindir.mkdir(parents=True)
+    (bindir / "python3").symlink_to(interp)
+    return init, mods, interp
+
+
+def test_the_probe_loads_modules_through_bash_as_a_kernel_does(tmp_path, monkeypatch):
+    init, mods, _ = write_fake_lmod(tmp_path)
+    lmod = {"init": str(init), "use": [str(mods)]}
+    loaded = node_probe.load_modules(lmod, ["python/3.11"], 30)
+    assert loaded["ok"] and loaded["code"] == 0 and loaded["init"] == str(init)
+    assert str(loaded["path"]).startswith(f"{mods}/../sw/python/3.11/bin:")
+    assert "path" not in node_probe.module_set({"modules": ["python/3.11"]}, lmod, 30)
+    own = {"modules": ["python/3.11"], "init": str(init), "use": [str(mods)]}  # its kernels' own Lmod
+    assert node_probe.module_set(own, {"init": str(tmp_path / "none"), "use": []}, 30)["ok"]
+    evil = "$(touch " + str(tmp_path / "pwned") + ")"
+    failed = node_probe.load_modules(lmod, ["python/3.11", evil], 30)
+    assert not failed["ok"] and failed["code"] == 1 and f'unknown:\n"{evil}"' in str(failed["output"])
+    assert not (tmp_path / "pwned").exists()  # names are arguments, never code
+    assert node_probe.load_modules({"init": str(tmp_path / "none")}, ["x"], 30)["code"] == 4
+    monkeypatch.delenv("LMOD_PKG", raising=False)
+    monkeypatch.setattr(node_probe, "INIT_PLACES", (str(tmp_path / "nowhere" / "bash"),))
+    assert node_probe.load_modules({}, ["x"], 30) == {
+        "ok": False, "code": None, "init": None, "output": "no Lmod init/bash found on this node",
+    }  # fmt: skip
+    monkeypatch.setenv("LMOD_PKG", str(init.parent.parent))
+    assert node_probe.lmod_init(None) == str(init)
+
+
+def test_the_probe_hashes_each_interpreters_real_binary_after_loading_its_module(tmp_path):
+    init, mods, interp = write_fake_lmod(tmp_path)
+    link = tmp_path / "sw" / "python" / "3.11" / "bin" / "python3"
+    wanted = [
+        {"path": str(link), "modules": ["python/3.11"]},
+        {"path": str(tmp_path / "gone"), "modules": []},
+    ]
+    found = node_probe.interpreters(wanted, {"init": str(init), "use": [str(mods)]}, 30)
+    assert found[0]["exists"] and found[0]["real"] == str(interp) and found[0]["load"]["ok"]
+    assert found[0]["sha256"] == hashlib.sha256(interp.read_bytes()).hexdigest()
+    assert os.path.realpath(str(found[0]["on_path"])) == str(interp)
+    assert found[1] == {"path": str(tmp_path / "gone"), "exists": False}
 
 
 # ---------------------------------------------------------------------------------------------- the job

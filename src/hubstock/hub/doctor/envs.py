@@ -9,6 +9,12 @@ them: ``provenance.modules``, in Lmod's order) and then its template's own
 ``hubstock publish`` renders the kernel's argv with. The modules are read from these records,
 not parsed out of the argv's shell script, whose wording may change between hubstock versions.
 
+Where a kernel finds Lmod, though, only its argv records: the init it sources and the module
+trees it ``module use``s were fixed when it was published, by the publishing checkout's
+``[modules]`` (a relative ``use`` is that checkout's). :func:`lmod_location` reads just those two
+leading statements of the argv's script; when they cannot be read, the site's ``[modules]`` as
+doctor sees it stands in.
+
 The hub node does not run kernels, so here a changed interpreter or a module that does not load
 is only a warning (``generation.interpreter``, ``generation.modules``); the probe job checks the
 same on a compute node, where it fails (:mod:`.node`). A generation of conda builds only gives no
@@ -19,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,16 @@ from .model import Check, ok, warn
 from .node_probe import interpreter_state
 
 HERE = "the hub node"
+#: how a kernel that loads modules starts (:func:`hubstock.lmod.kernel_argv`): bash runs a script
+_WRAPPER = ["/bin/bash", "--noprofile", "--norc", "-c"]
+
+
+@dataclass(frozen=True)
+class LmodAt:
+    """Where Lmod is for a kernel: its bash init and the module trees to ``module use``."""
+
+    init: str
+    use: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,14 +65,18 @@ class InterpreterUse:
     module: str | None = None
     #: the modules to load before looking for it (the build's: the interpreter's module first)
     modules: tuple[str, ...] = ()
+    #: where a kernel of the build finds Lmod (None: no kernel says; the site's [modules])
+    lmod: LmodAt | None = None
 
 
 @dataclass(frozen=True)
 class ModuleSet:
-    """One distinct set of modules that published kernels load, in load order, and those kernels."""
+    """One distinct set of modules that published kernels load, in load order, where they find
+    Lmod (None: their argv does not say; the site's [modules]), and those kernels."""
 
     modules: tuple[str, ...]
     kernels: tuple[str, ...]
+    lmod: LmodAt | None = None
 
 
 @dataclass(frozen=True)
@@ -76,14 +97,45 @@ def kernel_modules(build_modules: Iterable[str], spec: dict[str, Any]) -> tuple[
     return tuple(dict.fromkeys([*build_modules, *own]))
 
 
-def module_sets(kernels: Sequence[tuple[str, tuple[str, ...]]]) -> tuple[ModuleSet, ...]:
-    """``(kernel, modules)`` pairs grouped by their modules (kernels loading none left out), in
-    the order the sets first appear."""
-    groups: dict[tuple[str, ...], list[str]] = {}
-    for name, mods in kernels:
+def lmod_location(argv: object) -> LmodAt | None:
+    """Where a published kernel's argv finds Lmod: the script's leading ``source INIT`` and
+    ``module use DIR...`` (before ``module purge``); None when the argv is not such a script."""
+    if not isinstance(argv, list) or len(argv) < 5 or argv[:4] != _WRAPPER or not isinstance(argv[4], str):
+        return None
+    lexer = shlex.shlex(argv[4], posix=True, punctuation_chars=";")
+    lexer.whitespace_split = True
+    statements: list[list[str]] = [[]]
+    try:
+        for token in lexer:
+            if token == ";":
+                if statements[-1] == ["module", "purge"]:
+                    break
+                statements.append([])
+            else:
+                statements[-1].append(token)
+    except ValueError:  # unbalanced quotes
+        return None
+    if statements[-1] != ["module", "purge"] or len(statements) not in (2, 3):
+        return None
+    source = statements[0]
+    if len(source) != 2 or source[0] not in ("source", "."):
+        return None
+    use: tuple[str, ...] = ()
+    if len(statements) == 3:
+        if statements[1][:2] != ["module", "use"] or len(statements[1]) < 3:
+            return None
+        use = tuple(statements[1][2:])
+    return LmodAt(init=source[1], use=use)
+
+
+def module_sets(kernels: Sequence[tuple[str, tuple[str, ...], LmodAt | None]]) -> tuple[ModuleSet, ...]:
+    """``(kernel, modules, where Lmod is)`` grouped by modules and Lmod (kernels loading none left
+    out), in the order the sets first appear."""
+    groups: dict[tuple[tuple[str, ...], LmodAt | None], list[str]] = {}
+    for name, mods, at in kernels:
         if mods:
-            groups.setdefault(tuple(mods), []).append(name)
-    return tuple(ModuleSet(modules=m, kernels=tuple(k)) for m, k in groups.items())
+            groups.setdefault((tuple(mods), at), []).append(name)
+    return tuple(ModuleSet(modules=m, kernels=tuple(k), lmod=at) for (m, at), k in groups.items())
 
 
 def read_generation_envs(root: Root, gen: Generation, manifest: GenerationManifest) -> GenerationEnvs:
@@ -94,31 +146,17 @@ def read_generation_envs(root: Root, gen: Generation, manifest: GenerationManife
     for k in manifest.kernels:
         builds.setdefault((k.env, k.build), root.build(k.env, k.build))
     problems: list[str] = []
-    interpreters: list[InterpreterUse] = []
-    build_modules: dict[tuple[str, str], tuple[str, ...]] = {}
-    for (env, bid), prefix in builds.items():
+    provenances = {}
+    for key, prefix in builds.items():
         try:
             prov = read_provenance(prefix)
         except RecordError as e:
             problems.append(str(e))
             continue
-        if prov is None:
-            continue  # an incomplete build: the generation check says so
-        build_modules[(env, bid)] = tuple(m.full_name for m in prov.modules)
-        if prov.interpreter is not None:
-            i = prov.interpreter
-            interpreters.append(
-                InterpreterUse(
-                    env=env,
-                    build=bid,
-                    path=i.path,
-                    sha256=i.sha256,
-                    version=i.version,
-                    module=i.module,
-                    modules=build_modules[(env, bid)] if i.module else (),
-                )
-            )
-    kernels: list[tuple[str, tuple[str, ...]]] = []
+        if prov is not None:  # None: an incomplete build, which the generation check names
+            provenances[key] = prov
+    kernels: list[tuple[str, tuple[str, ...], LmodAt | None]] = []
+    build_lmod: dict[tuple[str, str], LmodAt] = {}
     for k in manifest.kernels:
         path = gen.kernel_dir(k.name) / "kernel.json"
         try:
@@ -128,7 +166,27 @@ def read_generation_envs(root: Root, gen: Generation, manifest: GenerationManife
         except (OSError, ValueError) as e:
             problems.append(f"{path} cannot be read ({getattr(e, 'strerror', None) or e})")
             continue
-        kernels.append((k.name, kernel_modules(build_modules.get((k.env, k.build), ()), spec)))
+        prov = provenances.get((k.env, k.build))
+        mods = kernel_modules((m.full_name for m in prov.modules) if prov else (), spec)
+        at = lmod_location(spec.get("argv")) if mods and isinstance(spec, dict) else None
+        if at is not None:
+            build_lmod.setdefault((k.env, k.build), at)
+        kernels.append((k.name, mods, at))
+    interpreters = []
+    for (env, bid), prov in provenances.items():
+        if (i := prov.interpreter) is not None:
+            interpreters.append(
+                InterpreterUse(
+                    env=env,
+                    build=bid,
+                    path=i.path,
+                    sha256=i.sha256,
+                    version=i.version,
+                    module=i.module,
+                    modules=tuple(m.full_name for m in prov.modules) if i.module else (),
+                    lmod=build_lmod.get((env, bid)) if i.module else None,
+                )
+            )
     return GenerationEnvs(tuple(interpreters), module_sets(kernels), tuple(problems))
 
 
@@ -155,9 +213,10 @@ def interpreter_problem(use: InterpreterUse, found: dict[str, Any], host: str) -
     if found.get("error"):
         return f"{what} cannot be read on {host} ({found['error']})"
     if found.get("sha256") != use.sha256:
-        real = f" ({found['real']})" if found.get("real") and found["real"] != use.path else ""
+        real = found.get("real")
+        binary = f"its real binary {real}" if real and real != use.path else "it"
         return (
-            f"{what} differs on {host}{real} (sha256 {short(found.get('sha256'))}... not "
+            f"{what} differs on {host} ({binary} has sha256 {short(found.get('sha256'))}..., not "
             f"{short(use.sha256)}...){hint}"
         )
     return None
@@ -197,16 +256,16 @@ def check_interpreters_here(envs: GenerationEnvs) -> list[Check]:
     return [ok(name, f"the venv builds' interpreters are here and unchanged: {shown}")]
 
 
-def lmod_settings(init: str | None, use: Sequence[str]) -> dict[str, Any]:
-    """Where the probe finds Lmod: ``[modules] init`` (else the one found here, else the probe
-    looks in the usual places) and ``[modules] use``."""
+def site_lmod(init: str | None, use: Sequence[str]) -> LmodAt | None:
+    """The site's ``[modules]`` as doctor sees it: ``init`` (else the one found here) and ``use``;
+    None when neither names an init (the probe then looks in Lmod's usual places)."""
     found = os.path.expanduser(init) if init else None
     if not found:
         try:
             found = str(lmod.find_init(None))
         except HubstockError:
-            found = None
-    return {"init": found, "use": list(use)}
+            return None
+    return LmodAt(init=found, use=tuple(use))
 
 
 def kernels_label(kernels: Sequence[str]) -> str:
@@ -215,21 +274,21 @@ def kernels_label(kernels: Sequence[str]) -> str:
 
 
 def check_modules_here(envs: GenerationEnvs, init: str | None, use: Sequence[str]) -> list[Check]:
-    """``generation.modules``: each set of modules a kernel loads loads here, when this node has
-    Lmod (a warning otherwise: the hub node runs no kernels)."""
+    """``generation.modules``: each set of modules a kernel loads loads here, with the Lmod its
+    kernels use, when this node has it (a warning otherwise: the hub node runs no kernels)."""
     if not envs.module_sets:
         return []
     name = "generation.modules"
-    try:
-        found = lmod.find_init(init)
-    except HubstockError:
-        return [
-            ok(name, "not checked here: no Lmod on the hub node (the probe job loads them on a compute node)")
-        ]
-    bad = []
+    bad, unchecked = [], []
     for s in envs.module_sets:
+        at = s.lmod or site_lmod(init, use)
         try:
-            lmod.load(list(s.modules), init=found, use=list(use))
+            found = lmod.find_init(at.init if at else init)
+        except HubstockError:
+            unchecked.append(s)
+            continue
+        try:
+            lmod.load(list(s.modules), init=found, use=list(at.use if at else use))
         except HubstockError as e:
             said = lmod.lmod_message(getattr(e, "detail", "") or "") or str(e).rstrip(".")
             bad.append(f"{kernels_label(s.kernels)}: module load {' '.join(s.modules)} fails here ({said})")
@@ -241,17 +300,32 @@ def check_modules_here(envs: GenerationEnvs, init: str | None, use: Sequence[str
                 "install the modules on the hub node too, or fix [modules] use in hubstock.toml, to check them here.",
             )
         ]
-    shown = "; ".join(f"{' '.join(s.modules)} ({', '.join(s.kernels)})" for s in envs.module_sets)
+    if len(unchecked) == len(envs.module_sets):
+        return [
+            ok(name, "not checked here: no Lmod on the hub node (the probe job loads them on a compute node)")
+        ]
+    shown = "; ".join(
+        f"{' '.join(s.modules)} ({', '.join(s.kernels)})" for s in envs.module_sets if s not in unchecked
+    )
     return [ok(name, f"every kernel's modules load here: {shown}")]
 
 
+def _where(at: LmodAt | None) -> dict[str, Any]:
+    return {} if at is None else {"init": at.init, "use": list(at.use)}
+
+
 def probe_args(envs: GenerationEnvs, init: str | None, use: Sequence[str]) -> dict[str, Any]:
-    """The probe's part of ARGS.json for these builds (nothing when they need nothing)."""
+    """The probe's part of ARGS.json for these builds (nothing when they need nothing): each
+    interpreter and set of modules with where its kernels find Lmod, and the site's ``[modules]``
+    for those whose kernels do not say."""
     args: dict[str, Any] = {}
     if envs.interpreters:
-        args["interpreters"] = [{"path": u.path, "modules": list(u.modules)} for u in envs.interpreters]
+        args["interpreters"] = [
+            {"path": u.path, "modules": list(u.modules), **_where(u.lmod)} for u in envs.interpreters
+        ]
     if envs.module_sets:
-        args["module_sets"] = [list(s.modules) for s in envs.module_sets]
+        args["module_sets"] = [{"modules": list(s.modules), **_where(s.lmod)} for s in envs.module_sets]
     if any(u.modules for u in envs.interpreters) or envs.module_sets:
-        args["lmod"] = lmod_settings(init, use)
+        at = site_lmod(init, use)
+        args["lmod"] = _where(at) or {"init": None, "use": list(use)}
     return args

@@ -206,16 +206,12 @@ def interpreter_check(report: dict[str, Any], e: NodeExpect) -> list[Check]:
     bad, unloaded = [], []
     for use, f in zip(uses, found, strict=True):
         load = f.get("load") or {}
-        not_loaded = (
-            f"module {' '.join(use.modules)} does not load there ({_load_said(load)})"
-            if load and not load.get("ok")
-            else ""
-        )
+        said = _load_said(load) if load and not load.get("ok") else ""
         problem = interpreter_problem(use, f, host)
         if problem:
-            bad.append((use, problem + (f"; its {not_loaded}" if not_loaded else "")))
-        elif not_loaded:
-            unloaded.append(f"env {use.env!r}: its {not_loaded}")
+            bad.append((use, problem + (f" (its module does not load there: {said})" if said else "")))
+        elif said:
+            unloaded.append(f"module {' '.join(use.modules)} of env {use.env!r} does not load there ({said})")
     if bad:
         return [
             fail(

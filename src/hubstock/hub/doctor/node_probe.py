@@ -210,21 +210,35 @@ def on_path(command: str, path: str) -> str | None:
     return None
 
 
-def interpreters(wanted: list[dict], lmod: dict, timeout: float) -> list[dict[str, object]]:
-    """For each venv build's interpreter (``path``, ``modules`` to load first): its state here
-    and, when it comes from a module, that load and where the module's PATH finds its command."""
-    out: list[dict[str, object]] = []
+def where(item: dict, site: dict) -> dict:
+    """Where to find Lmod for ``item``: its own ``init`` and ``use`` (its kernels'), else the site's."""
+    return {"init": item["init"], "use": item.get("use") or []} if item.get("init") else site
+
+
+def interpreters(wanted: list, site_lmod: dict, timeout: float) -> list:
+    """For each venv build's interpreter (``path``, ``modules`` to load first and where Lmod is):
+    its state here and, when it comes from a module, that load and where the module's PATH finds
+    its command."""
+    out = []
     for want in wanted:
         path, modules = str(want["path"]), [str(m) for m in want.get("modules") or []]
         found: dict[str, object] = {"path": path}
         if modules:
-            loaded = load_modules(lmod, modules, timeout)
+            loaded = load_modules(where(want, site_lmod), modules, timeout)
             found["load"] = {k: v for k, v in loaded.items() if k != "path"}
             if loaded.get("ok"):
                 found["on_path"] = on_path(os.path.basename(path), str(loaded.get("path") or ""))
         found.update(interpreter_state(path))
         out.append(found)
     return out
+
+
+def module_set(wanted: object, site_lmod: dict, timeout: float) -> dict:
+    """Whether a set of modules that kernels load (``modules``, and where their Lmod is) loads here."""
+    item = wanted if isinstance(wanted, dict) else {"modules": wanted if isinstance(wanted, list) else []}
+    loaded = load_modules(where(item, site_lmod), [str(m) for m in item.get("modules") or []], timeout)
+    loaded.pop("path", None)
+    return loaded
 
 
 def main(argv: list[str]) -> int:
@@ -247,9 +261,7 @@ def main(argv: list[str]) -> int:
         "cuda": cuda_driver() if args.get("cuda") else None,
         "hub_api": hub_api(args["hub_api"], 10) if args.get("hub_api") else None,
         "interpreters": interpreters(args.get("interpreters") or [], lmod, timeout),
-        "modules": [
-            load_modules(lmod, [str(m) for m in mods], timeout) for mods in args.get("module_sets") or []
-        ],
+        "modules": [module_set(m, lmod, timeout) for m in args.get("module_sets") or []],
         "finished": time.time(),
     }
     json.dump(report, sys.stdout)
