@@ -32,6 +32,7 @@ from .errors import CommandError, ModuleError
 from .proc import run
 
 __all__ = [
+    "MODULE_NAME",
     "ModuleLoad",
     "ResolvedModule",
     "check_module_names",
@@ -57,7 +58,8 @@ _KERNEL_ARGV0 = "hubstock-kernel"
 _MARK = "HUBSTOCK-LMOD-RESULT"
 #: one part of a module name: no leading "-" (an option to `module`) or "." (a hidden module)
 _PART = r"[A-Za-z0-9_+][A-Za-z0-9_.+-]*"
-_NAME = re.compile(rf"{_PART}(?:/{_PART})*")
+#: what a module name may be (``R``, ``R/4.2``, ``gcc/12/openmpi/4.1``): the one rule, for every caller
+MODULE_NAME = re.compile(rf"{_PART}(?:/{_PART})*")
 #: variables bash itself sets in the shell that prints the environment: not the load's doing
 _SHELL_VARS = frozenset({"_", "PWD", "OLDPWD", "SHLVL"})
 #: how much of Lmod's message goes into the one-sentence error
@@ -137,7 +139,7 @@ def check_module_names(modules: Sequence[str]) -> list[str]:
     if isinstance(modules, str):
         raise TypeError("modules must be a sequence of names, not one string")
     for name in modules:
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not MODULE_NAME.fullmatch(name):
             raise ModuleError(
                 f"the module name {name!r} is not a plain Lmod module name (letters, digits and _ . + -, "
                 "parts joined by /, not starting with - or .); fix it in hubstock.toml."

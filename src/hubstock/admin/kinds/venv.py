@@ -28,6 +28,7 @@ from ...store.fs import atomic_write
 from ...store.records import Interpreter, LockedPackage, ModuleRef
 from ...store.root import Root
 from ..build.cache import sha256_file
+from ..lock.requirements import read_requirements
 from .base import BuildPlan, Env, Installed, Kind, LockState, build_id_of, module_refs
 
 REQUIREMENTS = "requirements.in"
@@ -249,30 +250,6 @@ class VenvKind(Kind):
 
 
 # --- helpers --------------------------------------------------------------------------------------
-
-
-def read_requirements(path: Path, rel: str) -> list[str]:
-    """The requirements of ``requirements.in``, one per line (``#`` comments); options and direct
-    URLs are refused: every package comes from the index with its sha256."""
-    from ..lock.envspec import _check_pip
-
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(
-            f"{rel} does not exist; list the env's Python packages in it, one per line."
-        ) from None
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{rel} is not UTF-8 text (byte {e.start}); save it as UTF-8.") from None
-    reqs = []
-    for line in text.splitlines():
-        line = line.split(" #", 1)[0].strip()
-        if not line or line.startswith("#"):
-            continue
-        reqs.append(_check_pip(rel, line))
-    if not reqs:
-        raise SpecError(f"{rel} lists no packages; add at least one (e.g. ipykernel).")
-    return reqs
 
 
 def input_hash(site: Site, env: Env) -> str:

@@ -24,15 +24,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ...errors import SpecError
+from ...lmod import MODULE_NAME
 from ...site import Site, describe_validation_error
 
 ENV_CONF = "env.toml"
-#: what an Lmod module name may look like (``R``, ``R/4.2``, ``gcc/12/openmpi/4.1``)
-MODULE_RE = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
 
 
 def _module_name(v: str) -> str:
-    if not MODULE_RE.match(v):
+    if not MODULE_NAME.fullmatch(v):
         raise ValueError(f"{v!r} is not a module name like 'R/4.2'")
     return v
 

@@ -26,7 +26,8 @@ from ...errors import SpecError
 from ...site import ENV_NAME_RE, Site
 from .condalock import YAML_LOADER
 from .condaspec import parse_conda_spec
-from .lockhash import PlatformSpec, plain_requirement
+from .lockhash import PlatformSpec
+from .requirements import check_requirement
 
 #: the selectors conda-lock honours, per platform
 PLATFORM_SELECTORS: dict[str, frozenset[str]] = {
@@ -227,7 +228,7 @@ def _platform_spec(rel: str, deps: Any, platform: str | None = None) -> Platform
                 raise SpecError(f"{rel}: the 'pip:' section must be a list of requirements.")
             pip_section = True
             for req in items:
-                pip.append(_check_pip(rel, req))
+                pip.append(check_requirement(rel, req))
         elif isinstance(dep, str):
             conda.append(_check_conda(rel, dep))
         else:
@@ -245,25 +246,6 @@ def _check_conda(rel: str, dep: str) -> str:
     if name == "*":
         raise SpecError(f"{rel}: {dep!r} names no package.")
     return dep.strip()
-
-
-def _check_pip(rel: str, req: str) -> str:
-    if plain_requirement(req) is not None:  # valid as it is: no need for the full parser
-        return req.strip()
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    if req.strip().startswith("-"):
-        raise SpecError(f"{rel}: pip option {req!r} is not supported; list requirements only.")
-    try:
-        parsed = Requirement(req)
-    except InvalidRequirement as e:
-        raise SpecError(f"{rel}: {req!r} is not a valid pip requirement ({_first_line(e)}).") from None
-    if parsed.url:
-        raise SpecError(
-            f"{rel}: pip requirement {req!r} is a direct URL; hubstock locks pip packages from the "
-            "index with their sha256, so publish it to an index or a conda channel."
-        )
-    return req.strip()
 
 
 def _first_line(e: Exception) -> str:

@@ -30,7 +30,15 @@ FORMAT = 1
 KEEP = 256
 #: the modules whose code decides freshness: a change to any of them (a development install)
 #: makes every remembered verdict void
-_DECIDERS = ("envspec.py", "condalock.py", "condaspec.py", "lockhash.py", "lockfile.py", "lockcache.py")
+_DECIDERS = (
+    "envspec.py",
+    "requirements.py",
+    "condalock.py",
+    "condaspec.py",
+    "lockhash.py",
+    "lockfile.py",
+    "lockcache.py",
+)
 
 
 def _cache_file() -> Path | None:

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import PublishError, SiteError
-from ...lmod import kernel_argv
+from ...lmod import MODULE_NAME, kernel_argv
 from ...site import Site
-from ..lock.envconf import MODULE_RE
 from .smoke import Outcome, SmokeJob, run_smoke
 
 KERNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -151,7 +150,7 @@ def _validate(rel: str, spec: Any, envs: set[str]) -> None:
     if "check" in hub and not isinstance(hub["check"], str):
         raise SiteError(f"{rel}: metadata.hubstock.check must be code, as a string.")
     mods = hub.get("modules", [])
-    if not isinstance(mods, list) or not all(isinstance(m, str) and MODULE_RE.match(m) for m in mods):
+    if not isinstance(mods, list) or not all(isinstance(m, str) and MODULE_NAME.fullmatch(m) for m in mods):
         raise SiteError(f"{rel}: metadata.hubstock.modules must be a list of module names like 'R/4.2'.")
 
 
