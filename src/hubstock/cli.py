@@ -142,7 +142,7 @@ def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             if why is None:
                 progress.step(f"[{env.name}] lock is up to date")
                 continue
-            progress.step(f"[{env.name}] {why}: locking it again")
+            progress.warn(f"[{env.name}] {why}: locking it again")  # said even in CI
         elif args.if_needed and state == "stale":
             bad.append(f"{env.lock_rel} is stale")
             continue
