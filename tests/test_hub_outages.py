@@ -234,7 +234,7 @@ def test_hostile_rest_requests_leave_no_trace_and_an_empty_one_gets_the_defaults
         status, body = hub.request("POST", f"/hub/api/users/{user}/server", token=tok, body=options)
         assert status == 400, (options, status, body)
         assert "must" in body["message"] or "unknown server option" in body["message"], body
-    assert set(rig.jobs()) == jobs_before  # no job
+    assert set(rig.jobs()) <= jobs_before  # no new job (squeue drops old ones once MinJobAge has passed)
     assert not (root.sessions / f"{user}.default.json").exists()  # no session record
     new = audit(root)[lines_before:]
     mine = [ln for ln in new if ln.get("user") == user]
