@@ -285,8 +285,8 @@ def test_qdel_a_running_job(openpbs_rig: OpenPBSRig, pbs_user):
     for job, t0 in ((older, t_older), (young, t_young)):
         wait_for(lambda job=job: rig.job_state(job) == "F", 30, f"qdel of {job}", interval=0.05)
         times[job] = time.monotonic() - t0
+    # the times are printed, never asserted (tests do not assert wall-clock times)
     print(f"\nqdel to F: at once after R {times[young]:.1f} s, after 3 s running {times[older]:.1f} s")
-    assert times[older] < 8
     for job in (young, older):
         attrs = rig.qstat(job)[job]
         assert attrs["job_state"] == "F"

@@ -16,12 +16,15 @@ import glob
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +32,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hubstock.store.builds import read_provenance
+from hubstock.store.builds import current_link, is_complete, read_provenance
 from hubstock.store.generations import resolve_current
 from hubstock.store.records import Interpreter, ModuleRef
 from hubstock.store.root import MARKER, Root
@@ -386,6 +389,103 @@ def test_verify_finds_a_changed_venv_build_and_repair_fixes_it(world_tmp, hubsto
     assert {p: p.read_bytes() for p in good} == good
     res = subprocess.run([str(prefix / "bin" / "python"), "-c", "import six"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+#: SIGKILLs of ``verify --repair`` in the campaign below (the issue's 50: HUBSTOCK_TEST_REPAIR_KILLS=50)
+REPAIR_KILLS = int(os.environ.get("HUBSTOCK_TEST_REPAIR_KILLS", "12"))
+#: repairs watched by a reader every 10 ms (the issue's 20: HUBSTOCK_TEST_REPAIRS_READ=20)
+REPAIRS_READ = int(os.environ.get("HUBSTOCK_TEST_REPAIRS_READ", "4"))
+
+
+@pytest.fixture
+def damaged_venv(world_tmp):
+    """A built venv env ``tiny`` and a function that damages its build (an edit of the venv's own
+    ``pyvenv.cfg``, which the build's file list holds); yields (site, root, prefix, damage, good)."""
+    site = write_site(world_tmp / "site", world_tmp / "root")
+    write_venv_env(site, "tiny", SIX, path=system_python())
+    hs(site, "lock")
+    hs(site, "build")
+    root = Root(world_tmp / "root")
+    bid = env_status(site, "tiny")["current"]
+    prefix = root.build("tiny", bid)
+    good = (prefix / "pyvenv.cfg").read_bytes()
+
+    def damage() -> None:
+        cfg = prefix / "pyvenv.cfg"
+        os.chmod(cfg, 0o644)
+        with open(cfg, "ab") as f:
+            f.write(b"include-system-site-packages = true\n")
+        os.chmod(cfg, 0o444)
+
+    return SimpleNamespace(site=site, root=root, bid=bid, prefix=prefix, damage=damage, good=good)
+
+
+def test_killing_a_repair_at_any_point_leaves_the_damaged_build_or_the_new_one(damaged_venv):
+    """SIGKILL ``verify --repair`` at random points of a repair: the env's current build is always
+    there and complete, and ``verify`` says damaged exactly when it is."""
+    d = damaged_venv
+    d.damage()
+    t0 = time.monotonic()
+    hs(d.site, "verify", "--repair")
+    took = time.monotonic() - t0  # the kills are spread over one repair's length
+    assert (d.prefix / "pyvenv.cfg").read_bytes() == d.good
+    rng = random.Random(20)
+    seen = {"damaged": 0, "repaired": 0}
+    for _ in range(REPAIR_KILLS):
+        if (d.prefix / "pyvenv.cfg").read_bytes() == d.good:
+            d.damage()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hubstock", "--site", str(d.site), "verify", "--repair"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3 * took, 1.1 * took))  # where the kill lands: the experiment's variable
+        proc.kill()
+        proc.wait()
+        assert current_link(d.root, "tiny") == d.bid
+        assert is_complete(d.prefix, d.bid), "the env has no complete build"
+        assert (d.prefix / "bin" / "python").exists()
+        damaged = (d.prefix / "pyvenv.cfg").read_bytes() != d.good
+        res = hs(d.site, "verify", check=False)
+        assert res.returncode == (1 if damaged else 0), (damaged, res.stdout, res.stderr)
+        seen["damaged" if damaged else "repaired"] += 1
+    print(f"\n{REPAIR_KILLS} kills of verify --repair (a repair takes {took:.1f} s): {seen}")
+    hs(d.site, "verify", "--repair")
+    assert hs(d.site, "verify", check=False).returncode == 0
+    leftovers = [p.name for p in d.root.env("tiny").iterdir() if p.name.startswith(".replacing")]
+    assert leftovers == []
+
+
+def test_a_kernel_starting_during_a_repair_always_finds_its_interpreter(damaged_venv):
+    """A reader resolves the build's interpreter and reads its pyvenv.cfg every 10 ms while the
+    damaged build is repaired again and again: it never misses."""
+    d = damaged_venv
+    python, cfg = d.prefix / "bin" / "python", d.prefix / "pyvenv.cfg"
+    stop, misses, reads = threading.Event(), [], [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                assert os.access(os.path.realpath(python), os.X_OK), "not executable"
+                cfg.read_bytes()
+            except (OSError, AssertionError) as e:
+                misses.append(repr(e))
+            reads[0] += 1
+            stop.wait(0.01)
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        for _ in range(REPAIRS_READ):
+            d.damage()
+            res = hs(d.site, "verify", "--repair", "--json")
+            assert json.loads(res.stdout)["builds"][0]["repaired"], res.stdout
+    finally:
+        stop.set()
+        watcher.join()
+    print(f"\n{REPAIRS_READ} repairs, {reads[0]} reads of the interpreter: {len(misses)} missed")
+    assert misses == []
+    assert cfg.read_bytes() == d.good and env_status(d.site, "tiny")["current"] == d.bid
 
 
 # --- 4. a changed interpreter ---------------------------------------------------------------------

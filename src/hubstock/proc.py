@@ -25,12 +25,14 @@ def run(
     input: str | None = None,
     timeout: float | None = None,
     check: bool = True,
+    stderr_to_terminal: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``, capturing its output, and raise :class:`CommandError` if it fails.
 
     ``what`` names the step for the error message ("installing the pip packages of
     env 'python'"). ``env`` entries are added to the current environment; they are
-    never logged (they may carry tokens).
+    never logged (they may carry tokens). ``stderr_to_terminal``: the command's standard error
+    goes to ours as it comes (its progress lines), and only its standard output is captured.
     """
     args = [os.fspath(a) for a in argv]
     log.debug("running: %s", shlex.join(args))
@@ -43,7 +45,7 @@ def run(
             input=input,
             text=True,
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=None if stderr_to_terminal else subprocess.STDOUT,
             timeout=timeout,
         )
     except FileNotFoundError as e:

@@ -24,13 +24,18 @@ def is_complete(prefix: Path, bid: str | None = None) -> bool:
     return bid is None or text == bid
 
 
-def current_build(root: Root, env: str) -> str | None:
-    """The id of ``env``'s current build, if it is complete."""
+def current_link(root: Root, env: str) -> str | None:
+    """The build id ``env``'s ``current`` names, complete or not (None without the link)."""
     try:
-        bid = os.readlink(root.env_current(env))
+        return os.readlink(root.env_current(env))
     except OSError:
         return None
-    return bid if is_complete(root.build(env, bid), bid) else None
+
+
+def current_build(root: Root, env: str) -> str | None:
+    """The id of ``env``'s current build, if it is complete."""
+    bid = current_link(root, env)
+    return bid if bid is not None and is_complete(root.build(env, bid), bid) else None
 
 
 def build_ids(root: Root, env: str) -> list[str]:

@@ -11,11 +11,15 @@ removed before the next attempt.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ... import __version__
+from ...errors import BuildError
+from ...proc import run
 from ...progress import Progress
 from ...site import Site
 from ...store.buildlock import write_lock_copy
@@ -28,10 +32,11 @@ from ...store.builds import (
     write_build_files,
     write_provenance,
 )
-from ...store.fs import atomic_symlink, empty_trash, make_read_only, now_iso, remove_tree
+from ...store.fs import atomic_symlink, empty_trash, make_read_only, move_to_trash, now_iso, remove_tree
 from ...store.perms import ADMIN_DIR, PUBLIC_DIR, make_dir
 from ...store.records import BuildProvenance
 from ...store.root import Root
+from ...store.swap import exchange
 from ..kinds import kind_of
 from ..kinds.base import BuildPlan, Env
 from .policy import check_server_packages
@@ -83,14 +88,17 @@ def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
     with root.locked(on_wait=progress.step):
         empty_trash(root.trash)
         damaged = is_complete(prefix, bid) and damage(root, env.name, bid) is not None
-        if damaged or not is_complete(prefix, bid):
-            if prefix.exists():
-                what = "damaged" if damaged else "interrupted"
-                progress.step(f"[{env.name}] removing the {what} build {bid}")
+        if damaged:
+            # published builds are in use: the replacement is made beside it and swapped in
+            _replace(site, root, env, plan, prefix, progress)
+            built = True
+        elif not is_complete(prefix, bid):
+            if os.path.lexists(prefix):
+                progress.step(f"[{env.name}] removing the interrupted build {bid}")
                 remove_tree(prefix, root.trash)
-            _build(site, root, env, plan, prefix, progress)
+            build_into(site, root, env, plan, prefix, progress)
             clear_damage(root, env.name, bid)
-            root.audit("build", env=env.name, build=bid, **({"replaced": "damaged"} if damaged else {}))
+            root.audit("build", env=env.name, build=bid)
             built = True
         else:
             built = False
@@ -111,7 +119,62 @@ def ensure_builds(site: Site, envs: list[Env], progress: Progress) -> list[Build
     return results
 
 
-def _build(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
+#: the exit status of :mod:`.staged` when the system gives it no private mount namespace
+NO_NAMESPACE = 3
+
+
+def staging_of(root: Root, env: str, bid: str) -> Path:
+    """Where the replacement of a damaged build is made (beside it; a dot name: no build)."""
+    return root.env(env) / f".replacing-{bid}"
+
+
+def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
+    """Replace the damaged build at ``prefix`` with a new build of the same lock, never leaving
+    ``prefix`` missing: the new build is installed by a child process that sees ``prefix`` as
+    the staging folder (:mod:`.staged`), then the two folders are swapped in one step. A kill at
+    any point leaves the damaged build (still recorded as damaged) or the new one."""
+    bid = plan.build_id
+    staging = staging_of(root, env.name, bid)
+    remove_tree(staging, root.trash)  # what a killed repair left
+    make_dir(staging, ADMIN_DIR)
+    progress.step(f"[{env.name}] building a replacement beside the damaged build {bid}")
+    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "hubstock.admin.build.staged"]
+    argv += ["--site", site.dir, "--root", site.root, "--env", env.name, "--build", bid, "--staging", staging]
+    proc = run(
+        [*argv, *(["--progress"] if progress.enabled else [])],
+        what=f"building the replacement of {env.name}/{bid}",
+        check=False,
+        stderr_to_terminal=True,
+    )
+    if proc.returncode == NO_NAMESPACE:
+        progress.warn(
+            f"[{env.name}] {proc.stdout.strip()}: the damaged build {bid} is rebuilt in place, and "
+            "its kernel cannot start until that ends (run the repair as root to avoid it)."
+        )
+        remove_tree(staging, root.trash)
+        remove_tree(prefix, root.trash)
+        build_into(site, root, env, plan, prefix, progress)
+    else:
+        if proc.returncode != 0 or not is_complete(staging, bid):
+            lines = proc.stdout.strip().splitlines()
+            try:
+                told = json.loads(lines[-1])["error"] if lines else ""
+            except (ValueError, KeyError, TypeError):
+                told = lines[-1] if lines else ""
+            remove_tree(staging, root.trash)
+            raise BuildError(
+                f"the replacement of the damaged build {env.name}/{bid} could not be built "
+                f"({told or f'status {proc.returncode}'}); the damaged build stays in place."
+            )
+        if not exchange(staging, prefix):  # a filesystem without RENAME_EXCHANGE: two renames
+            move_to_trash(prefix, root.trash)
+            os.rename(staging, prefix)
+        remove_tree(staging, root.trash)  # the damaged build, now there
+    clear_damage(root, env.name, bid)
+    root.audit("build", env=env.name, build=bid, replaced="damaged")
+
+
+def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
     make_dir(root.env(env.name), PUBLIC_DIR)
     make_dir(prefix, ADMIN_DIR)  # nobody else may reach into a build before it is read-only
     done = kind_of(env).install(site, root, env, plan, prefix, progress)

@@ -1,12 +1,16 @@
 """``hubstock verify --repair``: verify, remove the damaged cache entries, then rebuild the damaged
-builds that are their env's current build from the env's lock."""
+builds that are their env's current build from the env's lock.
+
+A damaged build that is in use is never removed first: :func:`~.build.ensure_build` makes its
+replacement beside it and swaps the two in one step, so a kernel that starts meanwhile finds
+the damaged build or the new one, never nothing."""
 
 from __future__ import annotations
 
 from ...errors import HubstockError
 from ...progress import Progress
 from ...site import Site
-from ...store.builds import current_build
+from ...store.builds import current_link
 from ...store.root import Root
 from ..kinds import load_env
 from .build import ensure_build
@@ -23,7 +27,7 @@ def _rebuild_damaged(site: Site, root: Root, report: VerifyReport, progress: Pro
     for b in report.builds:
         if b.ok:
             continue
-        if b.env in site.env_names() and current_build(root, b.env) == b.build_id:
+        if b.env in site.env_names() and current_link(root, b.env) == b.build_id:
             try:
                 result = ensure_build(site, load_env(site, b.env), progress)
             except HubstockError as e:

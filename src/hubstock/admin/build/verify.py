@@ -35,6 +35,7 @@ from ...store.builds import (
     OWN_FILES,
     build_ids,
     clear_damage,
+    current_link,
     env_names,
     is_complete,
     read_build_files,
@@ -354,6 +355,12 @@ def verify(site: Site, envs: list[str], repair: bool, progress: Progress) -> Ver
         for bid in build_ids(root, env):
             if is_complete(root.build(env, bid), bid):
                 report.builds.append(check_build(root, env, bid))
+        current = current_link(root, env)
+        if current is not None and not is_complete(root.build(env, current), current):
+            # the env's current build is missing or was never finished: damage, never "clean"
+            what = "missing" if not os.path.lexists(root.build(env, current)) else "incomplete"
+            finding = Finding("missing", root.build(env, current), f"the current build of {env}, {what}")
+            report.builds.append(BuildCheck(env, current, [finding]))
     if envs:
         dists: set[str] = set()
         for b in report.builds:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import errno
 import hashlib
 import io
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,7 +243,7 @@ def _link(root: Root, seal: WheelSeal, prefix: Path, made: set[str], done: PipRe
     record = next((rel for rel in seal.files if rel.endswith(".dist-info/RECORD")), None)
     known, declared, linked = done.known, done.declared, done.linked
     unrecorded = set(seal.unrecorded)
-    link, symlink = os.link, os.symlink
+    link, symlink = _link_or_copy, os.symlink
     for rel, h in seal.files.items():
         folder = rel.rpartition("/")[0]
         if folder not in made:
@@ -295,3 +297,15 @@ def _record_with(record: Path, record_rel: str, written: dict[str, tuple[str, in
             row = [row[0], f"sha256={b64}", str(size)]
         writer.writerow(row)
     return out.getvalue().encode()
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst``; a copy (mode and times kept) where the two are on different
+    mounts: the replacement of a damaged build is made through a mount of its own
+    (:mod:`.staged`)."""
+    try:
+        os.link(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        shutil.copy2(src, dst, follow_symlinks=False)
