@@ -12,6 +12,7 @@ Three generations of one site:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from rigs.channel import add_package, file_url, reindex
 
 from hubstock.store.buildlock import LOCK_COPY, read_lock_copy
-from hubstock.store.root import Root
+from hubstock.store.root import MANIFEST, Root
 
 pytestmark = pytest.mark.integration
 
@@ -217,6 +218,21 @@ def test_diff_reports_each_change_exactly(make_site, hubstock, channel_url, extr
     shutil.rmtree(site.envs_dir)
     assert json.loads(hubstock(site, "diff", "1", "2", "--json", check=True).stdout) == d12
 
+    # what cannot be diffed is the command's or the root's fault: exit 2 (README's table), one sentence
     bad = hubstock(site, "diff", "7")
-    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.startswith("hubstock: generation '0007' does not exist")
+    garbage = hubstock(site, "diff", "../../etc")
+    assert garbage.returncode == 2 and garbage.stderr.startswith("hubstock: generation "), garbage.stderr
+    manifest = root.generation("0002") / MANIFEST
+    good = manifest.read_bytes()
+    for broken in (
+        json.dumps({**json.loads(good), "schema": 99}).encode(),  # a newer hubstock's
+        b"\xff\xfe" + good,  # not UTF-8
+    ):
+        os.chmod(manifest, 0o644)
+        manifest.write_bytes(broken)
+        res = hubstock(site, "diff", "1", "2")
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1 and str(manifest) in res.stderr, res.stderr
+    manifest.write_bytes(good)

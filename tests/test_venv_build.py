@@ -488,6 +488,20 @@ def test_a_kernel_starting_during_a_repair_always_finds_its_interpreter(damaged_
     assert cfg.read_bytes() == d.good and env_status(d.site, "tiny")["current"] == d.bid
 
 
+def test_a_current_build_that_is_missing_or_empty_is_damage_and_repair_rebuilds_it(damaged_venv, world_tmp):
+    """What a killed repair of an older hubstock left (``current`` naming an empty 0700 folder):
+    verify never calls it clean, and --repair builds it again."""
+    d = damaged_venv
+    shutil.move(d.prefix, world_tmp / "moved")
+    d.prefix.mkdir(mode=0o700)
+    res = hs(d.site, "verify", check=False)
+    assert res.returncode == 1 and f"build tiny/{d.bid}: DAMAGED" in res.stdout, res.stdout
+    assert any(line.startswith("missing") and str(d.prefix) in line for line in res.stdout.splitlines())
+    fixed = json.loads(hs(d.site, "verify", "--repair", "--json").stdout)
+    assert fixed["ok"] and [(b["build"], b["repaired"]) for b in fixed["builds"]] == [(d.bid, True)]
+    assert is_complete(d.prefix, d.bid) and hs(d.site, "verify", check=False).returncode == 0
+
+
 # --- 4. a changed interpreter ---------------------------------------------------------------------
 
 

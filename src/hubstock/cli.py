@@ -314,6 +314,7 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .store.catalog import Catalog, previous_generation
     from .store.diff_text import format_diff
     from .store.generations import normalise, resolve_current
+    from .store.records import RecordError
     from .store.root import Root
 
     root = Root(site.root)
@@ -323,7 +324,7 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     def known(gen: str) -> str:
         gen = normalise(gen)
         if gen not in names:
-            raise HubstockError(
+            raise UsageError(
                 f"generation {gen!r} does not exist on {root.path} (generations: {', '.join(names) or 'none'}); "
                 "see `hubstock status`."
             )
@@ -337,7 +338,10 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             raise HubstockError(f"nothing is published on {root.path} yet: run `hubstock publish` first.")
         after = current.name
     before = known(args.gen_a) if args.gen_a else previous_generation(after, names)
-    diff = catalog.diff(catalog.generation(before) if before else None, catalog.generation(after))
+    try:
+        diff = catalog.diff(catalog.generation(before) if before else None, catalog.generation(after))
+    except RecordError as e:  # a manifest this hubstock cannot read: the root is the fault (table: 2)
+        raise UsageError(str(e)) from None
     print(json.dumps(diff.model_dump(mode="json"), indent=2) if args.json else format_diff(diff))
     return 0
 
