@@ -502,6 +502,27 @@ def test_a_current_build_that_is_missing_or_empty_is_damage_and_repair_rebuilds_
     assert is_complete(d.prefix, d.bid) and hs(d.site, "verify", check=False).returncode == 0
 
 
+def test_a_file_in_uv_cache_owned_by_another_account_does_not_block_a_build(world_tmp):
+    """The root's own uv cache (hard links into the wheel cache): one of its files given to
+    another account makes the next build fetch that package again, say so, and succeed."""
+    env = {k: v for k, v in os.environ.items() if k != "UV_CACHE_DIR"}  # the root's own: $ROOT/cache/uv
+    site = write_site(world_tmp / "site", world_tmp / "root")
+    write_venv_env(site, "a", SIX, path=system_python())
+    hs(site, "lock", env=env)
+    hs(site, "build", env=env)
+    root = Root(world_tmp / "root")
+    (foreign,) = [p for p in root.uv_cache.rglob("six.py") if "site-packages" not in p.parts]
+    os.chown(foreign, 65534, 65534)  # the wheel cache's entry and build a's six.py: the same file
+    write_venv_env(site, "b", SIX, path=system_python())
+    hs(site, "lock", "b", env=env)
+    res = hs(site, "build", "b", env=env)
+    assert "uv's cached copy of six had a file owned by uid 65534" in res.stderr, res.stderr
+    prefix = root.build("b", env_status(site, "b")["current"])
+    assert [p for p in prefix.rglob("*") if p.lstat().st_uid != os.geteuid()] == []
+    assert hs(site, "verify", "b", check=False).returncode == 0
+    assert hs(site, "verify", "--repair", check=False).returncode == 0  # build a's linked copy too
+
+
 # --- 4. a changed interpreter ---------------------------------------------------------------------
 
 

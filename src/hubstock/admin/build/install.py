@@ -23,7 +23,7 @@ def install_pip(
 ) -> Installed:
     """Link the pip packages ``pip`` (conda-lock's or pylock's entries) from the wheel cache into ``prefix`` (uv adds what it lacks).
     Builds that link a wheel found damaged are verified."""
-    done = wheels.install(site, root, env, pip, prefix, say=progress.step)
+    done = wheels.install(site, root, env, pip, prefix, say=progress.step, warn=progress.warn)
     if done.damaged:
         progress.step(
             f"[{env}] the wheel cache's copy of {', '.join(done.damaged)} was damaged: installed again"

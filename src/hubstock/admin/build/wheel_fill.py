@@ -55,11 +55,14 @@ def entry_key(p: LockedDependency, python: str) -> str:
 
 
 class ChangedInUvCache(IntegrityError):
-    """uv installed a file that does not match its wheel's ``RECORD``."""
+    """uv installed a file that does not match its wheel's ``RECORD``, or one that another account
+    owns (a hard link of uv's cache, which a sealed entry cannot hold: its owner could change it);
+    ``why`` says which, for the line that tells the admin what was fetched again."""
 
-    def __init__(self, message: str, package: str) -> None:
+    def __init__(self, message: str, package: str, why: str = "was changed") -> None:
         super().__init__(message)
         self.package = package
+        self.why = why
 
 
 def populate(
@@ -212,6 +215,15 @@ def _check_staged(
             raise IntegrityError(
                 f"pip package {p.name} {p.version}: {rel} is in its RECORD but uv did not install it; "
                 "clear uv's cache (`uv cache clean`) and build again."
+            )
+        owner = os.lstat(src).st_uid
+        if owner != os.geteuid():
+            raise ChangedInUvCache(
+                f"pip package {p.name} {p.version}: {rel} in uv's cache is owned by uid {owner}, even "
+                "as uv fetched it again; check who writes to uv's cache ($UV_CACHE_DIR, else "
+                "$ROOT/cache/uv) and build again.",
+                p.name,
+                f"had a file owned by uid {owner} ({rel})",
             )
         data = src.read_bytes()
         digest = hashlib.sha256(data).hexdigest()

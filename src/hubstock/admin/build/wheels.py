@@ -83,9 +83,16 @@ class PipResult:
 
 
 def install(
-    site: Site, root: Root, env: str, pip: list[LockedDependency], prefix: Path, say=lambda msg: None
+    site: Site,
+    root: Root,
+    env: str,
+    pip: list[LockedDependency],
+    prefix: Path,
+    say=lambda msg: None,
+    warn=lambda msg: None,
 ) -> PipResult:
-    """Link the pip packages ``pip`` into ``prefix`` from the wheel cache, adding those missing."""
+    """Link the pip packages ``pip`` into ``prefix`` from the wheel cache, adding those missing.
+    ``say`` tells progress; ``warn`` what the admin must hear (a copy in uv's cache replaced)."""
     python = python_dir(prefix)
     make_dir(root.wheels, ADMIN_DIR)
     seals: dict[str, WheelSeal] = {}
@@ -114,7 +121,7 @@ def install(
         except ChangedInUvCache as e:
             # uv's cache shares its files with the entries it filled (hard links): a file changed in
             # place there (or in a build) is changed in uv's copy too. uv fetches a fresh one.
-            say(f"[{env}] uv's cached copy of {e.package} was changed: fetching it again")
+            warn(f"[{env}] uv's cached copy of {e.package} {e.why}: removed it from uv's cache, fetching it again")
             run_uv(site, "cache", "clean", e.package, what=f"removing {e.package} from uv's cache")
             left = [p for p in missing if not os.path.lexists(root.wheel_entry(entry_key(p, python)))]
             populate(site, root, env, left, prefix, python)
