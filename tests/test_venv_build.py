@@ -523,6 +523,39 @@ def test_a_file_in_uv_cache_owned_by_another_account_does_not_block_a_build(worl
     assert hs(site, "verify", "--repair", check=False).returncode == 0  # build a's linked copy too
 
 
+def test_a_forged_wheel_seal_is_found_and_repair_installs_the_real_files(damaged_venv):
+    """Someone with the admin's rights changes six.py in the wheel cache and writes a seal that
+    matches (hashes and fingerprints): verify finds the seal disagreeing with the wheel's RECORD,
+    and --repair makes the entry again from the wheel and replaces the build."""
+    from hubstock.admin.build.seals import fingerprints, write_seal
+    from hubstock.admin.build.wheel_fill import OWN_FILES, WHEEL_SEAL
+    from hubstock.store.records import WheelSeal
+
+    d = damaged_venv
+    (entry,) = [e for e in d.root.wheels.iterdir() if e.name.startswith("six-")]
+    seal = WheelSeal.from_text((entry / WHEEL_SEAL).read_text(), "seal")
+    rel = next(r for r in seal.files if r.endswith("site-packages/six.py"))
+    good = (entry / rel).read_bytes()
+    os.chmod(entry / rel, 0o644)
+    (entry / rel).write_bytes(good.replace(b"import sys", b"import sys  # forged", 1))
+    os.chmod(entry / rel, 0o444)
+    forged = seal.model_copy(
+        update={"files": {**seal.files, rel: sha256_of(entry / rel)}, "stat": fingerprints(entry, OWN_FILES)}
+    )
+    write_seal(entry, forged, WHEEL_SEAL)
+
+    res = hs(d.site, "verify", check=False)
+    assert res.returncode == 1, res.stdout
+    assert any(
+        line.startswith("seal") and line.split()[1].endswith("/six.py") for line in res.stdout.splitlines()
+    )
+    fixed = json.loads(hs(d.site, "verify", "--repair", "--json").stdout)
+    assert fixed["ok"] and fixed["left"] == [], fixed
+    built = next(d.prefix.glob("lib/python3*/site-packages/six.py"))
+    assert built.read_bytes() == good
+    assert hs(d.site, "verify", check=False).returncode == 0
+
+
 # --- 4. a changed interpreter ---------------------------------------------------------------------
 
 

@@ -160,6 +160,17 @@ def record_rows(record: Path) -> list[list[str]]:
     return [row for row in csv.reader(io.StringIO(text)) if row]
 
 
+def record_sha256(row: list[str]) -> str | None:
+    """The hex sha256 a ``RECORD`` row gives its file (None: no hash, or not a readable one)."""
+    if len(row) < 2 or not row[1].startswith("sha256="):
+        return None
+    b64 = row[1].split("=", 1)[1]
+    try:
+        return base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
+    except ValueError:
+        return None
+
+
 def prefix_rel(site_packages: str, path: str) -> str | None:
     """A ``RECORD`` path (relative to site-packages) relative to the prefix; None if outside it."""
     rel = f"{site_packages}/{path}"
@@ -180,10 +191,7 @@ def _record_files(
                 f"pip package {p.name} {p.version} of env {env!r} installs {row[0]!r}, outside the "
                 "environment; hubstock does not build it."
             )
-        digest = None
-        if len(row) > 1 and row[1].startswith("sha256="):
-            b64 = row[1].split("=", 1)[1]
-            digest = base64.urlsafe_b64decode(b64 + "=" * (-len(b64) % 4)).hex()
+        digest = record_sha256(row)
         size = int(row[2]) if len(row) > 2 and row[2].isdigit() else -1
         out[rel] = (digest, size) if digest else None
     return out

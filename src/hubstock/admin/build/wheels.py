@@ -50,6 +50,7 @@ from .wheel_fill import (
     populate,
     prefix_rel,
     record_rows,
+    record_sha256,
     wheel_id,
 )
 
@@ -121,7 +122,9 @@ def install(
         except ChangedInUvCache as e:
             # uv's cache shares its files with the entries it filled (hard links): a file changed in
             # place there (or in a build) is changed in uv's copy too. uv fetches a fresh one.
-            warn(f"[{env}] uv's cached copy of {e.package} {e.why}: removed it from uv's cache, fetching it again")
+            warn(
+                f"[{env}] uv's cached copy of {e.package} {e.why}: removed it from uv's cache, fetching it again"
+            )
             run_uv(site, "cache", "clean", e.package, what=f"removing {e.package} from uv's cache")
             left = [p for p in missing if not os.path.lexists(root.wheel_entry(entry_key(p, python)))]
             populate(site, root, env, left, prefix, python)
@@ -198,6 +201,7 @@ def check_wheel(root: Root, key: str) -> list[Finding]:
         for rel, h in seal.files.items()
     ]
     findings = check_files(entry, declared, key, _owner(root))
+    findings += _seal_against_record(entry, seal)
     dirs = {rel.rpartition("/")[0] for rel in seal.files}
     known = set(seal.files) | {WHEEL_SEAL}
     while dirs:
@@ -212,6 +216,25 @@ def check_wheel(root: Root, key: str) -> list[Finding]:
             elif name in dirnames and os.lstat(f"{dirpath}/{name}").st_mode & 0o022:
                 findings.append(Finding(".M....", entry / rel, key))
     return sorted(findings, key=lambda f: str(f.path))
+
+
+def _seal_against_record(entry: Path, seal: WheelSeal) -> list[Finding]:
+    """A seal is trusted only as far as the wheel's own ``RECORD`` agrees with it: a file whose
+    sealed hash differs from the hash its ``RECORD`` gives (a forged seal, written to match
+    changed bytes) is a ``seal`` finding, and the entry is made again from the wheel."""
+    record = next((rel for rel in seal.files if rel.endswith(".dist-info/RECORD")), None)
+    if record is None:
+        return [Finding("seal", entry / WHEEL_SEAL, seal.package)]
+    site_packages = f"lib/{seal.python}/site-packages"
+    out = []
+    for row in record_rows(entry / record):
+        rel, digest = prefix_rel(site_packages, row[0]), record_sha256(row)
+        if rel is None or digest is None:
+            continue
+        sealed = seal.files.get(rel)
+        if sealed is not None and not sealed.startswith("link:") and sealed != digest:
+            out.append(Finding("seal", entry / rel, seal.package))
+    return out
 
 
 def _refresh(root: Root, key: str) -> WheelSeal | None:
