@@ -29,6 +29,8 @@ VICTIM_PKG = "demo-c-0.1-0"
 VICTIM = "site-packages/demo_c/__init__.py"  # in the cache; in a build: lib/python3.X/site-packages/...
 GOOD = b"VERSION = '0.1'\n"
 EVIL = b"VERSION = 'evil'; import os  # tampered\n"
+SAME_SIZE_EVIL = b"VERSION = 'ev1'\n"
+assert len(SAME_SIZE_EVIL) == len(GOOD)
 
 
 def _writable(path: Path) -> None:
@@ -66,6 +68,14 @@ def _reseal(entry: Path) -> None:
 
 def tamper(kind: str, entry: Path, world_tmp: Path) -> None:
     f = entry / VICTIM
+    if kind == "edited-in-place-same-size-mtime-reset":
+        # root writes the read-only file as it is: its size, modes and mtime stay; only its ctime tells
+        st = os.stat(f)
+        with open(f, "r+b") as fh:
+            fh.write(SAME_SIZE_EVIL)
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.stat(f).st_mode == st.st_mode and os.stat(f).st_mtime_ns == st.st_mtime_ns
+        return
     _writable(f)
     if kind == "changed-with-matching-paths-json":
         f.unlink()
@@ -114,6 +124,7 @@ TAMPERINGS = [
     "replaced",
     "deleted",
     "edited-in-place",
+    "edited-in-place-same-size-mtime-reset",
     "swapped-for-a-symlink",
     "an-added-file",
     "unsealed",
@@ -154,7 +165,7 @@ def test_a_damaged_cache_never_reaches_a_build(make_site, hubstock, world_tmp, k
     report = json.loads(check.stdout)
     assert [c["package"] for c in report["cache"] if not c["ok"]] == [VICTIM_PKG]
     damaged = [b["build"] for b in report["builds"] if not b["ok"]]
-    if kind == "edited-in-place":
+    if kind.startswith("edited-in-place"):
         assert damaged == [first]
         assert _status(hubstock, site)["envs"]["demo"]["builds"][0]["damaged"] >= 1
     else:
@@ -164,7 +175,7 @@ def test_a_damaged_cache_never_reaches_a_build(make_site, hubstock, world_tmp, k
     res = hubstock(site, "build", "--json")
     assert res.returncode == 0, res.stderr
     done = {b["env"]: b for b in json.loads(res.stdout)["builds"]}
-    assert done["other"]["built"] and done["demo"]["built"] == (kind == "edited-in-place")
+    assert done["other"]["built"] and done["demo"]["built"] == kind.startswith("edited-in-place")
     assert done["demo"]["build"] == first
 
     victims = _victims(root)

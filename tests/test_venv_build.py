@@ -556,6 +556,26 @@ def test_a_forged_wheel_seal_is_found_and_repair_installs_the_real_files(damaged
     assert hs(d.site, "verify", check=False).returncode == 0
 
 
+def test_a_wheel_cache_file_edited_in_place_with_its_mtime_reset_never_reaches_a_build(damaged_venv):
+    """six.py in the wheel cache changed in place, its size, mode and mtime as they were (only its
+    ctime tells): the next build of another env finds it without ``verify``, fetches six again,
+    and links the real file."""
+    d = damaged_venv
+    (cached,) = d.root.wheels.glob("six-*/lib/python3*/site-packages/six.py")
+    good, st = cached.read_bytes(), os.stat(cached)
+    evil = good.replace(b"import sys", b"import os ", 1)
+    assert len(evil) == len(good) and evil != good
+    with open(cached, "r+b") as f:  # root writes the read-only file as it is: no mode changes
+        f.write(evil)
+    os.utime(cached, ns=(st.st_atime_ns, st.st_mtime_ns))
+    write_venv_env(d.site, "other", SIX, path=system_python())
+    hs(d.site, "lock", "other")
+    hs(d.site, "build", "other")
+    other = d.root.build("other", env_status(d.site, "other")["current"])
+    assert next(other.glob("lib/python3*/site-packages/six.py")).read_bytes() == good
+    assert hs(d.site, "verify", "other", check=False).returncode == 0
+
+
 # --- 4. a changed interpreter ---------------------------------------------------------------------
 
 

@@ -24,8 +24,10 @@ from .common import (
     hubstock,
     hubstock_argv,
     median,
+    remove_build,
     result,
     rounded,
+    shadow_copy,
     timed,
     timings,
 )
@@ -90,21 +92,24 @@ def warm_build(b: Bench) -> list[dict[str, Any]]:
     prefix = current_build(root, "py")
     trash = Root(root).trash
 
+    shadow = shadow_copy(prefix)
+
     def build() -> float:
-        remove_tree(prefix, trash)  # the cache (root/pkgs) stays warm
+        remove_build(root, prefix)  # as gc does; the cache (root/pkgs) stays warm
         os.sync()  # no write-back of earlier runs' files during this one
         return timed(hubstock_argv(site, "build"))
 
     def link() -> float:
         copy = prefix.with_name(prefix.name + ".cp")
         os.sync()
-        took = timed(["cp", "-al", str(prefix), str(copy)])
+        took = timed(["cp", "-al", str(shadow), str(copy)])
         remove_tree(copy, trash)
         return took
 
     files = count_files(prefix)
     builds, links = b.interleaved(build, link)
     remove_tree(prefix, trash)
+    remove_tree(shadow, trash)
     phases = build_phases(site, root, "py")
     return [
         result(
@@ -127,7 +132,8 @@ def warm_build(b: Bench) -> list[dict[str, Any]]:
 
 def warm_build_large(b: Bench) -> list[dict[str, Any]]:
     """A warm rebuild of the hub site's server env (python from the channel; JupyterHub, JupyterLab
-    and the rest from PyPI: ~27,000 files), against ``rm -rf`` + ``cp -al`` of the same tree.
+    and the rest from PyPI: ~27,000 files), against ``rm -rf`` + ``cp -al`` of the same tree (of a
+    copy of it: links of the caches' own files would move their change times, :mod:`seals`).
 
     Each run moves the finished build into the root's trash (a rename, untimed) and times
     ``hubstock build server``, which empties the trash first: the removal of the old tree is
@@ -138,6 +144,7 @@ def warm_build_large(b: Bench) -> list[dict[str, Any]]:
     trash = Root(root).trash
     prefix = current_build(root, "server")
     copy = prefix.with_name(prefix.name + ".cp")
+    shadow = shadow_copy(prefix)
     parts: dict[str, list[float]] = {"rm -rf": [], "cp -al": []}
 
     def build() -> float:
@@ -146,13 +153,13 @@ def warm_build_large(b: Bench) -> list[dict[str, Any]]:
         return timed(hubstock_argv(site, "build", "server"))
 
     def replace_copy() -> float:
-        subprocess.run(["cp", "-al", str(prefix), str(copy)], check=True)  # the tree rm -rf removes
+        subprocess.run(["cp", "-al", str(shadow), str(copy)], check=True)  # the tree rm -rf removes
         os.sync()
         # as hubstock empties its trash: folders made writable (a build's are read-only), then rm -rf
         rm = timed(
             ["sh", "-c", 'find "$1" -type d ! -perm -u+w -exec chmod u+w {} + && rm -rf "$1"', "-", str(copy)]
         )
-        cp = timed(["cp", "-al", str(prefix), str(copy)])
+        cp = timed(["cp", "-al", str(shadow), str(copy)])
         remove_tree(copy, trash)
         parts["rm -rf"].append(rm)
         parts["cp -al"].append(cp)
@@ -163,6 +170,7 @@ def warm_build_large(b: Bench) -> list[dict[str, Any]]:
     managers = [p["manager"] for p in prov["packages"]]
     builds, copies = b.interleaved(build, replace_copy)
     move_to_trash(prefix, trash)
+    remove_tree(shadow, trash)
     phases = build_phases(site, root, "server")
     return [
         result(

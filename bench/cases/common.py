@@ -223,6 +223,28 @@ def current_build(root: Path, env: str) -> Path:
     return r.build(env, os.readlink(r.env_current(env)))
 
 
+def shadow_copy(prefix: Path) -> Path:
+    """A full copy of a build beside it, for the baselines that link or remove "the same tree":
+    links of the build itself are links of the caches' files, which move their change times, and
+    hubstock's next build would check those packages in full (see ``admin/build/seals.py``)."""
+    shadow = prefix.with_name(prefix.name + ".shadow")
+    subprocess.run(["cp", "-a", str(prefix), str(shadow)], check=True)
+    return shadow
+
+
+def remove_build(root: Path, prefix: Path) -> None:
+    """Remove a build the way ``hubstock gc`` does: deleted under the root's lock, then the caches'
+    fingerprints taken again (its unlinks moved their files' change times)."""
+    from hubstock.admin.build import cache, wheels
+    from hubstock.store.fs import remove_tree
+
+    r = Root(root)
+    with r.locked():
+        remove_tree(prefix, r.trash)
+        cache.fingerprint_again(r, r.held_since())
+        wheels.fingerprint_again(r, r.held_since())
+
+
 def count_files(top: Path) -> int:
     return sum(len(files) for _, _, files in os.walk(top))
 

@@ -33,6 +33,7 @@ from .common import (
     result,
     rounded,
     run_checked,
+    shadow_copy,
     skipped,
     timed,
     timings,
@@ -188,6 +189,7 @@ def venv_build_warm(b: Bench) -> list[dict[str, Any]]:
     trash = Root(root).trash
     prefix = current_build(root, VENV_ENV)
     copy = prefix.with_name(prefix.name + ".cp")
+    shadow = shadow_copy(prefix)
     parts: dict[str, list[float]] = {"rm -rf": [], "cp -al": []}
 
     def build() -> float:
@@ -196,13 +198,13 @@ def venv_build_warm(b: Bench) -> list[dict[str, Any]]:
         return timed(hubstock_argv(site, "build"), env=env)
 
     def replace_copy() -> float:
-        subprocess.run(["cp", "-al", str(prefix), str(copy)], check=True)  # the tree rm -rf removes
+        subprocess.run(["cp", "-al", str(shadow), str(copy)], check=True)  # the tree rm -rf removes
         os.sync()
         # as hubstock empties its trash: folders made writable (a build's are read-only), then rm -rf
         rm = timed(
             ["sh", "-c", 'find "$1" -type d ! -perm -u+w -exec chmod u+w {} + && rm -rf "$1"', "-", str(copy)]
         )
-        cp = timed(["cp", "-al", str(prefix), str(copy)])
+        cp = timed(["cp", "-al", str(shadow), str(copy)])
         remove_tree(copy, trash)
         parts["rm -rf"].append(rm)
         parts["cp -al"].append(cp)
@@ -211,6 +213,7 @@ def venv_build_warm(b: Bench) -> list[dict[str, Any]]:
     files = count_files(prefix)
     builds, copies = b.interleaved(build, replace_copy)
     move_to_trash(prefix, trash)
+    remove_tree(shadow, trash)
     phases = build_phases(site, root, VENV_ENV, environ=env)
     cp_al = median(parts["cp -al"])
     return [

@@ -174,7 +174,7 @@ class Root:
                 if on_wait:
                     on_wait(f"waiting for {self._holder(st)} to finish with {self.path}")
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            me = f"hubstock pid {os.getpid()} on {socket.gethostname()} (user {current_user()})"
+            me = self._me()
             if create:  # a note only: a full disk must not stop gc, which frees space
                 with contextlib.suppress(OSError, DiskFullError):
                     atomic_write(self.holder_file, me + "\n", mode=PUBLIC_FILE)
@@ -186,6 +186,21 @@ class Root:
                         self.holder_file.unlink()
         finally:
             os.close(fd)  # closing releases the lock, as does the process dying
+
+    @staticmethod
+    def _me() -> str:
+        return f"hubstock pid {os.getpid()} on {socket.gethostname()} (user {current_user()})"
+
+    def held_since(self) -> int | None:
+        """When this process took the root's lock, by the root filesystem's own clock (the ctime of
+        the holder file it wrote then, in ns): None unless this process holds it now. A cache
+        file whose ctime moved after that was linked or unlinked by this very holder."""
+        try:
+            if self.holder_file.read_text().strip() != self._me():
+                return None
+            return os.lstat(self.holder_file).st_ctime_ns
+        except OSError:
+            return None
 
     def _holder(self, st: os.stat_result) -> str:
         """Who holds the lock now: the kernel's lock table names the process; the holder file,

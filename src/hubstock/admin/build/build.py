@@ -169,7 +169,9 @@ def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, pr
         if not exchange(staging, prefix):  # a filesystem without RENAME_EXCHANGE: two renames
             move_to_trash(prefix, root.trash)
             os.rename(staging, prefix)
-        remove_tree(staging, root.trash)  # the damaged build, now there
+        # the damaged build, now there: deleted by the next build, which empties the trash while it
+        # holds the lock (its unlinks then move the change times of cached files under that lock)
+        move_to_trash(staging, root.trash)
     clear_damage(root, env.name, bid)
     root.audit("build", env=env.name, build=bid, replaced="damaged")
 

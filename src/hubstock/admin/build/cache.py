@@ -50,7 +50,9 @@ from ...store.root import CACHE_SEAL, Root
 from .seals import (
     admin_uid,
     fingerprint,
+    read_seal,
     refresh_fingerprints,
+    relinked,
     still_sealed,
 )
 
@@ -276,12 +278,13 @@ def prepare(root: Root, packages: dict[str, tuple[str, Path]]) -> Prepared:
     A package that is still as it was sealed (:func:`still_sealed`) is not hashed again."""
     damaged: dict[str, list[Finding]] = {}
     unsealed = []
+    since = root.held_since()
     for dist, (sha, archive) in packages.items():
         entry = root.pkg_entry(dist)
         if not os.path.lexists(entry):
             root.pkg_lock(dist).unlink(missing_ok=True)  # the installer's record of an entry now gone
             continue
-        if still_sealed(root, dist, sha):
+        if still_sealed(root, dist, sha, since):
             continue
         findings = check_entry(root, dist, sha, archive)
         if not findings:
@@ -347,3 +350,11 @@ def cache_entries(root: Root) -> list[str]:
         for p in root.pkgs.iterdir()
         if not p.name.startswith(".") and p != root.downloads and p.is_dir() and not p.is_symlink()
     )
+
+
+def fingerprint_again(root: Root, since: int | None) -> None:
+    """After builds were deleted under the root's lock (``hubstock gc``): their unlinks moved the
+    change times of the cached files they linked; take the fingerprints again
+    (:func:`.seals.relinked`), so that the next build does not hash every package again."""
+    for dist in cache_entries(root):
+        relinked(root.pkg_entry(dist), read_seal(root, dist), CACHE_SEAL, since)

@@ -18,13 +18,13 @@ from urllib.parse import unquote, urlparse
 from ...errors import BuildError, DiskFullError, IntegrityError, is_disk_full
 from ...progress import Progress
 from ...site import Site
-from ...store.root import Root
+from ...store.root import CACHE_SEAL, Root
 from ..kinds.base import Installed
 from . import cache
 from .bytecode import conda_files
 from .extraction import Extracted
 from .install import compile_sources, install_pip, recheck, says_disk_full
-from .seals import Sealer
+from .seals import Sealer, read_seal, relinked
 
 if TYPE_CHECKING:
     from rattler import InstallerReporter, RepoDataRecord
@@ -61,6 +61,9 @@ def install_conda_lock(
         _install_conda(root, records, prefix, platform, progress, sealer, names)
         _seal_extracted(sealer)
     cache.secure(root, dists)
+    since = root.held_since()
+    for d in dists:  # linking moved the change times of the cached packages' files
+        relinked(root.pkg_entry(d), read_seal(root, d), CACHE_SEAL, since)
     done = Installed()
     if pip:
         progress.step(f"[{env}] linking {len(pip)} pip package(s) from the wheel cache")

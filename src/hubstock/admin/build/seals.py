@@ -1,9 +1,14 @@
 """Seals of the package cache's entries, and the fingerprints that make checking them cheap.
 
 A sealed entry records the archive it came from and, for every file and folder, the inode,
-size and modification time it had when hubstock hashed it (:func:`fingerprints`). Before an
-install, :func:`still_sealed` costs one ``lstat`` a path; only an entry that changed is hashed
-again in full (:mod:`.cache`). During an install, a :class:`Sealer` seals each package the
+size, modification time and change time it had when hubstock hashed it (:func:`fingerprints`).
+Before an install, :func:`still_sealed` costs one ``lstat`` a path; only an entry that changed is
+hashed again in full (:mod:`.cache`). The change time is what an edit in place cannot hide (the
+modification time can be set back; the change time only by setting the clock back). Linking a
+file into a build, or deleting a build, moves its change time too: those moves happen while the
+build holds the root's lock, so a change time later than that (:meth:`Root.held_since`) with
+nothing else changed is the holder's own doing, and :func:`relinked` takes the fingerprints again
+after the install. During an install, a :class:`Sealer` seals each package the
 installer extracted while the installer still works on the others.
 """
 
@@ -34,11 +39,25 @@ def admin_uid(root: Root) -> int | None:
 
 
 def fingerprint(st: os.stat_result) -> str:
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def _same(st: os.stat_result, was: str, since: int | None) -> bool:
+    """``st`` is what :func:`fingerprint` recorded as ``was``; a change time that moved is
+    accepted only when it moved while this process held the root's lock (``since``)."""
+    if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}" == was:
+        return True
+    head, _, ctime = was.rpartition(":")
+    return (
+        since is not None
+        and head.count(":") == 2  # a fingerprint with its change time
+        and f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" == head
+        and st.st_ctime_ns >= since
+    )
 
 
 def fingerprints(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
-    """:func:`fingerprint` (inode, size, mtime) of every file and folder below ``top`` (not ``top``
+    """:func:`fingerprint` (inode, size, mtime, ctime) of every file and folder below ``top`` (not ``top``
     itself; not the top-level names in ``skip``), by path relative to ``top``."""
     out: dict[str, str] = {}
     base = os.fspath(top)
@@ -53,12 +72,15 @@ def fingerprints(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, str
     return out
 
 
-def unchanged(top: Path, stat_map: dict[str, str], owner: int | None, own: frozenset[str]) -> bool:
+def unchanged(
+    top: Path, stat_map: dict[str, str], owner: int | None, own: frozenset[str], since: int | None = None
+) -> bool:
     """Whether everything below ``top`` is still what :func:`fingerprints` found: the same inode,
-    size and modification time for each path, nothing added at the top (besides ``own``: the
-    seal), owned by ``owner`` and read-only (as sealing left it: a build that links a file may
-    count on its mode). A file changed in place changes its mtime; one replaced, added or
-    removed changes its folder's. Costs one ``lstat`` a path."""
+    size, modification and change time for each path (a change time moved since ``since`` is
+    the lock holder's own link or unlink: :func:`_same`), nothing added at the top (besides
+    ``own``: the seal), owned by ``owner`` and read-only (as sealing left it: a build that links
+    a file may count on its mode). A file changed in place changes its ctime; one replaced,
+    added or removed changes its folder's. Costs one ``lstat`` a path."""
     if not stat_map:
         return False
     try:
@@ -77,7 +99,7 @@ def unchanged(top: Path, stat_map: dict[str, str], owner: int | None, own: froze
             st = lstat(base + rel)
         except OSError:
             return False
-        if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" != was:
+        if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}" != was and not _same(st, was, since):
             return False
         if not is_link(st.st_mode) and (st.st_mode & 0o222 or (owner is not None and st.st_uid != owner)):
             return False
@@ -94,7 +116,7 @@ def read_seal(root: Root, dist: str) -> CacheSeal | None:
         return None
 
 
-def still_sealed(root: Root, dist: str, archive_sha256: str) -> bool:
+def still_sealed(root: Root, dist: str, archive_sha256: str, since: int | None = None) -> bool:
     """The quick check before an install: the package is sealed for this archive and nothing in
     it changed since it was hashed (:func:`unchanged`)."""
     seal = read_seal(root, dist)
@@ -102,23 +124,48 @@ def still_sealed(root: Root, dist: str, archive_sha256: str) -> bool:
         seal is not None
         and seal.package == dist
         and seal.archive_sha256 == archive_sha256
-        and unchanged(root.pkg_entry(dist), seal.stat, admin_uid(root), frozenset([CACHE_SEAL]))
+        and unchanged(root.pkg_entry(dist), seal.stat, admin_uid(root), frozenset([CACHE_SEAL]), since)
     )
 
 
-def write_seal(entry: Path, record: CacheSeal | WheelSeal, name: str) -> None:
-    """Write the seal into ``entry`` (made writable for the admin for it), then make it read-only."""
+def relinked(entry: Path, seal: CacheSeal | WheelSeal | None, name: str, since: int | None) -> None:
+    """After an install linked ``entry``'s files (their change times moved): take the
+    fingerprints again, if nothing but change times moved, and only since ``since`` (this
+    holder's lock). Anything else is left as it is, and the next build checks the entry in full.
+    The seal is rewritten without waiting for the disk: a seal lost in a crash is only an entry
+    checked in full once more."""
+    if seal is None or since is None:
+        return
+    base = os.fspath(entry) + "/"
+    fresh: dict[str, str] = {}
+    for rel, was in seal.stat.items():
+        try:
+            st = os.lstat(base + rel)
+        except OSError:
+            return
+        if not _same(st, was, since):
+            return
+        fresh[rel] = fingerprint(st)
+    if fresh != seal.stat:
+        write_seal(entry, seal.model_copy(update={"stat": fresh}), name, durable=False)
+
+
+def write_seal(entry: Path, record: CacheSeal | WheelSeal, name: str, durable: bool = True) -> None:
+    """Write the seal into ``entry`` (made writable for the admin for it), then make it read-only.
+    ``durable``: on the disk before returning (not for fingerprints taken again: :func:`relinked`)."""
     set_mode(entry, 0o700)
     tmp = entry / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
     with open(fd, "wb") as f:
         f.write(record.to_json().encode())
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, entry / name)
     set_mode(entry, 0o555)
-    fsync_dir(entry)
+    if durable:
+        fsync_dir(entry)
 
 
 def refresh_fingerprints(root: Root, dist: str) -> None:

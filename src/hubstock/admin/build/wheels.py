@@ -41,7 +41,7 @@ from ...store.records import RecordError, WheelSeal
 from ...store.root import Root
 from ..uv import run_uv
 from .cache import Finding, check_files
-from .seals import fingerprints, unchanged, write_seal
+from .seals import fingerprints, relinked, unchanged, write_seal
 from .wheel_fill import (
     OWN_FILES,
     WHEEL_SEAL,
@@ -96,12 +96,13 @@ def install(
     ``say`` tells progress; ``warn`` what the admin must hear (a copy in uv's cache replaced)."""
     python = python_dir(prefix)
     make_dir(root.wheels, ADMIN_DIR)
+    since = root.held_since()
     seals: dict[str, WheelSeal] = {}
     missing: list[LockedDependency] = []
     damaged: list[str] = []
     for p in pip:
         key = entry_key(p, python)
-        seal = _usable(root, key, p, python)
+        seal = _usable(root, key, p, python, since)
         if seal is not None:
             seals[key] = seal
             continue
@@ -129,7 +130,7 @@ def install(
             left = [p for p in missing if not os.path.lexists(root.wheel_entry(entry_key(p, python)))]
             populate(site, root, env, left, prefix, python)
         for p in missing:
-            seal = _usable(root, entry_key(p, python), p, python)
+            seal = _usable(root, entry_key(p, python), p, python, since)
             if seal is None:
                 raise IntegrityError(
                     f"pip package {p.name} {p.version} of env {env!r} did not enter the wheel cache "
@@ -142,6 +143,8 @@ def install(
     made: set[str] = set()
     for p in pip:
         _link(root, seals[entry_key(p, python)], prefix, made, done)
+    for key, seal in seals.items():  # linking moved the change times of the entries' files
+        relinked(root.wheel_entry(key), seal, WHEEL_SEAL, since)
     return done
 
 
@@ -166,7 +169,7 @@ def _owner(root: Root) -> int | None:
         return None
 
 
-def _usable(root: Root, key: str, p: LockedDependency, python: str) -> WheelSeal | None:
+def _usable(root: Root, key: str, p: LockedDependency, python: str, since: int | None) -> WheelSeal | None:
     """The entry's seal, if it is sealed for this very package and nothing in it changed since."""
     seal = _read_seal(root, key)
     if (
@@ -174,7 +177,7 @@ def _usable(root: Root, key: str, p: LockedDependency, python: str) -> WheelSeal
         or seal.package != key
         or seal.artifact_sha256 != p.hash.sha256
         or seal.python != python
-        or not unchanged(root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES)
+        or not unchanged(root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES, since)
     ):
         return None
     return seal
@@ -253,6 +256,12 @@ def entries(root: Root) -> list[str]:
     if not root.wheels.is_dir():
         return []
     return sorted(p.name for p in root.wheels.iterdir() if not p.name.startswith(".") and p.is_dir())
+
+
+def fingerprint_again(root: Root, since: int | None) -> None:
+    """:func:`.cache.fingerprint_again` for the wheel cache."""
+    for key in entries(root):
+        relinked(root.wheel_entry(key), _read_seal(root, key), WHEEL_SEAL, since)
 
 
 def discard(root: Root, key: str) -> None:

@@ -31,6 +31,7 @@ from ...store.generations import current_name, generation, generations, unfinish
 from ...store.records import RecordError
 from ...store.root import Root
 from ...store.sessions import live_sessions
+from ..build import cache, wheels
 from ..build.wheels import entries as wheel_entries
 from ..build.wheels import wheel_id
 
@@ -135,6 +136,9 @@ def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
             env, bid = b.split("/", 1)
             clear_damage(root, env, bid)
         empty_trash(root.trash)
+        since = root.held_since()
+        cache.fingerprint_again(root, since)
+        wheels.fingerprint_again(root, since)
         root.audit("gc", generations=plan.generations, builds=plan.builds, packages=len(plan.packages))
     return plan
 
