@@ -40,7 +40,7 @@ from ...store.perms import ADMIN_DIR, make_dir
 from ...store.records import RecordError, WheelSeal
 from ...store.root import Root
 from ..uv import run_uv
-from .cache import Finding, check_files
+from .cache import Finding, check_files, sha256_file
 from .seals import fingerprints, relinked, unchanged, write_seal
 from .wheel_fill import (
     OWN_FILES,
@@ -180,7 +180,15 @@ def _usable(root: Root, key: str, p: LockedDependency, python: str, since: int |
         or not unchanged(root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES, since)
     ):
         return None
+    base = os.fspath(root.wheel_entry(key)) + "/"
+    for rel, h in seal.files.items():  # what runs at every start (.pth) or names what runs: hashed
+        if rel.endswith(_ALWAYS_HASHED) and not h.startswith("link:") and sha256_file(base + rel) != h:
+            return None
     return seal
+
+
+#: the small files a build hashes before it links them, whatever the fingerprints say
+_ALWAYS_HASHED = (".pth", ".dist-info/entry_points.txt")
 
 
 def check_wheel(root: Root, key: str) -> list[Finding]:
