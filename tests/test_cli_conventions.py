@@ -94,3 +94,31 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     assert all(b["findings"] == [] for b in report["builds"])
     assert hubstock(site, "gc", "--keep", "0").returncode == 2  # usage: 2
     assert hubstock(site, "rollback", "99").returncode == 2
+
+
+#: a usage mistake for each command: an unknown env or generation, or a value out of range
+USAGE_MISTAKES = [
+    ["lock", "nope"],
+    ["lock", "--check", "nope"],
+    ["build", "nope"],
+    ["verify", "nope"],
+    ["rollback", "99"],
+    ["rollback", "abc"],
+    ["gc", "--keep", "0"],
+    ["diff", "99"],
+    ["diff", "abc", "1"],
+    ["status", "--bogus"],
+    ["publish", "--bogus"],
+    ["doctor", "--bogus"],
+    ["units", "--bogus"],
+]
+
+
+@pytest.mark.parametrize("argv", USAGE_MISTAKES, ids=" ".join)
+def test_every_command_exits_2_for_a_usage_mistake(make_site, hubstock, argv):
+    """The table's 2, command by command, on a site where nothing is built or published yet (a
+    named generation that does not exist is the command's mistake, not "nothing published")."""
+    site = make_site({"demo": "dependencies:\n  - python\n"})
+    res = hubstock(site, *argv)
+    assert res.returncode == 2, (argv, res.returncode, res.stderr)
+    assert "Traceback" not in res.stderr and res.stderr.strip(), res.stderr

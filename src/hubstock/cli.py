@@ -330,14 +330,15 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             )
         return gen
 
+    named = [known(g) for g in (args.gen_a, args.gen_b) if g]  # an unknown one is usage (2), first
     if args.gen_b:
-        after = known(args.gen_b)
+        after = named[-1]
     else:
         current = resolve_current(root)
         if current is None:
             raise HubstockError(f"nothing is published on {root.path} yet: run `hubstock publish` first.")
         after = current.name
-    before = known(args.gen_a) if args.gen_a else previous_generation(after, names)
+    before = named[0] if args.gen_a else previous_generation(after, names)
     try:
         diff = catalog.diff(catalog.generation(before) if before else None, catalog.generation(after))
     except RecordError as e:  # a manifest this hubstock cannot read: the root is the fault (table: 2)
