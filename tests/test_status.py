@@ -32,6 +32,7 @@ from hubstock.hub.status import (
     parse_qstat,
     parse_squeue,
 )
+from hubstock.hub.status_parse import slurm_hostnames
 from hubstock.store.root import Root
 
 DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
@@ -154,6 +155,49 @@ def test_parse_squeue_and_why_a_slurm_job_ended():
     )
     assert describe_end(JobInfo("1", "NODE_FAIL n", "NODE_FAIL"), "slurm") == "its node failed"
     assert describe_end(None, "slurm") == "the scheduler no longer lists it"
+
+
+def test_slurm_hostlists_expand_as_scontrol_show_hostnames_does():
+    assert slurm_hostnames("node042") == ["node042"]
+    assert slurm_hostnames("node[01-03,07],gpu1") == ["node01", "node02", "node03", "node07", "gpu1"]
+    assert slurm_hostnames("r[1-2]n[8-9]") == ["r1n8", "r1n9", "r2n8", "r2n9"]
+    assert slurm_hostnames("n[9-11]") == ["n9", "n10", "n11"]
+    assert slurm_hostnames("weird[a-b]") == ["weird[a-b]"]
+
+
+@pytest.mark.parametrize(
+    ("status", "state"),
+    [
+        ("PENDING (null)", "pending"),
+        ("CONFIGURING node1", "pending"),
+        ("SUSPENDED node1", "pending"),  # paused by an operator or a preemption: it resumes
+        ("STOPPED node1", "pending"),
+        ("REQUEUED (null)", "pending"),
+        ("REQUEUE_HOLD (null)", "pending"),
+        ("RUNNING node1", "running"),
+        ("COMPLETING node1", "running"),
+        ("RESIZING node1", "running"),
+        ("SIGNALING node1", "running"),
+        ("STAGE_OUT node1", "ended"),
+        ("COMPLETED node1", "ended"),
+        ("PREEMPTED node1", "ended"),
+        ("RUNNINGX node1", "ended"),
+    ],
+)
+def test_every_slurm_state_is_pending_running_or_ended_on_purpose(slurm, status, state):
+    _s, config = slurm
+    sp = spawner_for(config, "7")
+    sp.job_status = status
+    assert ("running" if sp.state_isrunning() else "pending" if sp.state_ispending() else "ended") == state
+
+
+def test_the_host_of_a_slurm_job_whose_query_gives_a_hostlist(slurm):
+    _s, config = slurm
+    sp = spawner_for(config, "7")
+    sp.job_status = "RUNNING node042"
+    assert sp.state_gethost() == "node042"
+    sp.job_status = "RUNNING node[07-08]"  # a site's batch_query_cmd with %N
+    assert sp.state_gethost() == "node07"
 
 
 def test_parse_qstat_blocks_long_values_and_why_a_pbs_job_ended():

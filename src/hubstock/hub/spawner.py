@@ -35,7 +35,7 @@ from ..limits import Scheduler
 from .batch_spawner import HubstockBatchSpawner
 from .refusals import audit_reason, http_error, read_tail
 from .spawn_options import SCHEDULER_REQUESTS, apply_user_options
-from .status_parse import JobInfo, parse_qstat, parse_squeue
+from .status_parse import JobInfo, parse_qstat, parse_squeue, slurm_hostnames
 
 __all__ = [
     "PBS_FLAVOURS",
@@ -69,6 +69,36 @@ class SlurmSpawner(HubstockBatchSpawner, batchspawner.SlurmSpawner):
     @default("state_gone_re")
     def _state_gone_re_default(self) -> str:
         return r"Invalid job id specified|already completing or completed"
+
+    # Every Slurm job state, on purpose (squeue's %T):
+    # - pending (the job lives and may yet serve; the hub keeps waiting, and keeps a running server):
+    #   PENDING, CONFIGURING (nodes booting), SUSPENDED and STOPPED (an operator or a preemption
+    #   paused it: it resumes), REQUEUED, REQUEUE_HOLD, REQUEUE_FED (it runs again), RESV_DEL_HOLD;
+    # - running: RUNNING, COMPLETING (its processes are ending: batchspawner's choice, kept),
+    #   RESIZING, SIGNALING;
+    # - ended (the server is gone): STAGE_OUT (its processes ended), and every end state
+    #   (COMPLETED, CANCELLED, FAILED, TIMEOUT, NODE_FAIL, PREEMPTED, BOOT_FAIL, DEADLINE,
+    #   OUT_OF_MEMORY, REVOKED, SPECIAL_EXIT), or a job squeue no longer knows (state_gone_re);
+    # - unknown (the controller does not answer; the job is taken to be alive): state_unknown_re.
+    @default("state_pending_re")
+    def _state_pending_re_default(self) -> str:
+        return r"^(?:PENDING|CONFIGURING|SUSPENDED|STOPPED|REQUEUED|REQUEUE_HOLD|REQUEUE_FED|RESV_DEL_HOLD)\b"
+
+    @default("state_running_re")
+    def _state_running_re_default(self) -> str:
+        return r"^(?:RUNNING|COMPLETING|RESIZING|SIGNALING)\b"
+
+    @default("state_exechost_re")
+    def _state_exechost_re_default(self) -> str:
+        return r"^[A-Z_]+\s+(\S+)"  # the batch host, or a hostlist (a site's query with %N)
+
+    def state_gethost(self) -> str | None:
+        """The job's host; of a Slurm hostlist (``node[01-02]``), its first host."""
+        host = super().state_gethost()
+        if host and "[" in host:
+            hosts = slurm_hostnames(host)
+            return hosts[0] if hosts else None
+        return host
 
     def _single_info(self, text: str) -> JobInfo | None:
         words = text.split()

@@ -46,6 +46,49 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
     return jobs
 
 
+def slurm_hostnames(hostlist: str) -> list[str]:
+    """The hosts of a Slurm hostlist, as ``scontrol show hostnames`` lists them:
+    ``"node[01-03,07],gpu1"`` is node01, node02, node03, node07, gpu1; ranges keep their zero
+    padding; several bracket groups multiply (``"r[1-2]n[1-2]"``: r1n1, r1n2, r2n1, r2n2).
+    Anything that is not a hostlist is returned as the one host it names."""
+    items, depth, start = [], 0, 0
+    for i, c in enumerate(hostlist):
+        depth += c == "["
+        depth -= c == "]"
+        if c == "," and depth == 0:
+            items.append(hostlist[start:i])
+            start = i + 1
+    items.append(hostlist[start:])
+    out: list[str] = []
+    for item in (x.strip() for x in items):
+        if item:
+            out += _expand(item)
+    return out
+
+
+_GROUP = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _expand(item: str) -> list[str]:
+    m = _GROUP.search(item)
+    if m is None:
+        return [item]
+    head, tail = item[: m.start()], item[m.end() :]
+    values = []
+    for part in m.group(1).split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            return [item]  # not a range Slurm writes: the text as it is
+        if not hi:
+            values.append(lo)
+            continue
+        width = len(lo) if lo.startswith("0") else 0
+        if int(hi) - int(lo) > 100_000:
+            return [item]
+        values += [str(n).zfill(width) for n in range(int(lo), int(hi) + 1)]
+    return [head + v + rest for v in values for rest in _expand(tail)]
+
+
 def parse_qstat(text: str) -> dict[str, JobInfo]:
     """Jobs in the output of ``qstat -f`` or ``qstat -fx`` (PBS Pro, Torque, Slurm's PBS wrappers).
 
