@@ -207,6 +207,7 @@ class Hub:
         self.log_path = log_path
         self.cleanup_servers = cleanup_servers
         self.proc: subprocess.Popen[bytes] | None = None
+        self.stopped_in: float | None = None  # seconds from SIGTERM to exit, at the last stop
 
     def start(self, timeout: float = 60) -> Hub:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,12 +253,16 @@ class Hub:
         """SIGTERM the hub (it stops the proxy it started, and its servers if ``cleanup_servers``), then wait."""
         if not self.proc or self.proc.poll() is not None:
             return
+        t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.stopped_in = (
+            time.monotonic() - t0
+        )  # SIGTERM to exit, with its services (a figure, never asserted)
 
     def log_tail(self, n: int = 60) -> str:
         try:

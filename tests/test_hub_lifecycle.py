@@ -239,6 +239,7 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
         execute(hub, user, token, kid, "kept = 6 * 7")
 
         hub.stop()  # SIGTERM: the hub goes, the job and the proxy stay
+        print(f"\nthe hub stopped {hub.stopped_in:.1f} s after SIGTERM, with its stock page service")
         assert cluster.jobs(active_only=True) == [job]
         status, _ = client(_get, f"{hub.url}/user/{user}/api", ctx)
         assert status == 200, "the proxy stopped answering the user while the hub was down"

@@ -336,9 +336,8 @@ def test_a_500_package_env_and_50_generations_render_well_under_a_second(tmp_pat
     warm = time.perf_counter() - t0
     assert html.count('<tr data-name="lib-') == 2 * 497  # two kernels of 500 packages each
     assert html.count('<details class="generation"') == 50
+    # printed, never asserted: tests do not assert wall-clock times (nox -s bench measures)
     print(f"\n50 generations, 2 x 500 packages: first render {cold * 1000:.0f} ms, then {warm * 1000:.0f} ms")
-    assert warm < 0.5, f"the page took {warm:.2f} s"
-    assert cold < 5, f"the first page took {cold:.2f} s"
 
 
 def _as(user_args: list[str], code: str) -> subprocess.CompletedProcess[str]:
@@ -359,6 +358,48 @@ def test_the_service_drops_root_before_it_reads_anything():
     assert res.returncode != 0 and "refusing to run as 'root'" in res.stderr
     res = _as([], code.replace("'nobody'", "'no-such-user-xyz'"))
     assert res.returncode != 0 and "does not exist" in res.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_the_service_stops_at_once_on_sigint_or_sigterm(root, sig):
+    """JupyterHub stops its services with SIGINT, then SIGTERM after a wait: the service ends on
+    either, even started with SIGINT ignored (as a hub started in the background starts it)."""
+    import signal
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "HUBSTOCK_ROOT": str(root.path),
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}",
+        "JUPYTERHUB_API_TOKEN": "x",
+        "JUPYTERHUB_CLIENT_ID": "service-stock",
+        "JUPYTERHUB_SERVICE_NAME": "stock",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubstock.hub.stock_page"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        for line in proc.stdout:
+            if "serving" in line:
+                break
+        else:
+            raise AssertionError(f"the service did not start: {proc.wait()}")
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, sig))
+        assert proc.wait(timeout=30) == 0  # at once, not after the hub's 10 s wait and SIGKILL
+        print(f"\nthe stock page ended {time.monotonic() - t0:.2f} s after {sig}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_the_web_service_without_a_login(root):

@@ -32,12 +32,14 @@ and every diff, is cached in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import pwd
 import re
 import secrets
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,13 @@ def main() -> None:
     from tornado.httpserver import HTTPServer
     from tornado.netutil import bind_sockets
 
+    def stop_now(signum: int, frame: object) -> None:  # until the loop runs (see serve())
+        raise SystemExit(0)
+
+    # the hub stops its services with SIGINT, then SIGTERM: either ends this one at once, even when
+    # the hub was started with SIGINT ignored (in the background, by a script)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop_now)
     logging.basicConfig(level=logging.WARNING, format="[stock page %(asctime)s] %(message)s")
     for name in ("hubstock", "tornado.access"):
         logging.getLogger(name).setLevel(logging.INFO)
@@ -228,10 +237,21 @@ def main() -> None:
     log.info("serving %s on %s as uid %d, reading %s", prefix, url.netloc, os.getuid(), root_dir)
 
     async def serve() -> None:
-        HTTPServer(app, xheaders=True).add_sockets(sockets)
-        while os.getppid() == parent:  # the hub stops it; should the hub die instead, it goes too
-            await asyncio.sleep(5)
-        log.info("the hub (pid %d) is gone: stopping", parent)
+        server = HTTPServer(app, xheaders=True)
+        server.add_sockets(sockets)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        while os.getppid() == parent:  # should the hub die instead, it goes too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5)
+            if stop.is_set():
+                log.info("stopping (signal)")
+                break
+        else:
+            log.info("the hub (pid %d) is gone: stopping", parent)
+        server.stop()
 
     try:
         asyncio.run(serve())
