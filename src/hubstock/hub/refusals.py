@@ -21,9 +21,12 @@ from .status_parse import clean
 
 def http_error(refused: SpawnRefused, html_message: str | None = None) -> web.HTTPError:
     """``refused`` as the tornado HTTPError JupyterHub answers with: its status and its message
-    (and ``html_message`` for the pages that show HTML, already escaped)."""
+    (and ``html_message`` for the pages that show HTML, already escaped). The message tornado
+    logs is :func:`audit_reason`'s: no value the user sent reaches the hub's log."""
     reason = "Bad spawn request" if refused.status == 400 else "Spawn failed"
-    error = web.HTTPError(refused.status, log_message=refused.message.replace("%", "%%"), reason=reason)
+    # the hub's log gets the refusal without what the user sent (as the audit log); the user reads it all
+    logged = audit_reason(refused.message) if refused.status == 400 else refused.message
+    error = web.HTTPError(refused.status, log_message=logged.replace("%", "%%"), reason=reason)
     error.jupyterhub_message = refused.jupyterhub_message  # type: ignore[attr-defined]  # read by JupyterHub
     if html_message is not None:
         error.jupyterhub_html_message = html_message  # type: ignore[attr-defined]
