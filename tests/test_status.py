@@ -10,6 +10,7 @@ job's state is a file the test writes; the scripts log every call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -21,6 +22,7 @@ import pytest
 from tests.test_spawner_core import ME, jupyterhub_spawner, site_config
 from tornado import web
 
+from hubstock.hub.hooks import PostStopHook
 from hubstock.hub.spawner import SlurmSpawner, audit_reason, read_tail
 from hubstock.hub.status import (
     REAPER,
@@ -33,7 +35,9 @@ from hubstock.hub.status import (
     parse_squeue,
 )
 from hubstock.hub.status_parse import slurm_hostnames
+from hubstock.store.records import SessionRecord
 from hubstock.store.root import Root
+from hubstock.store.sessions import read_session, register
 
 DOWN = "slurm_load_jobs error: Unable to contact slurm controller (connect failure)"
 
@@ -440,6 +444,59 @@ def test_a_cancel_while_the_scheduler_is_down_happens_once_it_answers(slurm):
         REAPER.interval = 10.0
     assert s.calls("scancel")[-1] == "501" and not REAPER.pending
     assert (s.d / "jobs" / "501").read_text().startswith("CANCELLED")
+
+
+def test_jobs_to_cancel_are_kept_on_disk_and_taken_up_by_the_next_hub(slurm, tmp_path):
+    """A Stop while the controller is down, then the hub restarts (its reaper's memory is gone):
+    the job is on the hub's list on disk, and the next hub cancels it once the controller answers."""
+    s, config = slurm
+    s.job("601", "RUNNING node042|None")
+    sp = spawner_for(config, "601")
+    s.down()
+    path = tmp_path / "hub-state" / "hubstock-cancels.json"
+    path.parent.mkdir()
+    REAPER.path, REAPER.interval = path, 0.2
+
+    async def scenario() -> None:
+        await sp.stop()  # this hub ends with the job still to cancel
+        assert [j["job_id"] for j in json.loads(path.read_text())["jobs"]] == ["601"]
+        assert oct(path.stat().st_mode & 0o777) == "0o600"
+        task = REAPER._task  # the hub dies: its reaper's task and memory are gone
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        REAPER.pending.clear()
+        assert REAPER.resume(path) == 1  # the next hub
+        s.down(False)
+        deadline = time.monotonic() + 10
+        while REAPER.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    try:
+        run(scenario())
+    finally:
+        REAPER.path, REAPER.interval = None, 10.0
+    assert s.calls("scancel")[-1] == "601" and not REAPER.pending
+    assert json.loads(path.read_text())["jobs"] == []
+
+
+def test_a_job_the_hub_lost_at_a_restart_is_cancelled_before_its_record_goes(slurm, tmp_path):
+    """A spawn still queued when the hub restarted: JupyterHub kept no job id, finds the server
+    stopped and runs the post-stop hook; the session record still names the job: it is cancelled."""
+    s, config = slurm
+    s.job("602", "PENDING (null)|Priority")
+    root = Root(tmp_path / "root")
+    register(root, SessionRecord(user=ME, server="", generation="0001", job_id="602"))
+    sp = spawner_for(config)  # no job id: what the restarted hub knows
+    run(PostStopHook(root.path)(sp))
+    assert s.calls("scancel")[-1] == "602"
+    assert (s.d / "jobs" / "602").read_text().startswith("CANCELLED")
+    assert read_session(root, ME, "") is None
+    assert [ln["action"] for ln in map(json.loads, root.audit_log.read_text().splitlines())][-2:] == [
+        "cancel-lost",
+        "stop",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -299,22 +299,42 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
 
     async def cancel_batch_job(self) -> None:
         """Cancel the job; one that cannot be cancelled now (the controller is down) is cancelled as
-        soon as the scheduler answers again (:data:`REAPER`), so it never outlives the hub's record."""
+        soon as the scheduler answers again (:data:`REAPER`, which keeps it on disk), so it never
+        outlives the hub's record."""
         self._cancel_deferred = False
-        cmd = self._cancel_cmd(self.job_id)
-        self.log.info("Cancelling job %s: %s", self.job_id, cmd)
+        res = await self._cancel_now(self.job_id)
+        if res is None or await self.query_job_status() == JobStatus.NOTFOUND:
+            return
+        self._defer_cancel(self.job_id, res, "stopped while the scheduler did not answer")
+        self._cancel_deferred = True
+
+    async def cancel_lost_job(self, job_id: str) -> None:
+        """Cancel a job this server's spawn submitted that the hub no longer tracks (a spawn still
+        queued when the hub restarted), now or as soon as the scheduler answers."""
+        self.log.warning(
+            "Job %s of %s was submitted before the hub restarted and the hub no longer tracks it: "
+            "cancelling it",
+            job_id,
+            self._log_name,
+        )
+        res = await self._cancel_now(job_id)
+        if res is not None:
+            self._defer_cancel(job_id, res, "submitted before the hub restarted")
+
+    async def _cancel_now(self, job_id: str) -> Result | None:
+        """Run the cancel command: None when the job is cancelled or gone, else its answer."""
+        cmd = self._cancel_cmd(job_id)
+        self.log.info("Cancelling job %s: %s", job_id, cmd)
         res = await run_shell(cmd, None, self.status_timeout + 20)
-        if res.ok or self._gone(res.err or res.out, res.returncode):
-            return
-        if await self.query_job_status() == JobStatus.NOTFOUND:
-            return
+        return None if res.ok or self._gone(res.err or res.out, res.returncode) else res
+
+    def _defer_cancel(self, job_id: str, res: Result, why: str) -> None:
         self.log.warning(
             "Could not cancel job %s now (%s); the hub cancels it as soon as the scheduler answers",
-            self.job_id,
+            job_id,
             clean(res.err or res.out)[:200],
         )
-        REAPER.cancel_later(self.job_id, cmd, None, gone=self.state_gone_re)
-        self._cancel_deferred = True
+        REAPER.cancel_later(job_id, self._cancel_cmd(job_id), None, gone=self.state_gone_re, why=why)
 
     _cancel_deferred: bool = False
 

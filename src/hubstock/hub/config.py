@@ -11,6 +11,7 @@ hubstock's own; a site adds its steps after it, with ``chain_hooks``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import stat
@@ -21,8 +22,10 @@ from typing import Any
 from ..errors import SiteError
 from ..limits import LimitsError, Scheduler
 from ..site import SETTINGS_FILE, Site, load_site
+from ..store.cancels import cancels_path
 from .batch import check_extras
 from .hooks import PostStopHook, PreSpawnHook
+from .reaper import REAPER
 from .units import state_dir
 
 SPAWNER_CLASSES = {
@@ -62,6 +65,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
     site = load_site(site_dir, root)
     hub = site.settings.hub
     state = ensure_state_dir(site)
+    _resume_cancels(state)
 
     # networking
     c.JupyterHub.ip = hub.ip
@@ -182,6 +186,19 @@ def _apply_spawner(c: Any, site: Site, state: Path) -> None:
         c.JupyterHub.template_paths = [ours, *paths]
     else:
         paths.prepend([ours])
+
+
+def _resume_cancels(state: Path) -> None:
+    """The jobs an earlier hub still had to cancel (:data:`~.reaper.REAPER`, kept in ``state``):
+    taken up now. JupyterHub loads its configuration with its event loop running; a caller
+    without one (a test, ``hubstock doctor``) only sets where the list is kept."""
+    path = cancels_path(state)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        REAPER.path = path
+        return
+    REAPER.resume(path)
 
 
 def _apply_hooks(c: Any, site: Site) -> None:

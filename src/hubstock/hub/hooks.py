@@ -28,7 +28,7 @@ from ..store.fs import now_iso
 from ..store.generations import Generation, current_name, resolve_current
 from ..store.records import GenerationManifest, RecordError, SessionRecord
 from ..store.root import Root
-from ..store.sessions import register, unregister
+from ..store.sessions import read_session, register, unregister
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
@@ -211,6 +211,20 @@ class PostStopHook:
         self.root = Path(root)
 
     async def __call__(self, spawner: Any) -> None:
+        """Before the record goes: a job it names that the spawner no longer tracks (a spawn still
+        queued when the hub restarted: JupyterHub kept no job id for it) is cancelled, or put on
+        the hub's durable list of jobs to cancel (:data:`~.reaper.REAPER`) if the scheduler does
+        not answer. The last record of a job is never removed before that."""
+        root = Root(self.root)
+        user, server = spawner.user.name, spawner.name or ""
+        record = await asyncio.to_thread(read_session, root, user, server)
+        tracked = getattr(spawner, "job_id", "") or ""
+        cancel_lost = getattr(spawner, "cancel_lost_job", None)
+        if record is not None and record.job_id and record.job_id != tracked and cancel_lost is not None:
+            await cancel_lost(record.job_id)
+            await asyncio.to_thread(
+                root.audit, "cancel-lost", user=user, server=server, job_id=record.job_id
+            )
         await asyncio.to_thread(post_stop_hook, spawner, self.root)
 
     def __repr__(self) -> str:

@@ -1,6 +1,12 @@
 """Jobs the hub no longer wants but could not cancel at the time: a submission that answered
-after the spawn had given up on it, a cancellation while the controller was down.
-:data:`REAPER`, the hub's :class:`Reaper`, cancels them as soon as the scheduler takes it."""
+after the spawn had given up on it, a cancellation while the controller was down, a job
+submitted before the hub restarted that the hub no longer tracks.
+:data:`REAPER`, the hub's :class:`Reaper`, cancels them as soon as the scheduler takes it.
+
+The list is kept on disk (:mod:`hubstock.store.cancels`, in the hub's ``state_dir``) from the
+moment a job is put on it until the scheduler has confirmed it gone, and the hub takes it up
+again when it starts (:meth:`Reaper.resume`): no restart forgets a job.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,11 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from ..store.cancels import read_cancels, write_cancels
+from ..store.fs import now_iso
+from ..store.records import PendingCancel, PendingCancels, RecordError
 from .shell import Result, run_shell
 from .status_parse import clean
 
@@ -21,6 +31,8 @@ class _Doomed:
     cmd: str
     env: Mapping[str, str] | None
     gone: str
+    since: str = ""
+    why: str = ""
     tries: int = 0
 
 
@@ -37,13 +49,59 @@ class Reaper:
     interval: float = 10.0
     timeout: float = 30.0
     pending: dict[str, _Doomed] = field(default_factory=dict)
+    #: where the list is kept (None: in memory only, as in tests of the spawner alone)
+    path: Path | None = None
     _task: asyncio.Task[None] | None = None
 
-    def cancel_later(self, job_id: str, cmd: str, env: Mapping[str, str] | None, gone: str = "") -> None:
-        self.pending[job_id] = _Doomed(cmd, env, gone)
+    def cancel_later(
+        self, job_id: str, cmd: str, env: Mapping[str, str] | None, gone: str = "", why: str = ""
+    ) -> None:
+        """Cancel ``job_id`` with ``cmd`` as soon as the scheduler takes it; on disk at once."""
+        if job_id not in self.pending:
+            self.pending[job_id] = _Doomed(cmd, env, gone, now_iso(), why)
+            self._save()
+        self._start()
+
+    def resume(self, path: Path) -> int:
+        """Keep the list at ``path`` from now on, and take up the jobs a previous hub left there
+        (the event loop must run). Returns how many it took up."""
+        self.path = path
+        try:
+            kept = read_cancels(path)
+        except RecordError as e:
+            log.error("%s; the jobs it named are not cancelled by the hub: cancel them by hand.", e)
+            return 0
+        for j in kept.jobs:
+            if j.job_id not in self.pending:
+                self.pending[j.job_id] = _Doomed(j.cmd, None, j.gone, j.since, j.why)
+        if kept.jobs:
+            log.warning(
+                "Taking up %d job(s) to cancel that the hub wanted gone before it restarted: %s",
+                len(kept.jobs),
+                ", ".join(j.job_id for j in kept.jobs),
+            )
+            self._start()
+        return len(kept.jobs)
+
+    def _start(self) -> None:
         loop = asyncio.get_running_loop()
         if self._task is None or self._task.done() or self._task.get_loop() is not loop:
             self._task = asyncio.ensure_future(self._loop())
+
+    def _save(self) -> None:
+        """Write the list (env-free entries: the hub's own environment) where it is kept."""
+        if self.path is None:
+            return
+        record = PendingCancels(
+            jobs=[
+                PendingCancel(job_id=j, cmd=d.cmd, gone=d.gone, since=d.since or now_iso(), why=d.why)
+                for j, d in sorted(self.pending.items())
+            ]
+        )
+        try:
+            write_cancels(self.path, record)
+        except OSError as e:
+            log.error("Could not keep the list of jobs to cancel in %s: %s", self.path, e)
 
     def adopt(
         self,
@@ -64,7 +122,7 @@ class Reaper:
                 return
             if job_id:
                 log.warning("A submission the hub had given up on made job %s; cancelling it", job_id)
-                self.cancel_later(job_id, cancel_cmd(job_id), env, gone)
+                self.cancel_later(job_id, cancel_cmd(job_id), env, gone, "its submission answered too late")
 
         submission.add_done_callback(done)
 
@@ -76,6 +134,7 @@ class Reaper:
                 if res.ok or (d.gone and re.search(d.gone, res.err + res.out)):
                     log.info("Cancelled job %s, which the hub no longer wanted", job_id)
                     self.pending.pop(job_id, None)
+                    self._save()
                 elif d.tries == 1 or d.tries % 30 == 0:
                     log.warning(
                         "Could not cancel job %s yet (%s); trying again", job_id, clean(res.err)[:200]

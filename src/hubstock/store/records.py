@@ -224,6 +224,27 @@ class SessionRecord(Record):
     started: str | None = None
 
 
+class PendingCancel(BaseModel):
+    """One job the hub wants gone and could not cancel yet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    cmd: str  # the cancel command, as the spawner formatted it
+    gone: str = ""  # what the scheduler says of a job that no longer exists (a regex)
+    since: str  # when the hub first wanted it gone
+    why: str = ""  # "stopped during an outage", "submitted before the hub restarted"...
+
+
+class PendingCancels(Record):
+    """The hub's jobs still to cancel (:class:`~hubstock.hub.reaper.Reaper`), kept in its
+    ``state_dir`` so that a restart of the hub forgets none of them."""
+
+    WHAT: ClassVar[str] = "list of jobs to cancel"
+
+    jobs: list[PendingCancel] = Field(default_factory=list)
+
+
 class AuditLine(Record):
     """One line of the audit log: what happened, when, by whom; the rest depends on the action."""
 

@@ -41,6 +41,18 @@ def register(root: Root, session: SessionRecord) -> Path:
     return path
 
 
+def read_session(root: Root, user: str, server: str) -> SessionRecord | None:
+    """The server's record, if there is a readable one (a regular file, not followed through a link)."""
+    path = record_path(root, user, server)
+    data = read_regular(path)
+    if data is None:
+        return None
+    try:
+        return SessionRecord.from_text(data, str(path))
+    except RecordError:
+        return None
+
+
 def unregister(root: Root, user: str, server: str) -> None:
     record_path(root, user, server).unlink(missing_ok=True)
 
