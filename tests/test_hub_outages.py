@@ -14,7 +14,10 @@ fit on a small machine, and its controller stopped and started by the tests) and
 - with slurmctld stopped, running servers stay reachable and a new spawn is told within 15 s;
   with it back, the hub and Slurm agree (no orphan job) and a new spawn works;
 - the status RPCs slurmctld serves per interval (``sdiag``) are the same for 20 servers as for 1;
-- a restarted hub re-attaches to a running job and cleans up one that ended while it was down.
+- a restarted hub re-attaches to a running job and cleans up one that ended while it was down;
+- a spawn still queued across two hub restarts leaves no job once the queue opens, and a Stop
+  during a controller outage followed by a hub restart cancels the job once slurmctld is back:
+  orphans counted by asking Slurm, not the hub.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ NAMES = {
     "during": f"hsdur{RUN}",
     "kept": f"hskept{RUN}",
     "ended": f"hsend{RUN}",
+    "queued": f"hsque{RUN}",
+    "outstop": f"hsost{RUN}",
 }
 MANY_USERS = [f"hsm{i:02d}{RUN}" for i in range(MANY)]
 HOSTILE = [
@@ -414,3 +419,70 @@ def test_a_restarted_hub_reattaches_and_cleans_up_a_job_that_ended_while_it_was_
     status, text = page(hub, NAMES["ended"], "/hub/spawn")
     assert status == 200 and f"Your server's job {ended} ended: " in text, text[-3000:]
     stop(hub, NAMES["kept"], toks["kept"])
+
+
+def _keeping_servers(hub: Hub) -> None:
+    """This module's hub, as the site's default: its servers outlive its restarts."""
+    if hub.cleanup_servers:
+        hub.stop()
+        hub.cleanup_servers = False
+        hub.start()
+
+
+def _until(what: str, check: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_spawn_still_queued_across_two_hub_restarts_leaves_no_orphan_job(hub, rig, hub_workdir):
+    """JupyterHub keeps no job id for a spawn that is still queued; after a restart it finds the
+    server stopped. The session record names the job, so the hub cancels it: when the queue opens,
+    Slurm has no job of the user."""
+    user, root = NAMES["queued"], Root(hub_workdir / "root")
+    _keeping_servers(hub)
+    tok = token(hub, user)
+    record = root.sessions / f"{user}.default.json"
+    rig.run(["scontrol", "update", "PartitionName=debug", "State=DOWN"])  # jobs queue, none starts
+    try:
+        status, answer = hub.request("POST", f"/hub/api/users/{user}/server", token=tok, body={})
+        assert status == 202, answer
+        _until("the job to be queued", lambda: jobs_of(rig, user))
+        (job,) = jobs_of(rig, user)
+        _until("the session record to name the job", lambda: job in record.read_text())
+        for _ in range(2):
+            hub.stop()
+            hub.start()
+        _until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 30)
+    finally:
+        rig.run(["scontrol", "update", "PartitionName=debug", "State=UP"])
+    assert jobs_of(rig, user) == []  # the queue is open, and no job of the user is in it
+    assert not record.exists()
+    actions = [ln["action"] for ln in audit(root) if ln.get("user") == user]
+    assert "cancel-lost" in actions, actions
+
+
+def test_a_stop_during_an_outage_then_a_hub_restart_still_cancels_the_job(hub, rig, hub_workdir):
+    """Stop while slurmctld is down: the cancel waits on the hub's list on disk; the hub restarts
+    (its memory gone); once slurmctld answers again the job is cancelled."""
+    user = NAMES["outstop"]
+    _keeping_servers(hub)
+    tok = token(hub, user)
+    status, told, _ = spawn(hub, user, tok)
+    assert status in (201, 202), told
+    (job,) = jobs_of(rig, user)
+    rig.stop_controller()
+    try:
+        status, _ = hub.request("DELETE", f"/hub/api/users/{user}/server", token=tok, timeout=120)
+        assert status in (202, 204), status
+        hub.wait_stopped(user, tok, timeout=120)
+        hub.stop()
+        cancels = json.loads((hub_workdir / "state-outages" / "hubstock-cancels.json").read_text())
+        assert job in [j["job_id"] for j in cancels["jobs"]], cancels
+    finally:
+        rig.start_controller()
+    hub.start()
+    _until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 60)
+    print(f"\njob {job}, stopped during the outage, ended after the hub restarted")
+    assert jobs_of(rig, user) == []

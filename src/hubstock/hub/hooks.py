@@ -222,9 +222,7 @@ class PostStopHook:
         cancel_lost = getattr(spawner, "cancel_lost_job", None)
         if record is not None and record.job_id and record.job_id != tracked and cancel_lost is not None:
             await cancel_lost(record.job_id)
-            await asyncio.to_thread(
-                root.audit, "cancel-lost", user=user, server=server, job_id=record.job_id
-            )
+            await asyncio.to_thread(root.audit, "cancel-lost", user=user, server=server, job_id=record.job_id)
         await asyncio.to_thread(post_stop_hook, spawner, self.root)
 
     def __repr__(self) -> str:
