@@ -387,7 +387,10 @@ def test_status_rpcs_per_interval_do_not_grow_with_the_servers(hub, rig):
     assert len(active_jobs(rig)) == MANY
     with_many = _rpcs_per_interval(rig)
     print(f"\nstatus RPCs per {INTERVAL} s interval: {with_one:g} with 1 server, {with_many:g} with {MANY}")
-    assert 1 <= with_one <= 3 and with_many <= with_one + 0.5, (with_one, with_many)
+    # twenty servers cost the controller what one does: one batched query per interval (plus what
+    # a server that stops or starts meanwhile asks); one server's figure moves with what the
+    # previous tests' jobs still do, so the bound is on the twenty (nox -s bench has the figures)
+    assert 1 <= with_one <= 5 and with_many <= 3.5, (with_one, with_many)
     for u in MANY_USERS:
         hub.request("DELETE", f"/hub/api/users/{u}/server", token=toks[u], timeout=60)
     for u in MANY_USERS:
