@@ -7,6 +7,7 @@ tests give it that directly. The compute node's side is in ``tests/test_doctor_p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -16,9 +17,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.helpers import need_root
 from tests.test_doctor_probe import write_fake_lmod
 
 from hubstock.hub.doctor import DoctorOptions, run_doctor
+from hubstock.hub.doctor.disk import check_space, space_check
 from hubstock.hub.doctor.envs import (
     GenerationEnvs,
     InterpreterUse,
@@ -652,3 +655,54 @@ def test_doctor_without_a_probe_account_says_how_to_name_one(tmp_path):
     s = statuses(checks)
     assert s["scheduler"] == "FAIL" and s["node.job"] == "warn" and s["root"] == "ok"
     assert not [c for c in checks if c.name.startswith("queue.")]
+
+
+# --- disk.state_dir, disk.root ------------------------------------------------------------------
+
+
+def _statvfs(blocks: int, bavail: int, files: int, favail: int):
+    return lambda path: os.statvfs_result((4096, 4096, blocks, bavail, bavail, files, favail, favail, 0, 255))
+
+
+@pytest.mark.parametrize(
+    ("blocks", "bavail", "files", "favail", "status", "said"),
+    [
+        (1_000_000, 500_000, 100_000, 90_000, "ok", "50.0%"),
+        (1_000_000, 30_000, 100_000, 90_000, "warn", "nearly full"),
+        (1_000_000, 5_000, 100_000, 90_000, "FAIL", "the filesystem is full"),  # 20 MiB: under 64 MiB
+        (100_000_000, 900_000, 100_000, 90_000, "FAIL", "the filesystem is full"),  # 0.9%
+        (1_000_000, 500_000, 100_000, 500, "FAIL", "out of inodes"),
+        (1_000_000, 500_000, 0, 0, "ok", "50.0%"),  # no inode count (btrfs): none checked
+    ],
+)
+def test_space_check_by_value(tmp_path, blocks, bavail, files, favail, status, said):
+    check = space_check(
+        "disk.root", tmp_path / "not-yet", "the root", statvfs=_statvfs(blocks, bavail, files, favail)
+    )
+    assert check.status == status and said in check.detail, check
+    assert str(tmp_path) in check.detail  # the nearest folder that exists
+    if status != "ok":
+        assert f"df -h {tmp_path}" in check.fix and check.fix.endswith(".")
+
+
+def test_a_full_filesystem_and_one_out_of_inodes_are_each_a_fail(tmp_path):
+    """Real tmpfs mounts: one filled with a file, one filled with empty files (its inodes)."""
+    need_root("mounting tmpfs")
+    full, inodes = tmp_path / "full", tmp_path / "inodes"
+    mounted = []
+    try:
+        for where, opts in ((full, "size=8m"), (inodes, "size=256m,nr_inodes=200")):
+            where.mkdir()
+            subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)], check=True)
+            mounted.append(where)
+        with open(full / "filler", "wb") as f, contextlib.suppress(OSError):
+            f.write(b"\0" * (8 << 20))
+        with contextlib.suppress(OSError):
+            for i in range(1000):
+                (inodes / f"f{i}").touch()
+        state, root = check_space(full / "state", inodes / "root")
+        assert (state.name, state.status) == ("disk.state_dir", "FAIL") and "is full" in state.detail, state
+        assert (root.name, root.status) == ("disk.root", "FAIL") and "out of inodes" in root.detail, root
+    finally:
+        for where in mounted:
+            subprocess.run(["umount", "-l", str(where)], check=False)

@@ -123,6 +123,7 @@ EVERY_CHECK = {
     "root", "root.owner", "root.writable", "root.lock", "generation", "generation.interpreter",
     "generation.modules", "version.jupyterhub", "version.batchspawner", "hub", "port.port", "port.hub_port",
     "port.proxy_api_port", "hub.state_dir", "hub.secrets", "hub.tls", "hub.pam", "hub.allowed_group",
+    "disk.state_dir", "disk.root",
     "scheduler", "queue.debug", "queue.batch", "node.job", "node.root", "node.python", "node.glibc",
     "node.linux", "node.hub_api", "node.interpreter", "node.modules",
 }  # fmt: skip

@@ -33,6 +33,7 @@ from ...store.records import GenerationManifest
 from ...store.root import Root
 from ..hooks import BASE_PATH
 from ..units import state_dir
+from .disk import check_space
 from .envs import (
     GenerationEnvs,
     check_interpreters_here,
@@ -125,6 +126,7 @@ def run_doctor(
     add(check_hub_running(running))
     add(*check_ports(hub, state))
     add(check_state_dir(state), check_secrets(state, hub.authenticator == "shared-password"), check_tls(hub))
+    add(*check_space(state, root.path))
     add(*check_login(hub))
 
     if sp.scheduler not in BATCH:
