@@ -24,7 +24,7 @@ import pytest
 
 from hubstock.admin.build import build as building
 from hubstock.admin.build import cache, extraction
-from hubstock.admin.build.seals import Sealer, still_sealed
+from hubstock.admin.build.seals import Sealer, pkg_watermarks, still_sealed
 from hubstock.admin.kinds import load_env
 from hubstock.admin.lock.envspec import load_env_spec
 from hubstock.errors import IntegrityError
@@ -157,6 +157,14 @@ def _hashed_by_check(monkeypatch, package: extraction.Extracted) -> list[str]:
     return read
 
 
+def _sealed_after_install(root, dist: str, sha: str) -> bool:
+    """The quick check as the next build makes it, once the install that sealed ``dist`` has moved
+    its watermark (as every install does for the packages it checked)."""
+    marks = pkg_watermarks(root)
+    marks.advance([dist])
+    return still_sealed(root, dist, sha, pkg_watermarks(root))
+
+
 def test_files_hashed_while_extracting_are_not_read_again(extracting, monkeypatch):
     root, archive, sha, tmp = extracting
     package = extraction.Extracted(root, DIST, archive, sha)
@@ -164,7 +172,7 @@ def test_files_hashed_while_extracting_are_not_read_again(extracting, monkeypatc
     os.rename(tmp, root.pkg_entry(DIST))
     assert not any(p.endswith(VICTIM) for p in _hashed_by_check(monkeypatch, package))
     package.seal()
-    assert still_sealed(root, DIST, sha)
+    assert _sealed_after_install(root, DIST, sha)
 
 
 @pytest.mark.parametrize("how", ["edited-in-place", "replaced", "half-written-when-watched"])
@@ -201,7 +209,7 @@ def test_no_folder_to_watch_is_only_slower(extracting, monkeypatch):
     os.rename(tmp, root.pkg_entry(DIST))
     assert any(p.endswith(VICTIM) for p in _hashed_by_check(monkeypatch, package))
     package.seal()
-    assert still_sealed(root, DIST, sha)
+    assert _sealed_after_install(root, DIST, sha)
 
 
 # --- real builds -----------------------------------------------------------------------------
@@ -233,7 +241,7 @@ def test_a_package_changed_before_its_seal_fails_the_build_and_is_not_sealed(
 
     monkeypatch.setattr(extraction.Extracted, "check", real)
     result = _build(site)  # the next build extracts it again and seals it
-    assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST))
+    assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST), pkg_watermarks(root))
     assert hubstock(site, "verify").returncode == 0
 
 
@@ -260,7 +268,7 @@ def test_a_seal_that_cannot_be_written_leaves_none_and_is_checked_again(make_sit
     held = root.path.parent / "held-victim"
     os.link(root.pkg_entry(DIST) / VICTIM, held)
     result = _build(site)
-    assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST))
+    assert result.built and still_sealed(root, DIST, _lock_sha(site, DIST), pkg_watermarks(root))
     assert not os.path.samefile(root.pkg_entry(DIST) / VICTIM, held)  # unsealed: extracted again
     held.unlink()
     assert (root.pkg_entry(DIST) / CACHE_SEAL).is_file()

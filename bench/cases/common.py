@@ -236,13 +236,16 @@ def remove_build(root: Path, prefix: Path) -> None:
     """Remove a build the way ``hubstock gc`` does: deleted under the root's lock, then the caches'
     fingerprints taken again (its unlinks moved their files' change times)."""
     from hubstock.admin.build import cache, wheels
+    from hubstock.admin.build.seals import pkg_watermarks
     from hubstock.store.fs import remove_tree
 
     r = Root(root)
     with r.locked():
+        pkg_marks, wheel_marks = pkg_watermarks(r), wheels.wheel_watermarks(r)
+        intact_pkgs, intact_wheels = cache.intact_entries(r, pkg_marks), wheels.intact_entries(r, wheel_marks)
         remove_tree(prefix, r.trash)
-        cache.fingerprint_again(r, r.held_since())
-        wheels.fingerprint_again(r, r.held_since())
+        pkg_marks.advance(intact_pkgs)
+        wheel_marks.advance(intact_wheels)
 
 
 def count_files(top: Path) -> int:

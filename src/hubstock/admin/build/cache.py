@@ -48,12 +48,14 @@ from ...store.perms import ADMIN_DIR, admin_only, set_mode
 from ...store.records import CacheSeal, RecordError
 from ...store.root import CACHE_SEAL, Root
 from .seals import (
+    Watermarks,
     admin_uid,
     fingerprint,
+    pkg_watermarks,
     read_seal,
     refresh_fingerprints,
-    relinked,
     still_sealed,
+    unchanged,
 )
 
 ARCHIVE_EXTS = (".conda", ".tar.bz2")
@@ -271,20 +273,20 @@ class Prepared:
     unsealed: list[str]
 
 
-def prepare(root: Root, packages: dict[str, tuple[str, Path]]) -> Prepared:
+def prepare(root: Root, packages: dict[str, tuple[str, Path]], marks: Watermarks | None = None) -> Prepared:
     """Before an install: keep each cached package of ``packages`` (``dist`` -> the sha256 of
     its verified archive, and the archive) only if it is sealed, intact and declares what its
     archive declares; remove any other, so the installer extracts it again from the archive.
     A package that is still as it was sealed (:func:`still_sealed`) is not hashed again."""
     damaged: dict[str, list[Finding]] = {}
     unsealed = []
-    since = root.held_since()
+    marks = marks or pkg_watermarks(root)
     for dist, (sha, archive) in packages.items():
         entry = root.pkg_entry(dist)
         if not os.path.lexists(entry):
             root.pkg_lock(dist).unlink(missing_ok=True)  # the installer's record of an entry now gone
             continue
-        if still_sealed(root, dist, sha, since):
+        if still_sealed(root, dist, sha, marks):
             continue
         findings = check_entry(root, dist, sha, archive)
         if not findings:
@@ -352,9 +354,14 @@ def cache_entries(root: Root) -> list[str]:
     )
 
 
-def fingerprint_again(root: Root, since: int | None) -> None:
-    """After builds were deleted under the root's lock (``hubstock gc``): their unlinks moved the
-    change times of the cached files they linked; take the fingerprints again
-    (:func:`.seals.relinked`), so that the next build does not hash every package again."""
+def intact_entries(root: Root, marks: Watermarks) -> list[str]:
+    """The cached packages whose quick check passes now (:func:`.seals.unchanged`): before ``gc``
+    deletes builds, whose unlinks move their files' change times (then :meth:`~.seals.Watermarks.advance`)."""
+    out = []
     for dist in cache_entries(root):
-        relinked(root.pkg_entry(dist), read_seal(root, dist), CACHE_SEAL, since)
+        seal = read_seal(root, dist)
+        if seal is not None and unchanged(
+            root.pkg_entry(dist), seal.stat, admin_uid(root), frozenset([CACHE_SEAL]), marks.accepts(dist)
+        ):
+            out.append(dist)
+    return out

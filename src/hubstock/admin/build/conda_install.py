@@ -18,13 +18,13 @@ from urllib.parse import unquote, urlparse
 from ...errors import BuildError, DiskFullError, IntegrityError, is_disk_full
 from ...progress import Progress
 from ...site import Site
-from ...store.root import CACHE_SEAL, Root
+from ...store.root import Root
 from ..kinds.base import Installed
 from . import cache
 from .bytecode import conda_files
 from .extraction import Extracted
 from .install import compile_sources, install_pip, recheck, says_disk_full
-from .seals import Sealer, read_seal, relinked
+from .seals import Sealer, Watermarks, pkg_watermarks
 
 if TYPE_CHECKING:
     from rattler import InstallerReporter, RepoDataRecord
@@ -46,7 +46,8 @@ def install_conda_lock(
     pip = [p for p in entries if p.manager == "pip"]
     progress.step(f"[{env}] verifying {len(conda)} package archive(s) against the lock")
     archives = [_verified_archive(root, env, p) for p in conda]
-    _check_cache(root, env, conda, archives, progress)
+    marks = pkg_watermarks(root)
+    _check_cache(root, env, conda, archives, marks, progress)
     import asyncio  # only a build that installs needs it (not an up-to-date one)
 
     records = asyncio.run(_records(conda, archives))
@@ -61,9 +62,7 @@ def install_conda_lock(
         _install_conda(root, records, prefix, platform, progress, sealer, names)
         _seal_extracted(sealer)
     cache.secure(root, dists)
-    since = root.held_since()
-    for d in dists:  # linking moved the change times of the cached packages' files
-        relinked(root.pkg_entry(d), read_seal(root, d), CACHE_SEAL, since)
+    marks.advance(dists)  # all checked; the links of this install moved their change times
     done = Installed()
     if pip:
         progress.step(f"[{env}] linking {len(pip)} pip package(s) from the wheel cache")
@@ -77,13 +76,18 @@ def install_conda_lock(
 
 
 def _check_cache(
-    root: Root, env: str, conda: list[LockedDependency], archives: list[Path], progress: Progress
+    root: Root,
+    env: str,
+    conda: list[LockedDependency],
+    archives: list[Path],
+    marks: Watermarks,
+    progress: Progress,
 ) -> None:
     """Keep only the cached packages hubstock sealed and that are intact; the installer extracts
     the others again from their verified archives. Builds that link a damaged one are verified."""
     progress.step(f"[{env}] checking {len(conda)} cached package(s) against their archives")
     prepared = cache.prepare(
-        root, {cache.dist_of(p.url): (p.hash.sha256, a) for p, a in zip(conda, archives, strict=True)}
+        root, {cache.dist_of(p.url): (p.hash.sha256, a) for p, a in zip(conda, archives, strict=True)}, marks
     )
     if prepared.damaged:
         names = ", ".join(sorted(prepared.damaged))

@@ -1,23 +1,28 @@
 """Seals of the package cache's entries, and the fingerprints that make checking them cheap.
 
 A sealed entry records the archive it came from and, for every file and folder, the inode,
-size, modification time and change time it had when hubstock hashed it (:func:`fingerprints`).
-Before an install, :func:`still_sealed` costs one ``lstat`` a path; only an entry that changed is
-hashed again in full (:mod:`.cache`). The change time is what an edit in place cannot hide (the
-modification time can be set back; the change time only by setting the clock back). Linking a
-file into a build, or deleting a build, moves its change time too: those moves happen while the
-build holds the root's lock, so a change time later than that (:meth:`Root.held_since`) with
-nothing else changed is the holder's own doing, and :func:`relinked` takes the fingerprints again
-after the install. During an install, a :class:`Sealer` seals each package the
-installer extracted while the installer still works on the others.
-"""
+size and modification time it had when hubstock hashed it (:func:`fingerprints`). Before an
+install, :func:`still_sealed` costs one ``lstat`` a path; only an entry that changed is hashed
+again in full (:mod:`.cache`).
+
+The modification time can be set back; the change time cannot (but by setting the clock back),
+so the quick check also holds each file's change time to the entry's *watermark*: the time,
+by the root filesystem's clock, until which hubstock has accounted for every change of the
+entry's files (:class:`Watermarks`, one small file per cache). Linking a cached file into a
+build, or deleting a build, moves its change time too; those moves happen while a build or
+``gc`` holds the root's lock, and each then moves the watermarks of the entries it checked
+(:meth:`Watermarks.advance`). A change time later than the watermark and earlier than the
+current holder's lock (:meth:`Root.held_since`) is an edit nobody accounted for: the entry is
+hashed in full."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import stat
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -39,21 +44,60 @@ def admin_uid(root: Root) -> int | None:
 
 
 def fingerprint(st: os.stat_result) -> str:
-    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _same(st: os.stat_result, was: str, since: int | None) -> bool:
-    """``st`` is what :func:`fingerprint` recorded as ``was``; a change time that moved is
-    accepted only when it moved while this process held the root's lock (``since``)."""
-    if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}" == was:
-        return True
-    head, _, ctime = was.rpartition(":")
-    return (
-        since is not None
-        and head.count(":") == 2  # a fingerprint with its change time
-        and f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" == head
-        and st.st_ctime_ns >= since
-    )
+class Watermarks:
+    """Per cache entry, the time (ns, by the root filesystem's clock) until which every change of
+    its files' change times is accounted for; kept in one file per cache, rewritten by the lock's
+    holder. An entry with no watermark (sealed by a hubstock that kept none) is hashed in full
+    once."""
+
+    def __init__(self, path: Path, since: int | None) -> None:
+        self.path = path
+        self.since = since  # when the current holder took the root's lock (None: not held)
+        data = read_regular(path)
+        try:
+            loaded = json.loads(data) if data else {}
+        except ValueError:
+            loaded = {}
+        self.marks: dict[str, int] = {
+            k: v for k, v in (loaded if isinstance(loaded, dict) else {}).items() if isinstance(v, int)
+        }
+
+    def accepts(self, entry: str) -> Callable[[int], bool] | None:
+        """The test a file's change time must pass (None: the entry has no watermark)."""
+        mark = self.marks.get(entry)
+        if mark is None:
+            return None
+        since = self.since
+        if since is None:
+            return lambda ctime: ctime <= mark
+        return lambda ctime: ctime <= mark or ctime >= since
+
+    def made_now(self, entries: Iterable[str]) -> None:
+        """Entries this holder made (and sealed) just now: accepted as they are for the rest of
+        the install, until :meth:`advance` records them."""
+        self.marks.update(dict.fromkeys(entries, 1 << 62))
+
+    def advance(self, entries: Iterable[str]) -> None:
+        """The holder checked ``entries`` and changed them only by links and unlinks of its own:
+        their watermarks become now. Written without waiting for the disk (a watermark lost in
+        a crash is only an entry hashed in full once more)."""
+        entries = list(entries)
+        if not entries:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            now = os.fstat(fd).st_ctime_ns  # the filesystem's own clock
+            self.marks = {k: v for k, v in self.marks.items() if v < 1 << 62}  # made_now, not advanced
+            self.marks.update(dict.fromkeys(entries, now))
+            os.write(fd, json.dumps(self.marks, sort_keys=True).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
 
 
 def fingerprints(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, str]:
@@ -73,15 +117,19 @@ def fingerprints(top: Path, skip: frozenset[str] = frozenset()) -> dict[str, str
 
 
 def unchanged(
-    top: Path, stat_map: dict[str, str], owner: int | None, own: frozenset[str], since: int | None = None
+    top: Path,
+    stat_map: dict[str, str],
+    owner: int | None,
+    own: frozenset[str],
+    ctime_ok: Callable[[int], bool] | None = None,
 ) -> bool:
     """Whether everything below ``top`` is still what :func:`fingerprints` found: the same inode,
-    size, modification and change time for each path (a change time moved since ``since`` is
-    the lock holder's own link or unlink: :func:`_same`), nothing added at the top (besides
-    ``own``: the seal), owned by ``owner`` and read-only (as sealing left it: a build that links
-    a file may count on its mode). A file changed in place changes its ctime; one replaced,
-    added or removed changes its folder's. Costs one ``lstat`` a path."""
-    if not stat_map:
+    size and modification time for each path, a change time ``ctime_ok`` accepts (see
+    :class:`Watermarks`; None: the entry has none, so it is not known unchanged), nothing added
+    at the top (besides ``own``: the seal), owned by ``owner`` and read-only (as sealing left it:
+    a build that links a file may count on its mode). A file changed in place changes its
+    ctime; one replaced, added or removed changes its folder's. Costs one ``lstat`` a path."""
+    if not stat_map or ctime_ok is None:
         return False
     try:
         st = os.lstat(top)
@@ -99,7 +147,7 @@ def unchanged(
             st = lstat(base + rel)
         except OSError:
             return False
-        if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}" != was and not _same(st, was, since):
+        if f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}" != was or not ctime_ok(st.st_ctime_ns):
             return False
         if not is_link(st.st_mode) and (st.st_mode & 0o222 or (owner is not None and st.st_uid != owner)):
             return False
@@ -116,7 +164,12 @@ def read_seal(root: Root, dist: str) -> CacheSeal | None:
         return None
 
 
-def still_sealed(root: Root, dist: str, archive_sha256: str, since: int | None = None) -> bool:
+def pkg_watermarks(root: Root) -> Watermarks:
+    """The package cache's :class:`Watermarks` (with the lock holder's time, if this process holds it)."""
+    return Watermarks(root.cache / "ctime-pkgs.json", root.held_since())
+
+
+def still_sealed(root: Root, dist: str, archive_sha256: str, marks: Watermarks) -> bool:
     """The quick check before an install: the package is sealed for this archive and nothing in
     it changed since it was hashed (:func:`unchanged`)."""
     seal = read_seal(root, dist)
@@ -124,48 +177,25 @@ def still_sealed(root: Root, dist: str, archive_sha256: str, since: int | None =
         seal is not None
         and seal.package == dist
         and seal.archive_sha256 == archive_sha256
-        and unchanged(root.pkg_entry(dist), seal.stat, admin_uid(root), frozenset([CACHE_SEAL]), since)
+        and unchanged(
+            root.pkg_entry(dist), seal.stat, admin_uid(root), frozenset([CACHE_SEAL]), marks.accepts(dist)
+        )
     )
 
 
-def relinked(entry: Path, seal: CacheSeal | WheelSeal | None, name: str, since: int | None) -> None:
-    """After an install linked ``entry``'s files (their change times moved): take the
-    fingerprints again, if nothing but change times moved, and only since ``since`` (this
-    holder's lock). Anything else is left as it is, and the next build checks the entry in full.
-    The seal is rewritten without waiting for the disk: a seal lost in a crash is only an entry
-    checked in full once more."""
-    if seal is None or since is None:
-        return
-    base = os.fspath(entry) + "/"
-    fresh: dict[str, str] = {}
-    for rel, was in seal.stat.items():
-        try:
-            st = os.lstat(base + rel)
-        except OSError:
-            return
-        if not _same(st, was, since):
-            return
-        fresh[rel] = fingerprint(st)
-    if fresh != seal.stat:
-        write_seal(entry, seal.model_copy(update={"stat": fresh}), name, durable=False)
-
-
-def write_seal(entry: Path, record: CacheSeal | WheelSeal, name: str, durable: bool = True) -> None:
-    """Write the seal into ``entry`` (made writable for the admin for it), then make it read-only.
-    ``durable``: on the disk before returning (not for fingerprints taken again: :func:`relinked`)."""
+def write_seal(entry: Path, record: CacheSeal | WheelSeal, name: str) -> None:
+    """Write the seal into ``entry`` (made writable for the admin for it), then make it read-only."""
     set_mode(entry, 0o700)
     tmp = entry / f".{name}.tmp"
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
     with open(fd, "wb") as f:
         f.write(record.to_json().encode())
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, entry / name)
     set_mode(entry, 0o555)
-    if durable:
-        fsync_dir(entry)
+    fsync_dir(entry)
 
 
 def refresh_fingerprints(root: Root, dist: str) -> None:

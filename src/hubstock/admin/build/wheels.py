@@ -41,7 +41,7 @@ from ...store.records import RecordError, WheelSeal
 from ...store.root import Root
 from ..uv import run_uv
 from .cache import Finding, check_files, sha256_file
-from .seals import fingerprints, relinked, unchanged, write_seal
+from .seals import Watermarks, fingerprints, unchanged, write_seal
 from .wheel_fill import (
     OWN_FILES,
     WHEEL_SEAL,
@@ -96,13 +96,13 @@ def install(
     ``say`` tells progress; ``warn`` what the admin must hear (a copy in uv's cache replaced)."""
     python = python_dir(prefix)
     make_dir(root.wheels, ADMIN_DIR)
-    since = root.held_since()
+    marks = wheel_watermarks(root)
     seals: dict[str, WheelSeal] = {}
     missing: list[LockedDependency] = []
     damaged: list[str] = []
     for p in pip:
         key = entry_key(p, python)
-        seal = _usable(root, key, p, python, since)
+        seal = _usable(root, key, p, python, marks)
         if seal is not None:
             seals[key] = seal
             continue
@@ -129,8 +129,9 @@ def install(
             run_uv(site, "cache", "clean", e.package, what=f"removing {e.package} from uv's cache")
             left = [p for p in missing if not os.path.lexists(root.wheel_entry(entry_key(p, python)))]
             populate(site, root, env, left, prefix, python)
+        marks.made_now(entry_key(p, python) for p in missing)
         for p in missing:
-            seal = _usable(root, entry_key(p, python), p, python, since)
+            seal = _usable(root, entry_key(p, python), p, python, marks)
             if seal is None:
                 raise IntegrityError(
                     f"pip package {p.name} {p.version} of env {env!r} did not enter the wheel cache "
@@ -143,8 +144,7 @@ def install(
     made: set[str] = set()
     for p in pip:
         _link(root, seals[entry_key(p, python)], prefix, made, done)
-    for key, seal in seals.items():  # linking moved the change times of the entries' files
-        relinked(root.wheel_entry(key), seal, WHEEL_SEAL, since)
+    marks.advance(seals)  # all checked; the links of this install moved their change times
     return done
 
 
@@ -169,7 +169,12 @@ def _owner(root: Root) -> int | None:
         return None
 
 
-def _usable(root: Root, key: str, p: LockedDependency, python: str, since: int | None) -> WheelSeal | None:
+def wheel_watermarks(root: Root) -> Watermarks:
+    """The wheel cache's :class:`~.seals.Watermarks`."""
+    return Watermarks(root.cache / "ctime-wheels.json", root.held_since())
+
+
+def _usable(root: Root, key: str, p: LockedDependency, python: str, marks: Watermarks) -> WheelSeal | None:
     """The entry's seal, if it is sealed for this very package and nothing in it changed since."""
     seal = _read_seal(root, key)
     if (
@@ -177,7 +182,7 @@ def _usable(root: Root, key: str, p: LockedDependency, python: str, since: int |
         or seal.package != key
         or seal.artifact_sha256 != p.hash.sha256
         or seal.python != python
-        or not unchanged(root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES, since)
+        or not unchanged(root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES, marks.accepts(key))
     ):
         return None
     base = os.fspath(root.wheel_entry(key)) + "/"
@@ -266,10 +271,16 @@ def entries(root: Root) -> list[str]:
     return sorted(p.name for p in root.wheels.iterdir() if not p.name.startswith(".") and p.is_dir())
 
 
-def fingerprint_again(root: Root, since: int | None) -> None:
-    """:func:`.cache.fingerprint_again` for the wheel cache."""
+def intact_entries(root: Root, marks: Watermarks) -> list[str]:
+    """:func:`.cache.intact_entries` for the wheel cache."""
+    out = []
     for key in entries(root):
-        relinked(root.wheel_entry(key), _read_seal(root, key), WHEEL_SEAL, since)
+        seal = _read_seal(root, key)
+        if seal is not None and unchanged(
+            root.wheel_entry(key), seal.stat, _owner(root), OWN_FILES, marks.accepts(key)
+        ):
+            out.append(key)
+    return out
 
 
 def discard(root: Root, key: str) -> None:

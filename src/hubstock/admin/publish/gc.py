@@ -32,6 +32,7 @@ from ...store.records import RecordError
 from ...store.root import Root
 from ...store.sessions import live_sessions
 from ..build import cache, wheels
+from ..build.seals import pkg_watermarks
 from ..build.wheels import entries as wheel_entries
 from ..build.wheels import wheel_id
 
@@ -127,6 +128,11 @@ def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
         plan = plan_gc(site, keep)
         if dry_run:
             return plan
+        pkg_marks, wheel_marks = pkg_watermarks(root), wheels.wheel_watermarks(root)
+        intact_pkgs, intact_wheels = (
+            cache.intact_entries(root, pkg_marks),
+            wheels.intact_entries(root, wheel_marks),
+        )
         moved = {p: move_to_trash(p, root.trash) for p in plan.tree_paths(root)}
         _bring_back_what_sessions_use(site, root, plan, moved)
         plan.packages = _unused_packages(root, plan.kept_builds)
@@ -136,9 +142,9 @@ def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
             env, bid = b.split("/", 1)
             clear_damage(root, env, bid)
         empty_trash(root.trash)
-        since = root.held_since()
-        cache.fingerprint_again(root, since)
-        wheels.fingerprint_again(root, since)
+        # the deleted builds' unlinks moved the change times of the cached files they linked
+        pkg_marks.advance(p for p in intact_pkgs if p not in plan.packages)
+        wheel_marks.advance(w for w in intact_wheels if w not in plan.packages)
         root.audit("gc", generations=plan.generations, builds=plan.builds, packages=len(plan.packages))
     return plan
 
