@@ -525,10 +525,11 @@ def test_a_file_in_uv_cache_owned_by_another_account_does_not_block_a_build(worl
 
 def test_a_forged_wheel_seal_is_found_and_repair_installs_the_real_files(damaged_venv):
     """Someone with the admin's rights changes six.py in the wheel cache and writes a seal that
-    matches (hashes and fingerprints): verify finds the seal disagreeing with the wheel's RECORD,
-    and --repair makes the entry again from the wheel and replaces the build."""
+    matches (hashes and fingerprints): the next build does not link it (0 tampered files), verify
+    finds the damaged build, and --repair replaces it."""
     from hubstock.admin.build.seals import fingerprints, write_seal
     from hubstock.admin.build.wheel_fill import OWN_FILES, WHEEL_SEAL
+    from hubstock.admin.build.wheels import check_wheel
     from hubstock.store.records import WheelSeal
 
     d = damaged_venv
@@ -543,12 +544,21 @@ def test_a_forged_wheel_seal_is_found_and_repair_installs_the_real_files(damaged
         update={"files": {**seal.files, rel: sha256_of(entry / rel)}, "stat": fingerprints(entry, OWN_FILES)}
     )
     write_seal(entry, forged, WHEEL_SEAL)
+    # the full check (verify's, and a build's once the quick one fails): the seal against the RECORD
+    assert [f.flags for f in check_wheel(d.root, entry.name) if f.path.name == "six.py"] == ["seal"]
 
-    res = hs(d.site, "verify", check=False)
-    assert res.returncode == 1, res.stdout
-    assert any(
-        line.startswith("seal") and line.split()[1].endswith("/six.py") for line in res.stdout.splitlines()
-    )
+    # a build of another env first: the forged entry's files moved past its watermark, so the
+    # build hashes it, finds the seal disagreeing with the RECORD, and makes it again from the wheel
+    write_venv_env(d.site, "other", SIX, path=system_python())
+    hs(d.site, "lock", "other")
+    hs(d.site, "build", "other")
+    other = d.root.build("other", env_status(d.site, "other")["current"])
+    assert next(other.glob("lib/python3*/site-packages/six.py")).read_bytes() == good
+    assert hs(d.site, "verify", "other", check=False).returncode == 0
+
+    res = hs(d.site, "verify", check=False)  # build tiny still links the tampered six.py
+    assert res.returncode == 1 and f"build tiny/{d.bid}: DAMAGED" in res.stdout, res.stdout
+    assert any(str(d.prefix) in line and "/six.py" in line for line in res.stdout.splitlines()), res.stdout
     fixed = json.loads(hs(d.site, "verify", "--repair", "--json").stdout)
     assert fixed["ok"] and fixed["left"] == [], fixed
     built = next(d.prefix.glob("lib/python3*/site-packages/six.py"))
