@@ -497,6 +497,13 @@ def test_a_job_the_hub_lost_at_a_restart_is_cancelled_before_its_record_goes(slu
         "cancel-lost",
         "stop",
     ]
+    # the usual case: the record names a job that has ended (the server stopped with it): no cancel
+    s.job("603", "COMPLETED node042|None")
+    register(root, SessionRecord(user=ME, server="", generation="0001", job_id="603"))
+    calls = len(s.calls("scancel"))
+    run(PostStopHook(root.path)(spawner_for(config)))
+    assert len(s.calls("scancel")) == calls and read_session(root, ME, "") is None
+    assert json.loads(root.audit_log.read_text().splitlines()[-1])["action"] == "stop"
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -42,7 +42,8 @@ from .reaper import REAPER
 from .refusals import http_error, read_tail
 from .shell import Result, communicate, run_shell
 from .spawn_options import HubstockOptionsPart
-from .status_parse import clean, describe_end
+from .status import UNREACHABLE
+from .status_parse import JobInfo, clean, describe_end
 from .traits import delays
 
 #: what a submit command prints when the scheduler does not answer (nothing was submitted)
@@ -308,9 +309,19 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
         self._defer_cancel(self.job_id, res, "stopped while the scheduler did not answer")
         self._cancel_deferred = True
 
-    async def cancel_lost_job(self, job_id: str) -> None:
+    async def cancel_lost_job(self, job_id: str) -> bool:
         """Cancel a job this server's spawn submitted that the hub no longer tracks (a spawn still
-        queued when the hub restarted), now or as soon as the scheduler answers."""
+        queued when the hub restarted), now or as soon as the scheduler answers. False, doing
+        nothing, when the scheduler says the job has ended (the usual case: the server stopped,
+        and its job with it)."""
+        poller = self._poller()
+        info = await poller.status(job_id, 0) if poller is not None else UNREACHABLE
+        if info is None:
+            return False  # not listed: long gone
+        if isinstance(info, JobInfo) and not any(
+            rx and re.search(rx, info.status) for rx in (self.state_pending_re, self.state_running_re)
+        ):
+            return False  # listed as ended
         self.log.warning(
             "Job %s of %s was submitted before the hub restarted and the hub no longer tracks it: "
             "cancelling it",
@@ -320,6 +331,7 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
         res = await self._cancel_now(job_id)
         if res is not None:
             self._defer_cancel(job_id, res, "submitted before the hub restarted")
+        return True
 
     async def _cancel_now(self, job_id: str) -> Result | None:
         """Run the cancel command: None when the job is cancelled or gone, else its answer."""

@@ -220,9 +220,9 @@ class PostStopHook:
         record = await asyncio.to_thread(read_session, root, user, server)
         tracked = getattr(spawner, "job_id", "") or ""
         cancel_lost = getattr(spawner, "cancel_lost_job", None)
-        if record is not None and record.job_id and record.job_id != tracked and cancel_lost is not None:
-            await cancel_lost(record.job_id)
-            await asyncio.to_thread(root.audit, "cancel-lost", user=user, server=server, job_id=record.job_id)
+        lost = record.job_id if record is not None and record.job_id != tracked else None
+        if lost and cancel_lost is not None and await cancel_lost(lost):
+            await asyncio.to_thread(root.audit, "cancel-lost", user=user, server=server, job_id=lost)
         await asyncio.to_thread(post_stop_hook, spawner, self.root)
 
     def __repr__(self) -> str:
