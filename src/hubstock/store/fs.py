@@ -165,7 +165,7 @@ def make_read_only(
     Symlinks are left alone (their mode means nothing). Files hard-linked from the
     package cache share their mode with it, and that is intended: the cache must not
     be writable by users either. ``seen`` gets every path below ``top`` with its ``lstat``
-    (as it is after), so a caller that needs the whole tree walks it once; ``already``
+    (as it was before), so a caller that needs the whole tree walks it once; ``already``
     names files (paths as ``top/...``) the caller knows are read-only (hard links of files it
     checked in a read-only cache): they are not looked at, nor given to ``seen``.
     """
@@ -175,26 +175,22 @@ def make_read_only(
             if path in already:
                 continue
             st = os.lstat(path)
-            if _read_only(path, st) and seen is not None:
-                st = os.lstat(path)  # its mode and change time now
+            _read_only(path, st)
             if seen is not None:
                 seen(path, st)
     _read_only(os.fspath(top))
 
 
-def _read_only(p: str, st: os.stat_result | None = None) -> bool:
-    """Make ``p`` read-only; whether its mode had to change."""
+def _read_only(p: str, st: os.stat_result | None = None) -> None:
     st = st or os.lstat(p)
     if stat.S_ISLNK(st.st_mode):
-        return False
+        return
     mode = stat.S_IMODE(st.st_mode)
     want = (mode & ~0o7222) | 0o444
     if stat.S_ISDIR(st.st_mode) or mode & 0o100:
         want |= 0o111
     if want != mode:
         os.chmod(p, want)
-        return True
-    return False
 
 
 def link_target(path: str | os.PathLike[str]) -> str:

@@ -73,7 +73,7 @@ def seal_checked(root: Root, dist: str, sha256: str, declared: list[dict]) -> No
     (entry / CACHE_SEAL).unlink(missing_ok=True)
     stat_map: dict[str, str] = {}
     cut = len(str(entry)) + 1
-    # one walk: read-only, and the fingerprints (as the files are once read-only)
+    # one walk: read-only, and the fingerprints (a mode change changes none of them)
     make_read_only(entry, seen=lambda path, st: stat_map.__setitem__(path[cut:], fingerprint(st)))
     record = CacheSeal(
         package=dist,
