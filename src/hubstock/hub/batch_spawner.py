@@ -40,7 +40,7 @@ from .batch import batch_vars, output_path
 from .job_status import HubstockJobStatusPart, StartPhases, phase_line
 from .reaper import REAPER
 from .refusals import http_error, read_tail
-from .shell import Result, communicate, run_shell
+from .shell import Result
 from .spawn_options import HubstockOptionsPart
 from .status import UNREACHABLE
 from .status_parse import JobInfo, clean, describe_end
@@ -52,6 +52,10 @@ _NOT_ANSWERING = re.compile(
     r"|Problem loading jobs|communication failure|pbs_connect",
     re.I,
 )
+
+
+#: how long a submission that the hub gave up waiting for may go on in the background (seconds)
+_SUBMIT_LIMIT = 600.0
 
 
 class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
@@ -271,19 +275,13 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
 
         When the hub stops waiting (the timeout, or the spawn is cancelled), the command goes on
         in the background and the job it makes, if any, is cancelled (:data:`REAPER`)."""
-        proc = await asyncio.create_subprocess_shell(
-            cmd,
-            env=self.get_env(),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
-        talk = asyncio.ensure_future(communicate(proc, script))
+        talk = asyncio.ensure_future(self._run(cmd, _SUBMIT_LIMIT, input=script, env=self.get_env()))
         try:
             return await asyncio.wait_for(asyncio.shield(talk), self.submit_timeout)
         except (TimeoutError, asyncio.CancelledError) as e:
-            REAPER.adopt(talk, self.parse_job_id, self._cancel_cmd, None, gone=self.state_gone_re)
+            REAPER.adopt(
+                talk, self.parse_job_id, self._cancel_cmd, None, gone=self.state_gone_re, run=self._runner()
+            )
             self.log.warning(
                 "The submission of %s's job did not finish in time; its job will be cancelled", self.user.name
             )
@@ -337,7 +335,7 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
         """Run the cancel command: None when the job is cancelled or gone, else its answer."""
         cmd = self._cancel_cmd(job_id)
         self.log.info("Cancelling job %s: %s", job_id, cmd)
-        res = await run_shell(cmd, None, self.status_timeout + 20)
+        res = await self._run(cmd, self.status_timeout + 20)
         return None if res.ok or self._gone(res.err or res.out, res.returncode) else res
 
     def _defer_cancel(self, job_id: str, res: Result, why: str) -> None:
@@ -346,7 +344,9 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
             job_id,
             clean(res.err or res.out)[:200],
         )
-        REAPER.cancel_later(job_id, self._cancel_cmd(job_id), None, gone=self.state_gone_re, why=why)
+        REAPER.cancel_later(
+            job_id, self._cancel_cmd(job_id), None, gone=self.state_gone_re, why=why, run=self._runner()
+        )
 
     _cancel_deferred: bool = False
 
@@ -368,7 +368,9 @@ class HubstockBatchSpawner(HubstockOptionsPart, HubstockJobStatusPart):
         self.log.warning(
             "Server job %s at %s:%s possibly failed to terminate", self.job_id, self.ip, self.port
         )
-        REAPER.cancel_later(self.job_id, self._cancel_cmd(self.job_id), None, gone=self.state_gone_re)
+        REAPER.cancel_later(
+            self.job_id, self._cancel_cmd(self.job_id), None, gone=self.state_gone_re, run=self._runner()
+        )
 
     def pending_message(self, where: str) -> str:
         """What the spawn page says while the job waits (``where``: " in queue 'debug'" or "")."""

@@ -14,13 +14,13 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import batchspawner
 from batchspawner.batchspawner import JobStatus, format_template
 from traitlets import Float, Unicode, default
 
-from .shell import run_shell
+from .shell import CommandFailed, Result, Runner, run_shell
 from .status import UNREACHABLE, StatusPoller, poller_for
 from .status_parse import JobInfo, clean, describe_end, parse_squeue
 from .traits import Schedule, delays
@@ -60,6 +60,10 @@ def phase_line(user: str, job_id: str, seconds: dict[str, float]) -> str:
     return f"Spawn phases of {user}'s server, job {job_id} (s): {parts} total={sum(seconds.values()):.3f}"
 
 
+#: run_command's own limit: none (each caller of :meth:`HubstockJobStatusPart._run` has its deadline)
+_NO_DEADLINE = 24 * 3600.0
+
+
 class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
     """The job's state from one query per interval for the whole hub, and its end noticed within one."""
 
@@ -81,7 +85,9 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
         help="""The query of every watched job at once, run by the hub itself (not as the user):
         {job_ids} becomes the ids joined with ``batch_status_sep``. Its answer must list each
         job in the form the spawner reads (``squeue -o '%i|%T %B|%r'``, ``qstat -f`` blocks). '' queries
-        each job on its own, as batchspawner does. Example: "squeue -h -t all -j {job_ids} -o '%i|%T %B|%r'".""",
+        each job on its own with ``batch_query_cmd``, as batchspawner does; that is the default when
+        the site (or a subclass) sets its own ``batch_query_cmd``, whose answer hubstock cannot batch.
+        Example: "squeue -h -t all -j {job_ids} -o '%i|%T %B|%r'".""",
     ).tag(config=True)
     batch_status_sep = Unicode(",", help="What separates the job ids in ``batch_status_cmd``, e.g. ','.").tag(
         config=True
@@ -113,16 +119,59 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
     _stopped_by_hub: bool = False
     _submitted_at: float = 0.0  # monotonic seconds
 
+    # -- every scheduler command goes through batchspawner's ``run_command``
+
+    async def run_command(self, cmd: str, input: str | None = None, env: dict[str, str] | None = None) -> str:
+        """batchspawner's contract: run ``cmd`` (with ``input`` on its stdin), return its stdout, raise
+        :class:`RuntimeError` (here :class:`~hubstock.hub.shell.CommandFailed`, with the whole result)
+        when it fails. Every scheduler command of these spawners (submit, status queries, cancel) goes
+        through it, so a site that wraps it (ssh to a login node, another sudo) wraps them all. Unlike
+        batchspawner's, it runs the command in a process group of its own, which is killed when the
+        caller stops waiting (each caller has its own deadline), and it logs no environment."""
+        res = await run_shell(cmd, env, _NO_DEADLINE, stdin=input)
+        if not res.ok:
+            raise CommandFailed(res)
+        return res.out
+
+    async def _run(
+        self, cmd: str, timeout: float, input: str | None = None, env: dict[str, str] | None = None
+    ) -> Result:
+        """``cmd`` through :meth:`run_command` (the site's, if it wraps it), for at most ``timeout`` seconds:
+        its :class:`~hubstock.hub.shell.Result` (returncode None: no answer in time)."""
+        t0 = time.monotonic()
+        try:
+            out = await asyncio.wait_for(self.run_command(cmd, input=input, env=env), timeout)
+        except TimeoutError:
+            return Result("", f"no answer within {timeout:g} s", None, time.monotonic() - t0)
+        except CommandFailed as e:
+            return e.result
+        except RuntimeError as e:  # a site's run_command: its message is what the command said
+            return Result("", str(e), 1, time.monotonic() - t0)
+        return Result((out or "").strip(), "", 0, time.monotonic() - t0)
+
+    def _runner(self) -> Runner:
+        """:meth:`_run` in the form the hub's shared poller and reaper take."""
+
+        async def run(
+            cmd: str, env: Mapping[str, str] | None, timeout: float, stdin: str | None = None
+        ) -> Result:
+            return await self._run(cmd, timeout, input=stdin, env=dict(env) if env is not None else None)
+
+        return run
+
     def _poller(self) -> StatusPoller | None:
         """The hub's shared poller for this spawner's query command (None: query each job alone)."""
         if not self.batch_status_cmd:
             return None
+        wrapped = type(self).run_command is not HubstockJobStatusPart.run_command
         return poller_for(
             self.batch_status_cmd,
             type(self)._status_parser,
             sep=self.batch_status_sep,
             gone=self.state_gone_re,
             env=None,  # the hub's own environment, as batchspawner queries jobs
+            run=self._runner() if wrapped else None,
+            via=type(self).run_command if wrapped else None,
             interval=self.status_interval,
             timeout=self.status_timeout,
         )
@@ -193,7 +242,7 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
         cmd = " ".join(
             (format_template(self.exec_prefix, **subvars), format_template(self.batch_query_cmd, **subvars))
         )
-        res = await run_shell(cmd, None, self.status_timeout)
+        res = await self._run(cmd, self.status_timeout)
         if res.ok:
             self.job_status = res.out
             self._job_info = self._single_info(res.out)

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..store.cancels import read_cancels, write_cancels
 from ..store.fs import now_iso
 from ..store.records import PendingCancel, PendingCancels, RecordError
-from .shell import Result, run_shell
+from .shell import Result, Runner, run_shell
 from .status_parse import clean
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ class _Doomed:
     since: str = ""
     why: str = ""
     tries: int = 0
+    #: the spawner's ``run_command`` (the site's, if it wraps it); None: :func:`run_shell`
+    run: Runner | None = None
 
 
 @dataclass
@@ -54,11 +56,18 @@ class Reaper:
     _task: asyncio.Task[None] | None = None
 
     def cancel_later(
-        self, job_id: str, cmd: str, env: Mapping[str, str] | None, gone: str = "", why: str = ""
+        self,
+        job_id: str,
+        cmd: str,
+        env: Mapping[str, str] | None,
+        gone: str = "",
+        why: str = "",
+        run: Runner | None = None,
     ) -> None:
-        """Cancel ``job_id`` with ``cmd`` as soon as the scheduler takes it; on disk at once."""
+        """Cancel ``job_id`` with ``cmd`` (through ``run``, the spawner's ``run_command``) as soon as
+        the scheduler takes it; on disk at once. A hub that restarts runs the command itself."""
         if job_id not in self.pending:
-            self.pending[job_id] = _Doomed(cmd, env, gone, now_iso(), why)
+            self.pending[job_id] = _Doomed(cmd, env, gone, now_iso(), why, run=run)
             self._save()
         self._start()
 
@@ -110,6 +119,7 @@ class Reaper:
         cancel_cmd: Callable[[str], str],
         env: Mapping[str, str] | None,
         gone: str = "",
+        run: Runner | None = None,
     ) -> None:
         """When ``submission`` ends, cancel the job it made, if it made one."""
 
@@ -122,7 +132,9 @@ class Reaper:
                 return
             if job_id:
                 log.warning("A submission the hub had given up on made job %s; cancelling it", job_id)
-                self.cancel_later(job_id, cancel_cmd(job_id), env, gone, "its submission answered too late")
+                self.cancel_later(
+                    job_id, cancel_cmd(job_id), env, gone, "its submission answered too late", run=run
+                )
 
         submission.add_done_callback(done)
 
@@ -130,7 +142,7 @@ class Reaper:
         while self.pending:
             for job_id, d in list(self.pending.items()):
                 d.tries += 1
-                res = await run_shell(d.cmd, d.env, self.timeout)
+                res = await (d.run or run_shell)(d.cmd, d.env, self.timeout, None)
                 if res.ok or (d.gone and re.search(d.gone, res.err + res.out)):
                     log.info("Cancelled job %s, which the hub no longer wanted", job_id)
                     self.pending.pop(job_id, None)

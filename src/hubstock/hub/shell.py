@@ -8,7 +8,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 
@@ -59,19 +59,22 @@ async def run_shell(
     )
 
 
+class CommandFailed(RuntimeError):
+    """batchspawner's ``run_command`` contract for a command that failed (its message is what the
+    command printed on stderr), carrying the whole :class:`Result`."""
+
+    def __init__(self, result: Result) -> None:
+        super().__init__(result.err or result.out or f"exit status {result.returncode}")
+        self.result = result
+
+
+#: how the hub runs one scheduler command: (command line, environment, timeout, stdin) -> its result
+Runner = Callable[[str, Mapping[str, str] | None, float, str | None], Awaitable[Result]]
+
+
 def kill_group(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL ``proc`` and what it started (it runs in a session of its own)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-
-
-async def communicate(proc: asyncio.subprocess.Process, stdin: str, limit: float = 600) -> Result:
-    """What ``proc`` printed; it is killed after ``limit`` seconds (then the result is not ok)."""
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), limit)
-    except TimeoutError:
-        kill_group(proc)
-        return Result("", f"no answer within {limit:g} s", None)
-    return Result(out.decode(errors="replace").strip(), err.decode(errors="replace").strip(), proc.returncode)

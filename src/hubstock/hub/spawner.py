@@ -49,6 +49,8 @@ __all__ = [
     "read_tail",
 ]
 
+#: batchspawner's per-job Slurm query, which the batched one replaces (another is the site's own)
+_SLURM_QUERY = "squeue -h -j {job_id} -o '%T %B'"
 _HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}", re.ASCII)
 
 
@@ -63,6 +65,8 @@ class SlurmSpawner(HubstockBatchSpawner, batchspawner.SlurmSpawner):
 
     @default("batch_status_cmd")
     def _batch_status_cmd_default(self) -> str:
+        if self.batch_query_cmd != _SLURM_QUERY:
+            return ""  # a site's or a subclass's own per-job query is honoured: each job on its own
         # every state: a job that ended is still listed (for MinJobAge), with why
         return "squeue -h -t all -j {job_ids} -o '%i|%T %B|%r'"
 
@@ -187,7 +191,13 @@ class PBSSpawner(HubstockBatchSpawner, batchspawner.PBSSpawner):
     _preset_state_exechost_re = _flavour_default("state_exechost_re")
     _preset_state_unknown_re = _flavour_default("state_unknown_re")
     _preset_batch_force_cancel_cmd = _flavour_default("batch_force_cancel_cmd")
-    _preset_batch_status_cmd = _flavour_default("batch_status_cmd")
+
+    @default("batch_status_cmd")
+    def _preset_batch_status_cmd(self) -> str:
+        if self.batch_query_cmd != PBS_FLAVOURS[self.flavour]["batch_query_cmd"]:
+            return ""  # a site's or a subclass's own per-job query is honoured: each job on its own
+        return PBS_FLAVOURS[self.flavour]["batch_status_cmd"]
+
     _preset_state_gone_re = _flavour_default("state_gone_re")
     _status_parser = staticmethod(parse_qstat)
 
@@ -293,10 +303,11 @@ class PBSSpawner(HubstockBatchSpawner, batchspawner.PBSSpawner):
                     self.log.warning(
                         "Job %s outlived qdel by %g s; deleting it by force", self.job_id, self.stop_grace
                     )
-                    try:
-                        await self.run_command(cmd)
-                    except RuntimeError as e:
-                        self.log.error("Could not delete job %s by force: %s", self.job_id, str(e)[:200])
+                    res = await self._run(cmd, self.status_timeout + 20)
+                    if not res.ok:
+                        self.log.error(
+                            "Could not delete job %s by force: %s", self.job_id, (res.err or res.out)[:200]
+                        )
                 return
             await asyncio.sleep(1)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .reaper import REAPER, Reaper
-from .shell import Result, kill_group, run_shell
+from .shell import Result, Runner, kill_group, run_shell
 from .status_parse import PBS_PRO_LIMITS, SLURM_ENDS, JobInfo, clean, describe_end, parse_qstat, parse_squeue
 
 __all__ = [
@@ -114,6 +114,8 @@ class StatusPoller:
     sep: str = ","
     gone: str = ""
     env: Mapping[str, str] | None = None
+    #: how the query is run (a spawner's wrapped ``run_command``); None: :func:`run_shell`
+    run: Runner | None = None
     interval: float = 10.0
     timeout: float = 10.0
     #: how long requests for jobs not yet known wait to be asked together (seconds)
@@ -220,7 +222,7 @@ class StatusPoller:
         self.queries += 1
         self._started = at
         try:
-            res = await run_shell(cmd, self.env, self.timeout)
+            res = await (self.run or run_shell)(cmd, self.env, self.timeout, None)
         except OSError as e:
             return Answer(at, frozenset(ids), {}, error=f"{cmd.split()[0]}: {e}")
         jobs = self.parse(res.out) if res.out else {}
@@ -282,14 +284,17 @@ def poller_for(
     env: Mapping[str, str] | None,
     interval: float,
     timeout: float,
+    run: Runner | None = None,
+    via: object = None,
 ) -> StatusPoller:
-    """The hub's poller for ``command`` in ``env`` (one per command and environment), made on first use.
-    The interval and timeout of the latest caller apply."""
-    key = (command, sep, parse, tuple(sorted(env.items())) if env is not None else None)
+    """The hub's poller for ``command`` in ``env`` (one per command, environment and ``via``: the
+    site's ``run_command`` that ``run`` goes through, if it wraps it), made on first use. The
+    interval, timeout and ``run`` of the latest caller apply."""
+    key = (command, sep, parse, tuple(sorted(env.items())) if env is not None else None, via)
     p = _POLLERS.get(key)
     if p is None:
         p = _POLLERS[key] = StatusPoller(command, parse, sep=sep, gone=gone, env=env)
-    p.interval, p.timeout, p.gone = interval, timeout, gone
+    p.interval, p.timeout, p.gone, p.run = interval, timeout, gone, run
     return p
 
 
