@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.test_spawner_core import ME, jupyterhub_spawner, site_config
 from tornado import web
 
 from hubstock.hub.spawner import PBSSpawner, SlurmSpawner
 from hubstock.hub.status import forget_pollers
-from test_spawner_core import ME, jupyterhub_spawner, site_config
 
 HOST = "userhost123"
 JOB = "12345"

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "hook",
     "spawn_to_ready",
     "status_rpcs_per_interval",
+    "status_fallback",
 }
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "goal"}
 NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready", "status_rpcs_per_interval"}
@@ -85,6 +86,14 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
     rpcs = next(r for r in results if r["name"] == "status_rpcs_per_interval")
     if not rpcs.get("skipped"):  # one status query per interval, whatever the number of servers
         assert rpcs["met"] and rpcs["value"] < rpcs["baseline_value"], rpcs
+    fallback = {r["name"]: r for r in results if r["benchmark"] == "status_fallback"}
+    assert (
+        fallback["status_fallback_calls"]["value"] <= 21 < fallback["status_fallback_calls"]["baseline_value"]
+    )
+    assert {n for n in fallback if n.startswith("status_loop_stall_")} == {
+        "status_loop_stall_200",
+        "status_loop_stall_500",
+    }
     # the table: a header, then one row per figure
     table = res.stdout[res.stdout.index("name ") :]
     assert "baseline value" in table and "met?" in table

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import stat
 import time
@@ -27,6 +28,7 @@ from hubstock.hub.spawner import SlurmSpawner, audit_reason, read_tail
 from hubstock.hub.status import (
     REAPER,
     UNREACHABLE,
+    Gate,
     JobInfo,
     StatusPoller,
     describe_end,
@@ -299,6 +301,83 @@ def test_a_job_the_answer_does_not_list_is_looked_up_alone(slurm):
     (s.d / "jobs" / "302").unlink()
     forget_pollers()
     assert run(b.poll()) == 1 and "no longer lists it" in b.stop_reason
+
+
+@pytest.mark.parametrize(
+    "answer",
+    ["", "garbled output\nof some other tool", "1000|RUNN"],
+    ids=["empty", "garbled", "cut-short"],
+)
+def test_an_answer_not_to_trust_costs_a_bounded_number_of_lookups_and_stops_no_server(slurm, answer):
+    """50 servers, and a batched answer that is empty, garbled or cut short (exit 0): at most
+    ``fallback_per_interval`` jobs are looked up alone per interval, nothing is stopped, it is logged once."""
+    _, config = slurm
+    calls: list[str] = []
+
+    class Site(SlurmSpawner):
+        async def run_command(self, cmd: str, input: str | None = None, env: Any = None) -> str:
+            calls.append(cmd)
+            return answer if "%i|" in cmd else "RUNNING node042"
+
+    ids = [str(1000 + i) for i in range(50)]
+    spawners = [jupyterhub_spawner(config, cls=Site) for _ in ids]
+    for sp, i in zip(spawners, ids, strict=True):
+        sp.load_state({"job_id": i, "job_status": "RUNNING node042"})
+
+    async def one_interval() -> list[int | None]:
+        return await asyncio.gather(*(sp.poll() for sp in spawners))
+
+    async def scenario() -> tuple[list[int | None], list[int | None]]:
+        first = await one_interval()
+        second = await one_interval()  # within the same interval: the bound is spent
+        return first, second
+
+    said: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: said.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("hubstock.hub.status").addHandler(handler)
+    try:
+        first, second = run(scenario())
+    finally:
+        logging.getLogger("hubstock.hub.status").removeHandler(handler)
+    assert first == second == [None] * 50  # every server kept: RUNNING, as last known
+    batched = [c for c in calls if "%i|" in c]
+    alone = [c for c in calls if "%i|" not in c]
+    assert 1 <= len(batched) <= 2 and len(alone) == 20, (len(batched), len(alone))
+    assert all(sp.job_id and not sp.stop_reason for sp in spawners)
+    assert len([m for m in said if "not trusted" in m]) == 1, said
+
+
+def test_the_gate_lets_a_hundred_callers_on_per_loop_pass_in_order():
+    gate = Gate(per_pass=100)
+    order: list[int] = []
+    passes = 0
+
+    async def caller(i: int) -> None:
+        waiting = gate.turn()
+        if waiting is not None:
+            await waiting
+        order.append(i)
+
+    async def counter() -> None:
+        nonlocal passes
+        while len(order) < 250:
+            passes += 1
+            await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        await asyncio.gather(counter(), *(caller(i) for i in range(250)))
+
+    run(scenario())
+    assert order == list(range(250)) and passes >= 3
+
+
+def test_a_line_cut_short_is_not_read_as_a_state():
+    assert parse_squeue("1|RUNNING n1|None\n2|RUNN") == {"1": JobInfo("1", "RUNNING n1", "RUNNING", "None")}
+    assert parse_qstat("Job Id: 3.pbs\n    job_state = R\nJob Id: 4.pbs\n    queue = debug\n").keys() == {
+        "3.pbs",
+        "3",
+    }
 
 
 def test_a_failing_query_never_counts_as_a_gone_job(slurm):

@@ -22,7 +22,8 @@ The modules, by concern:
 - :mod:`.hook`: the pre-spawn hook (``hook``, ``hook_on_loop``);
 - :mod:`.hub`: spawning through the Slurm and OpenPBS rigs (``spawn_to_ready``,
   ``spawn_to_ready_pbs``) and the helpers that run a hub;
-- :mod:`.rpcs`: ``status_rpcs_per_interval``.
+- :mod:`.rpcs`: ``status_rpcs_per_interval``;
+- :mod:`.fallback`: ``status_fallback`` (``status_fallback_calls``, ``status_loop_stall_N``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 from .builds import cold_build, disk_five_builds, noop_build, warm_build, warm_build_large
 from .cli import cli_overhead
 from .common import Bench, remove_work, result, skipped, world_tmp
+from .fallback import status_fallback
 from .hook import hook
 from .hub import spawn_to_ready, spawn_to_ready_pbs
 from .kinds import module_kernel_start, venv_build_cold, venv_build_warm
@@ -58,4 +60,5 @@ CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [
     ("spawn_to_ready", spawn_to_ready),
     ("spawn_to_ready_pbs", spawn_to_ready_pbs),
     ("status_rpcs_per_interval", status_rpcs_per_interval),
+    ("status_fallback", status_fallback),
 ]

@@ -21,7 +21,7 @@ from batchspawner.batchspawner import JobStatus, format_template
 from traitlets import Float, Unicode, default
 
 from .shell import CommandFailed, Result, Runner, run_shell
-from .status import UNREACHABLE, StatusPoller, poller_for
+from .status import TURNS, UNREACHABLE, StatusPoller, poller_for
 from .status_parse import JobInfo, clean, describe_end, parse_squeue
 from .traits import Schedule, delays
 
@@ -196,6 +196,9 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
         if not self.job_id:
             self.job_status = ""
             return JobStatus.NOTFOUND
+        waiting = TURNS.turn()  # thousands of servers polled at once go on a hundred per loop pass
+        if waiting is not None:
+            await waiting
         poller = self._poller()
         if poller is not None:
             info = await poller.status(self.job_id, max_age, since=self._submitted_at)
@@ -207,6 +210,11 @@ class HubstockJobStatusPart(batchspawner.BatchSpawnerRegexStates):
                 self._job_info = info
                 self.job_status = info.status
                 return self._classify()
+            if not poller.may_look_up_alone():
+                # not listed, and the hub's lookups of this interval are spent (an answer that was
+                # empty or garbled): the job keeps its last known state until a later interval
+                last = self._classify() if self.job_status else JobStatus.UNKNOWN
+                return last if last in (JobStatus.PENDING, JobStatus.RUNNING) else JobStatus.UNKNOWN
         return await self.query_job_status()
 
     async def _watch_start(self, phases: StartPhases) -> None:

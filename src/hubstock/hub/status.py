@@ -12,7 +12,12 @@ that asks about all the jobs it watches at once (``squeue -h -t all -j 1,2,3 -o 
   previous query: however many servers start at once, and however quickly each checks its job,
   the scheduler gets at most one query per ``min_gap``.
 - A job the answer does not list is looked up on its own by the spawner (the per-job
-  fallback): the poller never decides that a job is gone from its absence alone.
+  fallback): the poller never decides that a job is gone from its absence alone. Those
+  lookups are bounded for the whole hub (``fallback_per_interval``, 20 per interval): an answer
+  that is empty while jobs were asked, cut short or garbled (:meth:`StatusPoller.suspicious`)
+  must not turn into a thousand queries at the moment the controller struggles. Such an answer
+  is logged once, its jobs keep their last known state (their servers keep running), and the
+  next interval asks again; the jobs over the bound are looked up in later intervals.
 - A query that fails or times out (the controller is down) is an :data:`UNREACHABLE`
   answer, never "the job is gone": running servers stay running.
 - When a watched job's state changes, or it is no longer listed, the poller calls the
@@ -31,6 +36,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +50,10 @@ __all__ = [
     "REAPER",
     "SAFE_JOB_ID",
     "SLURM_ENDS",
+    "TURNS",
     "UNREACHABLE",
     "Answer",
+    "Gate",
     "JobInfo",
     "Reaper",
     "Result",
@@ -83,6 +91,7 @@ class Answer:
     asked: frozenset[str]
     jobs: dict[str, JobInfo]
     error: str | None = None  # the scheduler did not answer: why
+    suspicious: bool = False  # it answered, but listed none of the jobs asked, or nothing readable
 
     def lookup(self, job_id: str) -> JobInfo | None:
         return self.jobs.get(job_id) or self.jobs.get(job_id.split(".", 1)[0])
@@ -122,11 +131,18 @@ class StatusPoller:
     gather: float = 0.05
     #: the shortest time from one query's start to the next one's (seconds)
     min_gap: float = 0.5
+    #: per-job lookups of jobs an answer did not list, at most, per ``interval``, for the whole hub
+    fallback_per_interval: int = 20
     last: Answer | None = None
     queries: int = 0  # how many queries were run (for tests and the logs)
+    lookups: int = 0  # how many per-job lookups were allowed (for tests and the bench)
+    _window: float = float("-inf")  # when the current interval of lookups began (monotonic seconds)
+    _window_used: int = 0
+    _distrusted: bool = False  # the last answer was suspicious (logged once until a good one)
     _watched: dict[str, _Watch] = field(default_factory=dict)
     _wanted: set[str] = field(default_factory=set)
     _next: asyncio.Future[Answer] | None = None
+    _waiting: dict[asyncio.Future[Answer], deque[asyncio.Future[Answer]]] = field(default_factory=dict)
     _lock: asyncio.Lock | None = None
     _loop_task: asyncio.Task[None] | None = None
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -165,6 +181,18 @@ class StatusPoller:
             return UNREACHABLE
         return answer.lookup(job_id)
 
+    def may_look_up_alone(self) -> bool:
+        """Whether a job the last answer did not list may be looked up on its own now: at most
+        ``fallback_per_interval`` lookups per ``interval`` for the whole hub (the others wait)."""
+        now = time.monotonic()
+        if now - self._window >= self.interval:
+            self._window, self._window_used = now, 0
+        if self._window_used >= self.fallback_per_interval:
+            return False
+        self._window_used += 1
+        self.lookups += 1
+        return True
+
     async def ask(self, job_ids: Iterable[str] = ()) -> Answer:
         """One query about ``job_ids`` and every watched job, shared with every caller that asks
         before it starts."""
@@ -173,7 +201,36 @@ class StatusPoller:
         if self._next is None or self._next.done():
             self._next = asyncio.get_running_loop().create_future()
             self._spawn(self._run_next(self._next))
-        return await asyncio.shield(self._next)
+        return await self._share(self._next)
+
+    def _share(self, shared: asyncio.Future[Answer]) -> asyncio.Future[Answer]:
+        """A future of the caller's own that gets ``shared``'s outcome, :data:`TURNS` at a time: when
+        thousands of servers wait for one answer, they go on a few hundred per pass of the event loop,
+        not all in one (a caller that is cancelled cancels only its own)."""
+        mine: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(shared)
+        if waiting is None:
+            waiting = self._waiting[shared] = deque()
+            shared.add_done_callback(self._release)
+        waiting.append(mine)
+        return mine
+
+    def _release(self, shared: asyncio.Future[Answer]) -> None:
+        waiting = self._waiting.get(shared, deque())
+        for _ in range(min(len(waiting), TURNS.per_pass)):
+            mine = waiting.popleft()
+            if mine.done():
+                continue
+            if shared.cancelled():
+                mine.cancel()
+            elif shared.exception() is not None:
+                mine.set_exception(shared.exception())  # type: ignore[arg-type]
+            else:
+                mine.set_result(shared.result())
+        if waiting:
+            asyncio.get_running_loop().call_soon(self._release, shared)
+        else:
+            self._waiting.pop(shared, None)
 
     # -- inside
 
@@ -182,7 +239,7 @@ class StatusPoller:
         loop = asyncio.get_running_loop()
         if self._bound is not loop:
             self._bound = loop
-            self._next, self._lock, self._loop_task = None, None, None
+            self._next, self._lock, self._loop_task, self._waiting = None, None, None, {}
             self._tasks, self._watched, self._wanted = set(), {}, set()
             self._started = float("-inf")
 
@@ -228,14 +285,33 @@ class StatusPoller:
         jobs = self.parse(res.out) if res.out else {}
         if res.ok or jobs or (self.gone and re.search(self.gone, res.err)):
             # it answered: about some jobs, or that it knows none of them (each is then looked up alone)
-            return Answer(at, frozenset(ids), jobs)
+            answer = Answer(at, frozenset(ids), jobs, suspicious=res.ok and not jobs)
+            self._note(answer, cmd, res.out)
+            return answer
         error = clean(res.err or res.out or f"exit status {res.returncode}")[:300]
         log.warning("Job status query failed (%s); servers keep running meanwhile: %s", cmd.split()[0], error)
         return Answer(at, frozenset(ids), {}, error=error)
 
+    def _note(self, answer: Answer, cmd: str, out: str) -> None:
+        """Log a suspicious answer once (until a good one comes), and a good one after it."""
+        if answer.suspicious and not self._distrusted:
+            said = f"{len(out)} characters of nothing it could read" if out else "nothing"
+            log.warning(
+                "Job status query (%s) answered %s about %d job(s): not trusted; their servers keep "
+                "running, at most %d are looked up alone per interval, and the next interval asks again",
+                cmd.split()[0],
+                said,
+                len(answer.asked),
+                self.fallback_per_interval,
+            )
+        elif self._distrusted and not answer.suspicious:
+            log.info("Job status query (%s) answers again as it should", cmd.split()[0])
+        self._distrusted = answer.suspicious
+
     def _notify(self, answer: Answer) -> None:
-        """Call back the spawners of jobs that changed state or are not listed."""
-        if answer.error is not None:
+        """Call back the spawners of jobs that changed state or are not listed (not after an
+        answer that is not trusted: their jobs are looked up as their own polls come)."""
+        if answer.error is not None or answer.suspicious:
             return
         for job_id, w in list(self._watched.items()):
             if job_id not in answer.asked:
@@ -261,6 +337,54 @@ class StatusPoller:
                 log.exception("Job status query failed")
             await asyncio.sleep(max(self.gather, self.interval - (time.monotonic() - t0)))
         self._loop_task = None
+
+
+class Gate:
+    """At most ``per_pass`` callers go on per pass of the event loop; the others wait their turn, in
+    order. A hub that polls thousands of servers at once (at its start, after an answer) would
+    otherwise hold its event loop for all of them in one pass, and serve no request meanwhile."""
+
+    def __init__(self, per_pass: int) -> None:
+        self.per_pass = per_pass
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._used = 0
+        self._ticking = False
+
+    def turn(self) -> asyncio.Future[None] | None:
+        """None: go on now; else a future to await, done at the caller's turn."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # another event loop (a test's): start afresh
+            self._loop, self._queue, self._used, self._ticking = loop, deque(), 0, False
+        if not self._queue and self._used < self.per_pass:
+            self._used += 1
+            self._tick_soon()
+            return None
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._queue.append(waiter)
+        self._tick_soon()
+        return waiter
+
+    def _tick_soon(self) -> None:
+        if not self._ticking and self._loop is not None:
+            self._ticking = True
+            self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """The next pass: a fresh count, and the next callers in line go on."""
+        self._ticking, self._used = False, 0
+        while self._queue and self._used < self.per_pass:
+            waiter = self._queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._used += 1
+        if self._queue or self._used:
+            self._tick_soon()
+
+
+#: the hub's turns of reading job states: spawners' status reads and the wake-ups of those that
+#: waited for an answer go on at most this many per pass of the event loop
+TURNS = Gate(per_pass=100)
 
 
 async def _call(fn: OnChange) -> None:

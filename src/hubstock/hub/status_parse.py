@@ -41,8 +41,11 @@ def parse_squeue(text: str) -> dict[str, JobInfo]:
         if len(parts) < 2 or not parts[0]:
             continue
         job_id, status = parts[0].strip(), parts[1].strip()
+        state = status.split(" ", 1)[0]
+        if state not in SLURM_STATES:
+            continue  # a line cut short ("RUNN"), or garbled: not listed (never taken as an end)
         reason = parts[2].strip() if len(parts) > 2 else ""
-        jobs[job_id] = JobInfo(job_id, status, status.split(" ", 1)[0], reason=reason)
+        jobs[job_id] = JobInfo(job_id, status, state, reason=reason)
     return jobs
 
 
@@ -114,10 +117,12 @@ def parse_qstat(text: str) -> dict[str, JobInfo]:
                 attrs[key] = value.strip()
             elif key and line.startswith("\t"):  # a long value goes on
                 attrs[key] += line.strip()
+        if attrs.get("job_state", "") not in PBS_STATES:
+            continue  # a block cut short before its state, or garbled: not listed
         jobs[job_id] = JobInfo(
             job_id,
             "\n".join(lines),
-            attrs.get("job_state", ""),
+            attrs["job_state"],
             exit_status=attrs.get("Exit_status", attrs.get("exit_status", "")),
             comment=attrs.get("comment", ""),
         )
@@ -127,6 +132,9 @@ def parse_qstat(text: str) -> dict[str, JobInfo]:
             jobs[number] = jobs[ids[0]]
     return jobs
 
+
+#: every job state of PBS Pro and Torque (``qstat -f``'s ``job_state``)
+PBS_STATES = frozenset("QHWTSUBREFXMC")
 
 #: why a Slurm job ended, by its state
 SLURM_ENDS = {
@@ -141,6 +149,24 @@ SLURM_ENDS = {
     "COMPLETED": "the server exited",
     "REVOKED": "the scheduler revoked it",
     "SPECIAL_EXIT": "it ended with a special exit state",
+}
+#: every Slurm job state squeue's %T prints (a line with another word is not read)
+SLURM_STATES = frozenset(SLURM_ENDS) | {
+    "PENDING",
+    "CONFIGURING",
+    "SUSPENDED",
+    "STOPPED",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+    "RUNNING",
+    "COMPLETING",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "POWER_UP_NODE",
+    "UPDATE_DB",
 }
 #: PBS Pro's own exit statuses (JOB_EXEC_KILL_*): a limit that killed the job
 PBS_PRO_LIMITS = {
