@@ -28,7 +28,9 @@ from hubstock.store.root import Root
 
 pytestmark = pytest.mark.integration
 
-UMASKS = [0o000, 0o002, 0o022, 0o077]
+#: the two ends: under 000 every bit hubstock does not set itself is open (so 002 and 022 open
+#: less), under 077 every bit for others it does not set is closed (the kernels must still run)
+UMASKS = [0o000, 0o077]
 
 KERNEL = {
     "argv": ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
