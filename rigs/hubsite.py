@@ -229,6 +229,8 @@ def hub_settings(
         f'state_dir = "{state_dir}"',
         f'authenticator = "{authenticator}"',
         f"idle_timeout = {idle_timeout}",
+        # the rigs' hubs start their own proxy, unless the caller runs it as the proxy's unit does
+        *([] if any(x.startswith("proxy_external") for x in extra_hub or []) else ["proxy_external = false"]),
         *(extra_hub or []),
         "",
         "[spawner]",

@@ -20,6 +20,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -125,6 +126,37 @@ def _get(url: str, ctx: ssl.SSLContext | None, timeout: float = 10) -> tuple[int
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
+
+
+class _Polling:
+    """A client that GETs ``url`` every 0.2 s in a thread (through ``client``: where the hub's
+    clients run) until stopped; what failed (a status other than 200, or no answer)."""
+
+    def __init__(self, client, url: str, ctx: ssl.SSLContext) -> None:
+        self.client, self.url, self.ctx = client, url, ctx
+        self.asked, self.failed = 0, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> _Polling:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.asked += 1
+            try:
+                status, _ = self.client(_get, self.url, self.ctx, timeout=5)
+                if status != 200:
+                    self.failed.append(f"HTTP {status}")
+            except OSError as e:
+                self.failed.append(repr(e))
+            self._done.wait(0.2)
+
+    def stop(self) -> tuple[int, list[str]]:
+        self._done.set()
+        self._thread.join(10)
+        return self.asked, self.failed
 
 
 def _wait_answering(url: str, ctx: ssl.SSLContext, timeout: float = 30) -> None:
@@ -238,6 +270,8 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
         kid = start_kernel(hub, user, token, KERNEL_NAME)
         execute(hub, user, token, kid, "kept = 6 * 7")
 
+        # a client asks the user's server for something every 0.2 s through the proxy, across the restart
+        polling = _Polling(client, f"{hub.url}/user/{user}/api", ctx).start()
         hub.stop()  # SIGTERM: the hub goes, the job and the proxy stay
         print(f"\nthe hub stopped {hub.stopped_in:.1f} s after SIGTERM, with its stock page service")
         assert cluster.jobs(active_only=True) == [job]
@@ -246,6 +280,9 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
 
         hub.start()
         hub.wait_for_server(user, token)
+        asked, failed = polling.stop()
+        print(f"{asked} requests through the proxy across the hub's restart, {len(failed)} failed")
+        assert asked >= 5 and failed == [], failed[:5]
         assert cluster.jobs(active_only=True) == [job]
         assert execute(hub, user, token, kid, "print(kept)").strip() == "42"
 

@@ -191,8 +191,10 @@ class HubSettings(_Model):
     proxy_api_port: int = Field(8001, gt=0, lt=65536)
     proxy_command: list[str] = Field(default_factory=lambda: ["configurable-http-proxy"])
     proxy_external: bool = Field(
-        False,
-        description="the proxy runs as its own service (spawner/systemd), so a hub restart keeps users on",
+        True,
+        description="the proxy runs as its own service (`hubstock units` renders it), so a hub restart "
+        "keeps users connected to their servers; false: the hub starts its own proxy, which stops "
+        "with it (a demo, or a hub run by hand without the proxy's service)",
     )
     proxy_user: str = Field(
         "hubstock-proxy",
