@@ -264,6 +264,15 @@ class Hub:
             time.monotonic() - t0
         )  # SIGTERM to exit, with its services (a figure, never asserted)
 
+    def kill(self) -> None:
+        """SIGKILL the hub and everything it started (its process group: the proxy, its services),
+        as a crash of its service would leave the node; the servers' batch jobs are the scheduler's."""
+        if not self.proc or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def log_tail(self, n: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])

@@ -30,7 +30,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -478,6 +478,40 @@ class SlurmRig:
                 raise RigError(f"slurmctld did not answer within {timeout} s\n{self.logs_tail()}")
             time.sleep(0.2)
         self._record_helpers()
+
+    def stop_slurmd(self, timeout: float = 10) -> None:
+        """Stop slurmd alone (TERM, wait, KILL), by its PID: a node whose daemon died. The controller
+        notices only after SlurmdTimeout; ``start_slurmd`` brings it back."""
+        self._refresh_pids()
+        slurmd = self.procs.get("slurmd")
+        if slurmd is None or not _alive(*slurmd):
+            raise RigError(f"slurmd is not running in {self.workdir}")
+        _terminate([slurmd], timeout=timeout)
+        self.procs.pop("slurmd", None)
+        self._save_state()
+
+    def start_slurmd(self, timeout: float = 60) -> None:
+        """Start slurmd again after ``stop_slurmd``; returns once the node is idle."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_files["slurmd"].unlink()
+        self._start_daemon("slurmd", ["slurmd", "-N", self.node], deadline)
+        self._wait_idle(deadline)
+        self._record_helpers()
+
+    @contextlib.contextmanager
+    def munged_frozen(self) -> Iterator[None]:
+        """munged stopped with SIGSTOP meanwhile (it holds its socket and answers nothing), then
+        SIGCONT: Slurm's commands hang until their timeouts."""
+        self._refresh_pids()
+        munged = self.procs.get("munged")
+        if munged is None or not _alive(*munged):
+            raise RigError(f"munged is not running in {self.workdir}")
+        os.kill(munged[0], signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(munged[0], signal.SIGCONT)
 
     def rpc_counts(self) -> dict[str, int]:
         """slurmctld's RPC counts by message type since start or ``reset_rpc_counts`` (``sdiag``)."""

@@ -630,17 +630,102 @@ def test_pbs_queues_and_nodes_are_read():
     assert torque["debug"].up and torque["debug"].cpus == 2 and torque["debug"].memory == 21694
 
 
-def test_a_scheduler_that_does_not_answer_fails_once():
-    checks = check_scheduler(
-        "slurm", (_queue("debug"),), lambda cmd: (1, "", "Unable to contact slurm controller")
+def test_a_scheduler_that_does_not_answer_fails_once_naming_the_daemon(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(
+        "SlurmctldHost=ctl01(10.0.0.1)\nAuthInfo=socket=/run/site/munge.socket\nSlurmdPort=7000\n"
     )
+    env = {"SLURM_CONF": str(conf)}
+    munge_asked: list[list[str]] = []
+
+    def munge(answer: tuple[int, str, str]):
+        def run(cmd: list[str]) -> tuple[int, str, str]:
+            munge_asked.append(cmd)
+            return answer
+
+        return run
+
+    down = lambda cmd: (1, "", "slurm_load_partitions: Unable to contact slurm controller (connect failure)")  # noqa: E731
+    checks = check_scheduler("slurm", (_queue("debug"),), down, env, munge((0, "", "")))
     assert statuses(checks) == {"scheduler": "FAIL"} and "Unable to contact" in checks[0].detail
+    assert checks[0].detail.startswith("slurmctld, Slurm's controller on ctl01, is not answering")
+    assert "start slurmctld on ctl01" in checks[0].fix
+    assert munge_asked[0][-1] == "/run/site/munge.socket"  # munge asked on slurm.conf's socket
+    # munged frozen: Slurm's commands time out, and so does munge
+    slow = lambda cmd: (124, "", "scontrol show partition -o did not answer within 15 s")  # noqa: E731
+    checks = check_scheduler(
+        "slurm", (_queue("debug"),), slow, env, munge((124, "", "munge -n did not answer"))
+    )
+    assert checks[0].detail.startswith(
+        "munged, the authentication daemon of Slurm's commands, is not answering"
+    )
+    assert "systemctl restart munge" in checks[0].fix
+    # a credential the controller refuses
+    refused = lambda cmd: (1, "", "slurm_load_partitions: Protocol authentication error")  # noqa: E731
+    checks = check_scheduler("slurm", (_queue("debug"),), refused, env, munge((0, "", "")))
+    assert "refused the hub node's munge credential" in checks[0].detail and "munge.key" in checks[0].fix
+    # PBS: the server
+    pbs_down = lambda cmd: (2, "", "Connection refused\nqstat: cannot connect to server pbs01 (errno=15010)")  # noqa: E731
+    checks = check_scheduler("pbs", (_queue("workq"),), pbs_down, {}, munge((0, "", "")))
+    assert checks[0].detail.startswith("the PBS server (pbs_server) is not answering")
+
+
+NODES_DOWN = (
+    "NodeName=n1 Arch=x86_64 CPUTot=4 NodeAddr=10.0.0.11 Partitions=debug State=IDLE Reason=(null)\n"
+    "NodeName=n2 Arch=x86_64 CPUTot=4 NodeAddr=10.0.0.12 Partitions=debug State=IDLE* Reason=Not responding\n"
+    "NodeName=n3 Arch=x86_64 CPUTot=4 NodeAddr=10.0.0.13 Partitions=gpu State=IDLE Reason=(null)\n"
+)
+PARTS_DOWN = "PartitionName=debug State=UP MaxTime=UNLIMITED Nodes=n[1-2]\nPartitionName=gpu State=UP MaxTime=UNLIMITED Nodes=n3\n"
+
+
+def test_the_node_daemons_of_the_sites_queues_are_named_when_down(tmp_path):
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("SlurmdPort=7000\n")
+
+    def slurm(cmd: list[str]) -> tuple[int, str, str]:
+        return 0, PARTS_DOWN if cmd[2] == "partition" else NODES_DOWN, ""
+
+    knocked: list[tuple[str, int]] = []
+
+    def knock(host: str, port: int) -> bool | None:
+        knocked.append((host, port))
+        return host == "10.0.0.13"  # nothing listens there
+
+    queues = (_queue("debug"), _queue("gpu"))
+    checks = check_scheduler("slurm", queues, slurm, {"SLURM_CONF": str(conf)}, slurm, knock)
+    nodes = next(c for c in checks if c.name == "scheduler.nodes")
+    assert nodes.status == "FAIL", nodes  # gpu has no node whose slurmd runs
+    assert "slurmd on node n2 is not running (State=IDLE*, Reason=Not responding)" in nodes.detail
+    assert "slurmd on node n3 is not running (nothing listens on 10.0.0.13:7000)" in nodes.detail
+    assert (
+        nodes.detail.endswith("no node of queue(s) gpu can run a server")
+        and "systemctl start slurmd" in nodes.fix
+    )
+    assert ("10.0.0.11", 7000) in knocked and not any(h == "10.0.0.12" for h, _ in knocked)
+    only_debug = check_scheduler("slurm", (_queue("debug"),), slurm, {"SLURM_CONF": str(conf)}, slurm, knock)
+    assert next(c for c in only_debug if c.name == "scheduler.nodes").status == "warn"  # n1 still serves
+
+    def pbs(cmd: list[str]) -> tuple[int, str, str]:
+        nodes = "vm\n     Mom = 198.18.0.1\n     Port = 15002\n     state = down\n     comment = node down: communication closed\n"
+        return 0, {"qstat": "Server ...", "qmgr": QMGR, "pbsnodes": nodes}[cmd[0]], ""
+
+    checks = check_scheduler("pbs", (_queue("workq"),), pbs, {}, pbs, knock)
+    nodes = next(c for c in checks if c.name == "scheduler.nodes")
+    assert (
+        nodes.status == "FAIL"
+        and "pbs_mom on node vm is not running (state = down, comment = node down" in nodes.detail
+    )
 
     def pbs(cmd: list[str]) -> tuple[int, str, str]:
         return 0, {"qstat": "Server ...", "qmgr": QMGR, "pbsnodes": PBSNODES_PRO}[cmd[0]], ""
 
     checks = check_scheduler("pbs", (_queue("workq"), _queue("nope")), pbs)
-    assert statuses(checks) == {"scheduler": "ok", "queue.workq": "ok", "queue.nope": "FAIL"}
+    assert statuses(checks) == {
+        "scheduler": "ok",
+        "queue.workq": "ok",
+        "queue.nope": "FAIL",
+        "scheduler.nodes": "ok",  # PBS Pro's pbsnodes without a Port: its state alone
+    }
 
 
 def test_doctor_without_a_probe_account_says_how_to_name_one(tmp_path):

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rigs.hubsite import free_port, hub_settings, start_hub
@@ -80,8 +81,11 @@ class DoctorSite:
         (d / "hubstock.toml").write_text(self.settings(**kw))  # type: ignore[arg-type]
         return d
 
-    def doctor(self, site: Path, *args: str, json_out: bool = True) -> tuple[int, list[dict], str]:
-        """Run ``hubstock doctor`` on ``site``; then no job may be left in the scheduler."""
+    def doctor(
+        self, site: Path, *args: str, json_out: bool = True, around: Any = None
+    ) -> tuple[int, list[dict], str]:
+        """Run ``hubstock doctor`` on ``site`` (inside ``around``, a context manager, if given);
+        then no job may be left in the scheduler."""
         env = {k: v for k, v in os.environ.items() if k not in ("HUBSTOCK_ROOT", "HUBSTOCK_SITE")}
         cmd = [
             sys.executable,
@@ -93,7 +97,8 @@ class DoctorSite:
             *(["--json"] if json_out else []),
             *args,
         ]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+        with around or contextlib.nullcontext():
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
         assert self.rig.jobs(active_only=True) == [], self.rig.job_states()
         assert not list(Path(f"~{USER}").expanduser().glob(".hubstock-doctor-*"))
         if not json_out:
@@ -124,7 +129,7 @@ EVERY_CHECK = {
     "generation.modules", "version.jupyterhub", "version.batchspawner", "hub", "port.port", "port.hub_port",
     "port.proxy_api_port", "hub.state_dir", "hub.secrets", "hub.tls", "hub.pam", "hub.allowed_group",
     "disk.state_dir", "disk.root",
-    "scheduler", "queue.debug", "queue.batch", "node.job", "node.root", "node.python", "node.glibc",
+    "spawner", "scheduler", "queue.debug", "queue.batch", "scheduler.nodes", "node.job", "node.root", "node.python", "node.glibc",
     "node.linux", "node.hub_api", "node.interpreter", "node.modules",
 }  # fmt: skip
 
@@ -147,9 +152,12 @@ def test_a_healthy_site_is_all_ok(request, scheduler):
     assert f"{connect}/hub/api" in by_name["node.hub_api"]["detail"]
 
 
-def doctor_on_openpbs(request: pytest.FixtureRequest) -> tuple[int, list[dict], str, str]:
+def doctor_on_openpbs(
+    request: pytest.FixtureRequest, mom_down: bool = False
+) -> tuple[int, list[dict], str, str]:
     """doctor on the OpenPBS rig: the hub, its proxy, doctor and the job all in the rig's network
-    namespace; the job reaches the hub's API by the rig's host name (hub_connect_ip)."""
+    namespace; the job reaches the hub's API by the rig's host name (hub_connect_ip). ``mom_down``:
+    with pbs_mom stopped meanwhile."""
     rig = request.getfixturevalue("openpbs_rig")  # first: without OpenPBS, skip before anything starts
     clusters = pytest.importorskip("rigs.clusters", reason="the hub tests' face of the OpenPBS rig")
     hub_workdir, channel = request.getfixturevalue("hub_workdir"), request.getfixturevalue("channel")
@@ -169,7 +177,13 @@ def doctor_on_openpbs(request: pytest.FixtureRequest) -> tuple[int, list[dict], 
     )  # fmt: skip
     try:
         cmd = [sys.executable, "-m", "hubstock", "--site", str(site), "doctor", "--json"]
-        p = rig.run(cmd, timeout=400, check=False)
+        if mom_down:
+            rig.stop_mom()
+        try:
+            p = rig.run(cmd, timeout=400, check=False)
+        finally:
+            if mom_down:
+                rig.start_mom()
         assert cluster.jobs() == []
     finally:
         hub.stop()
@@ -307,3 +321,59 @@ def test_an_interrupted_doctor_cancels_its_probe_job(ds):
     assert ds.rig.job_states().get(running[0]) == "CANCELLED", ds.rig.job_states()
     assert ds.rig.jobs(active_only=True) == []
     assert not list(Path(f"~{USER}").expanduser().glob(".hubstock-doctor-*"))
+
+
+def test_a_node_whose_slurmd_is_down_is_named_and_no_probe_job_is_left(ds):
+    ds.rig.stop_slurmd()
+    try:
+        code, checks, _ = ds.doctor(ds.site("slurmd-down"))  # (no job is left: DoctorSite.doctor)
+    finally:
+        ds.rig.start_slurmd()
+    print(f"\nslurmd down: {json.dumps([c for c in checks if c['status'] != 'ok'], indent=1)}")
+    bad = {c["name"]: c for c in checks if c["status"] != "ok"}
+    assert set(bad) == {"scheduler.nodes", "node.job"}, json.dumps(bad, indent=1)
+    nodes = bad["scheduler.nodes"]
+    assert nodes["status"] == "FAIL" and f"slurmd on node {ds.rig.node} is not running" in nodes["detail"]
+    assert "no node of queue(s) batch, debug can run a server" in nodes["detail"] and code == 1
+    assert bad["node.job"]["detail"] == "not run: see the scheduler.nodes check"
+
+
+def test_a_frozen_munged_is_named(ds):
+    code, checks, _ = ds.doctor(ds.site("munge-frozen"), around=ds.rig.munged_frozen())
+    bad = {c["name"]: c for c in checks if c["status"] != "ok"}
+    assert set(bad) == {"scheduler", "node.job"}, json.dumps(bad, indent=1)
+    said = bad["scheduler"]["detail"]
+    assert said.startswith("munged, the authentication daemon of Slurm's commands, is not answering"), said
+    assert str(ds.rig.munge_socket) in said and code == 1
+
+
+@pytest.mark.pbs
+def test_a_node_whose_pbs_mom_is_down_is_named_and_no_probe_job_is_left(request):
+    code, checks, err, _ = doctor_on_openpbs(request, mom_down=True)
+    bad = {c["name"]: c for c in checks if c["status"] != "ok"}
+    # the server saw the node go down too: its queues have no usable node
+    assert set(bad) == {"scheduler.nodes", "node.job", "queue.debug", "queue.batch"}, (
+        json.dumps(bad, indent=1) + err
+    )
+    assert (
+        bad["scheduler.nodes"]["status"] == "FAIL" and "pbs_mom on node" in bad["scheduler.nodes"]["detail"]
+    )
+    assert bad["node.job"]["detail"] == "not run: see the scheduler.nodes check" and code == 1
+
+
+def test_the_spawner_is_checked_as_the_sites_jupyterhub_config_makes_it(ds):
+    """A site's own batch_query_cmd is named and used by the probe job; a req_* hubstock refuses fails."""
+    site = ds.site("own-query")
+    config = site / "spawner" / "jupyterhub_config.py"
+    own = "squeue -h -j {job_id} -o '%T %N'"
+    config.write_text(config.read_text() + f"c.SlurmSpawner.batch_query_cmd = {own!r}\n")
+    code, checks, _ = ds.doctor(site)
+    by_name = {c["name"]: c for c in checks}
+    assert (
+        by_name["spawner"]["status"] == "ok" and f"batch_query_cmd = {own!r}" in by_name["spawner"]["detail"]
+    )
+    assert by_name["node.job"]["status"] == "ok" and code == 0, by_name["node.job"]
+    config.write_text(config.read_text() + 'c.SlurmSpawner.req_nprocs = "4"\n')
+    code, checks, _ = ds.doctor(site, "--no-job")
+    bad = only_failure(checks, "spawner")
+    assert bad["detail"].startswith("c.SlurmSpawner.req_nprocs = '4' would be ignored") and code == 1

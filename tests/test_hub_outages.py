@@ -60,6 +60,10 @@ NAMES = {
     "ended": f"hsend{RUN}",
     "queued": f"hsque{RUN}",
     "outstop": f"hsost{RUN}",
+    "killed1": f"hsk1{RUN}",
+    "killed2": f"hsk2{RUN}",
+    "killed3": f"hsk3{RUN}",
+    "killedq": f"hskq{RUN}",
 }
 MANY_USERS = [f"hsm{i:02d}{RUN}" for i in range(MANY)]
 HOSTILE = [
@@ -489,3 +493,44 @@ def test_a_stop_during_an_outage_then_a_hub_restart_still_cancels_the_job(hub, r
     _until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 60)
     print(f"\njob {job}, stopped during the outage, ended after the hub restarted")
     assert jobs_of(rig, user) == []
+
+
+def test_a_hub_killed_with_three_servers_running_and_one_queued_accounts_for_every_job(hub, rig, hub_workdir):
+    """SIGKILL (the hub, its proxy and its services): the restarted hub re-attaches the three
+    running jobs and cancels the queued one it no longer tracks; counted by asking Slurm."""
+    root = Root(hub_workdir / "root")
+    _keeping_servers(hub)
+    users = [NAMES["killed1"], NAMES["killed2"], NAMES["killed3"]]
+    queued = NAMES["killedq"]
+    toks = {u: token(hub, u) for u in [*users, queued]}
+    for u in users:
+        status, told, _ = spawn(hub, u, toks[u])
+        assert status in (201, 202) and running(hub, u, toks[u]), told
+    kept = {u: jobs_of(rig, u)[0] for u in users}
+    rig.run(["scontrol", "update", "PartitionName=batch", "State=DOWN"])  # its jobs queue, none starts
+    try:
+        status, answer = hub.request(
+            "POST", f"/hub/api/users/{queued}/server", token=toks[queued], body={"queue": "batch"}
+        )
+        assert status == 202, answer
+        _until("the job to be queued", lambda: jobs_of(rig, queued))
+        (pending,) = jobs_of(rig, queued)
+        record = root.sessions / f"{queued}.default.json"
+        _until("the session record to name the job", lambda: pending in record.read_text())
+        hub.kill()
+        assert active_jobs(rig) >= {*kept.values(), pending}  # the hub went, every job stayed
+        hub.start()
+        _until(
+            f"Slurm to end job {pending}", lambda: pending not in active_jobs(rig), timeout=4 * INTERVAL + 30
+        )
+    finally:
+        rig.run(["scontrol", "update", "PartitionName=batch", "State=UP"])
+    for u in users:
+        hub.wait_for_server(u, toks[u])
+        assert jobs_of(rig, u) == [kept[u]]  # the same job serves the user
+    assert jobs_of(rig, queued) == []  # the queue is open, and no job of the user is in it
+    assert active_jobs(rig) == set(kept.values()) == session_jobs(root)  # every job accounted for
+    assert "cancel-lost" in [ln["action"] for ln in audit(root) if ln.get("user") == queued]
+    for u in users:
+        stop(hub, u, toks[u])
+    rig.wait_no_jobs(timeout=120, active_only=True)

@@ -276,6 +276,22 @@ class OpenPBSRig(_StartupMixin, _DatastoreMixin, _NamespaceMixin, _ProcessesMixi
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
 
+    def stop_mom(self, timeout: float = 20) -> None:
+        """Stop pbs_mom alone (TERM, wait, KILL), by its PID: a node whose daemon died."""
+        mom = self.procs.get("pbs_mom")
+        if mom is None or not _alive(*mom):
+            raise RigError(f"pbs_mom is not running in {self.workdir}")
+        _terminate([mom], timeout=timeout)
+        self.procs.pop("pbs_mom", None)
+        self._save_state()
+
+    def start_mom(self, timeout: float = 60) -> None:
+        """Start pbs_mom again after ``stop_mom``; returns once the node is free."""
+        deadline = time.monotonic() + timeout
+        self._start_daemon("pbs_mom", [], deadline)
+        self._wait_free(deadline)
+        self._save_state()
+
     def __enter__(self) -> OpenPBSRig:
         if not self.running():
             self.start()

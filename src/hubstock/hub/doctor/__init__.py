@@ -34,6 +34,7 @@ from ...store.root import Root
 from ..hooks import BASE_PATH
 from ..units import state_dir
 from .disk import check_space
+from .effective import check_spawner, spawner_commands
 from .envs import (
     GenerationEnvs,
     check_interpreters_here,
@@ -52,7 +53,7 @@ from .hubcheck import (
     url_host,
 )
 from .job import ProbeJob, ProbePlan
-from .jobscript import job_commands, probe_options, probe_shell, render_probe_script
+from .jobscript import JobCommands, job_commands, probe_options, probe_shell, render_probe_script
 from .model import Check, exit_code, fail, format_check, ok, warn
 from .node import NodeExpect, node_checks
 from .rootcheck import (
@@ -132,9 +133,24 @@ def run_doctor(
     if sp.scheduler not in BATCH:
         add(ok("scheduler", f"none: servers run on the hub node ([spawner] scheduler = {sp.scheduler!r})"))
         return checks
-    add(*check_scheduler(sp.scheduler, sp.queues, run_command({**os.environ, **sp.environment})))
+    spawner_check, spawner = check_spawner(site)
+    add(spawner_check)
+    env = {**os.environ, **sp.environment}
+    add(
+        *check_scheduler(
+            sp.scheduler, sp.queues, run_command(env, timeout=15), env, run_command(env, timeout=5)
+        )
+    )
 
     if not opts.job:
+        return checks
+    down = [c for c in checks if c.name in ("scheduler", "scheduler.nodes") and c.status == "FAIL"]
+    if down:  # a probe job would wait for nothing, and could not be removed
+        add(
+            warn(
+                "node.job", f"not run: see the {down[0].name} check", "fix that first, then run doctor again."
+            )
+        )
         return checks
     user = opts.as_user or site.settings.doctor.user
     if not user:
@@ -155,7 +171,8 @@ def run_doctor(
             )
         )
         return checks
-    plan_or_check = _plan(site, opts, user, queue, gen, manifest, envs, running.running, log)
+    cmds = spawner_commands(spawner) if spawner is not None else job_commands(site)
+    plan_or_check = _plan(site, opts, user, queue, gen, manifest, envs, running.running, cmds, log)
     if isinstance(plan_or_check, Check):
         add(plan_or_check)
         return checks
@@ -186,6 +203,7 @@ def _plan(
     manifest: GenerationManifest,
     envs: GenerationEnvs,
     hub_running: bool,
+    cmds: JobCommands,
     log: Callable[[str], None],
 ) -> tuple[ProbePlan, NodeExpect] | Check:
     """The probe job, ready to submit, and what its report should show; or why it cannot run."""
@@ -247,7 +265,6 @@ def _plan(
         HOME=str(home),
         SHELL=pw.pw_shell,
     )
-    cmds = job_commands(site)
     command = f"/bin/sh {shlex.quote(str(probe_dir / 'probe.sh'))}"
     script = render_probe_script(cmds, sp, opts_job, user, str(home), ",".join(env), command)
     plan = ProbePlan(

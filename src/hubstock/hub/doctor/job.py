@@ -116,6 +116,7 @@ class ProbeJob:
         self.t_submit = time.time()
         self.kept: set[Path] = set()
         self.made = False  # the probe's folder exists
+        self.forced = False  # the job was deleted by force
 
     def as_user(self, template: str) -> str:
         subvars = {"username": self.plan.user, "job_id": self.job or ""}
@@ -159,8 +160,10 @@ class ProbeJob:
             return ProbeResult(
                 fail(
                     "node.job",
-                    f"job {self.job} is still in the scheduler after cancelling it ({self.state})",
-                    f"cancel it by hand (`{self.as_user(p.cmds.cancel)}`).",
+                    f"job {self.job} is still in the scheduler after cancelling it"
+                    f"{' and deleting it by force' if self.forced else ''} ({self.state}); the scheduler "
+                    "keeps it until the daemon of its node answers (see scheduler.nodes)",
+                    f"start that node's daemon, or cancel the job by hand (`{self.as_user(p.cmds.cancel)}`).",
                 ),
                 None,
                 self.job,
@@ -322,6 +325,13 @@ class ProbeJob:
                 deadline = time.monotonic() + 30
                 while self.query() != "gone" and time.monotonic() < deadline:
                     time.sleep(0.5)
+                if self.state != "gone" and p.cmds.force_cancel:  # its node's daemon does not answer
+                    p.log(f"job {self.job} outlived the cancel; deleting it by force")
+                    _shell(self.as_user(p.cmds.force_cancel), p.query_env, p.cwd, timeout=30)
+                    self.forced = True
+                    deadline = time.monotonic() + 15
+                    while self.query() != "gone" and time.monotonic() < deadline:
+                        time.sleep(0.5)
                 left = self.state != "gone"
             for log in [] if left else self._logs():
                 with contextlib.suppress(OSError):

@@ -56,6 +56,8 @@ class JobCommands:
     template: str
     srun: str
     prologue: str
+    #: deletes a job the cancel left (PBS Pro's ``qdel -W force``: a job whose mom is down); '': none
+    force_cancel: str = ""
 
 
 def job_commands(site: Site) -> JobCommands:
@@ -86,6 +88,7 @@ def job_commands(site: Site) -> JobCommands:
         submit=sp.submit_cmd.replace("{site}", str(site.dir)) if sp.submit_cmd else d["batch_submit_cmd"],
         query=d["batch_query_cmd"],
         cancel=d["batch_cancel_cmd"],
+        force_cancel=PBS_FLAVOURS["pro"]["batch_force_cancel_cmd"] if scheduler == "pbs" else "",
         pending_re=d["state_pending_re"],
         running_re=d["state_running_re"],
         template=template_file.read_text() if template_file.is_file() else default_script,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ...limits import Queue, format_memory, format_walltime
+from .daemons import Knock, check_node_daemons, knock, scheduler_down
 from .model import Check, fail, ok
 
 Runner = Callable[[list[str]], tuple[int, str, str]]
@@ -324,29 +325,35 @@ QUERIES: dict[str, list[list[str]]] = {
 NAMES = {"slurm": "Slurm", "pbs": "PBS", "torque": "the Torque commands"}
 
 
-def check_scheduler(scheduler: str, queues: tuple[Queue, ...], run: Runner) -> list[Check]:
-    """``scheduler``: its commands answer; then one ``queue.<name>`` check per queue of the site."""
+def check_scheduler(
+    scheduler: str,
+    queues: tuple[Queue, ...],
+    run: Runner,
+    env: Mapping[str, str] | None = None,
+    run_short: Runner | None = None,
+    knock: Knock = knock,
+) -> list[Check]:
+    """``scheduler``: its commands answer (if not, which daemon does not: the controller, munged;
+    :func:`~.daemons.scheduler_down`, which asks munge through ``run_short``); then one
+    ``queue.<name>`` check per queue of the site, and ``scheduler.nodes``: the node daemons of
+    their nodes run (:func:`~.daemons.check_node_daemons`). ``env``: the commands' environment."""
     outputs = []
     for cmd in QUERIES[scheduler]:
         code, out, err = run(cmd)
         if code != 0:
             problem = (err or out).strip().splitlines()[-1:] or [f"exit code {code}"]
-            return [
-                fail(
-                    "scheduler",
-                    f"`{' '.join(cmd)}` failed on the hub node: {problem[0][:200]}",
-                    "install the scheduler's client commands on the hub node and give them its configuration "
-                    "([spawner] environment, e.g. SLURM_CONF).",
-                )
-            ]
+            return [scheduler_down(scheduler, cmd, code, problem[0], env or {}, run_short or run)]
         outputs.append(out)
     if scheduler == "slurm":
+        node_records: list[dict[str, str]] | dict[str, dict[str, str]] = parse_slurm_records(outputs[1])
         found = slurm_limits(parse_slurm_records(outputs[0]), parse_slurm_records(outputs[1]))
     else:
-        found = pbs_limits(parse_pbs_blocks(outputs[-2]), parse_pbs_blocks(outputs[-1]))
+        node_records = parse_pbs_blocks(outputs[-1])
+        found = pbs_limits(parse_pbs_blocks(outputs[-2]), node_records)
     known = sorted(found)
     checks = [
         ok("scheduler", f"{NAMES[scheduler]} answers on the hub node; queues: {', '.join(known) or 'none'}")
     ]
     checks += [compare_queue(q, found.get(q.name), scheduler, known) for q in queues]
+    checks.append(check_node_daemons(scheduler, queues, node_records, env or {}, knock))
     return checks
