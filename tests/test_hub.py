@@ -5,8 +5,8 @@ OpenPBS (PBS Pro) in its own network namespace, PAM users with passwords,
 configurable-http-proxy, JupyterHub running the site's own ``spawner/jupyterhub_config.py``,
 and servers that run as batch jobs from the published server build.
 
-Every test runs once per hub: ``slurm``, ``torque`` (Slurm's PBS wrappers), ``slurm-postgresql``
-(the hub's database in PostgreSQL) and ``pbs`` (OpenPBS; marked ``pbs``). On OpenPBS the hub,
+Every test runs once per hub: ``slurm-postgresql`` (Slurm, the hub's database in PostgreSQL),
+``torque`` (Slurm's PBS wrappers) and ``pbs`` (OpenPBS; marked ``pbs``). On OpenPBS the hub,
 its proxy, the servers and the test's requests all stay inside the rig's namespace. The tests
 ask the scheduler through one face (:class:`rigs.clusters.Cluster`, the ``rig`` fixture).
 """
@@ -33,7 +33,9 @@ from hubstock.store.root import Root
 
 pytestmark = pytest.mark.hub
 #: the hubs every test runs on: scheduler[-database]
-HUBS = ["slurm", "torque", "slurm-postgresql", pytest.param("pbs", marks=pytest.mark.pbs)]
+#: Slurm's hub keeps its database in PostgreSQL here; every other hub of the suite (outages,
+#: lifecycle, doctor, the stock page, the browser) in SQLite, the default
+HUBS = ["slurm-postgresql", "torque", pytest.param("pbs", marks=pytest.mark.pbs)]
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = secrets.token_hex(2)  # fresh user names each run: never a leftover or another run's user
@@ -74,7 +76,7 @@ def cluster_for(request: pytest.FixtureRequest, scheduler: str) -> Cluster:
 
 @pytest.fixture(scope="module", params=HUBS)
 def hub(request, hub_workdir, site, channel, users):
-    """The hub on each scheduler; once more with PostgreSQL as its database (SQLite otherwise)."""
+    """The hub on each scheduler (Slurm's with PostgreSQL as its database, the others' SQLite)."""
     workdir = hub_workdir
     scheduler, _, database = request.param.partition("-")
     cluster = cluster_for(request, scheduler)

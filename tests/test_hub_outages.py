@@ -503,9 +503,16 @@ def test_a_hub_killed_with_three_servers_running_and_one_queued_accounts_for_eve
     users = [NAMES["killed1"], NAMES["killed2"], NAMES["killed3"]]
     queued = NAMES["killedq"]
     toks = {u: token(hub, u) for u in [*users, queued]}
+    answers: dict[str, tuple[int, str, float]] = {}
+    threads = [
+        threading.Thread(target=lambda u=u: answers.update({u: spawn(hub, u, toks[u])})) for u in users
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     for u in users:
-        status, told, _ = spawn(hub, u, toks[u])
-        assert status in (201, 202) and running(hub, u, toks[u]), told
+        assert answers[u][0] in (201, 202) and running(hub, u, toks[u]), answers.get(u)
     kept = {u: jobs_of(rig, u)[0] for u in users}
     rig.run(["scontrol", "update", "PartitionName=batch", "State=DOWN"])  # its jobs queue, none starts
     try:
@@ -532,5 +539,7 @@ def test_a_hub_killed_with_three_servers_running_and_one_queued_accounts_for_eve
     assert active_jobs(rig) == set(kept.values()) == session_jobs(root)  # every job accounted for
     assert "cancel-lost" in [ln["action"] for ln in audit(root) if ln.get("user") == queued]
     for u in users:
-        stop(hub, u, toks[u])
+        hub.request("DELETE", f"/hub/api/users/{u}/server", token=toks[u], timeout=60)
+    for u in users:
+        hub.wait_stopped(u, toks[u], timeout=120)
     rig.wait_no_jobs(timeout=120, active_only=True)
