@@ -11,7 +11,10 @@ site's own ``spawner/jupyterhub_config.py``:
 
 - as root: a private single-node Slurm (``DIR/slurm``) runs the servers as batch
   jobs of a PAM user (``demo``, home under ``DIR/homes``, password generated once
-  and kept in ``DIR/demo-password``, mode 0600);
+  and kept in ``DIR/demo-password``, mode 0600), and the proxy runs on its own, as the
+  rendered ``hubstock-proxy.service`` runs it (``[hub] proxy_external = true``, the default):
+  ``--check`` restarts the hub while it asks the user's server for something every 0.2 s
+  through the proxy, and no request fails;
 - as root with ``--scheduler pbs``: a private single-node OpenPBS (PBS Pro, ``DIR/openpbs``,
   built once from ``HUBSTOCK_OPENPBS_SOURCE``) runs them instead. That rig lives in its own
   network namespace, and so do the hub and its proxy; the demo relays the printed address
@@ -20,7 +23,7 @@ site's own ``spawner/jupyterhub_config.py``:
   login with any name and the password the hub keeps in ``DIR/state/demo_password``.
 
 It prints the address and the credentials and runs until Ctrl-C (or SIGTERM), then
-stops the hub (which stops the servers and the proxy) and the Slurm rig, by PID.
+stops the servers, the hub, the proxy and the Slurm rig, by PID.
 A second run reuses the builds: the locks are fresh, the builds up to date and the
 generation unchanged, so it only starts things. ``--check`` brings everything up,
 logs in with the printed credentials, starts a server, checks that it lists
@@ -35,19 +38,24 @@ import os
 import pwd
 import re
 import signal
+import socket
 import stat
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from hubstock.errors import HubstockError
-from hubstock.hub.config import ensure_secret_file
+from hubstock.hub.config import ensure_secret_file, ensure_state_dir
+from hubstock.hub.units import TOKEN_CREDENTIAL, Executables, proxy_command
+from hubstock.site import load_site
 from hubstock.store.generations import resolve_current
 from hubstock.store.root import Root
 
 from .channel import cached_channel
 from .clusters import PBSCluster
-from .hub_rig import Forwarder, Hub, HubError
+from .hub_rig import Forwarder, Hub, HubError, ensure_chp
 from .hubsite import base_settings, build_site, free_port, hub_settings, start_hub, test_cache
 from .openpbs import OpenPBSRig
 from .slurm_rig import (
@@ -117,6 +125,7 @@ class Demo:
         self.cluster: PBSCluster | None = None
         self.forwarder: Forwarder | None = None
         self.hub: Hub | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
         self.channel: Path | None = None
         self.url = ""
 
@@ -179,6 +188,9 @@ class Demo:
         else:
             settings = {"scheduler": "slurm" if self.as_root else "simple", "slurm_conf": slurm_conf}
             hub_env = self.rig.env if isinstance(self.rig, SlurmRig) else None
+        # with Slurm, the proxy runs on its own as its unit does; in the OpenPBS rig's namespace and
+        # without root, the hub starts its own (which stops with it)
+        own_proxy = self.as_root and not self.cluster
         (self.site / "hubstock.toml").write_text(
             hub_settings(
                 self.root,
@@ -186,15 +198,19 @@ class Demo:
                 self.state,
                 ports=ports,
                 authenticator="pam" if self.as_root else "shared-password",
+                extra_hub=["proxy_external = true"] if own_proxy else None,
                 **settings,
             )
         )
+        if own_proxy:
+            self.start_proxy(ports[2])
         self.hub = start_hub(
             self.site,
             port,
             self.dir / "hub.log",
             hub_env,
             start=False,
+            cleanup_servers=not own_proxy,  # with its own proxy, the hub restarts without its servers
             launcher=self.cluster.launcher if self.cluster else None,
             netns=self.cluster.netns if self.cluster else None,
         )
@@ -204,6 +220,37 @@ class Demo:
         self.url = self.hub.url + "/"
         if not self.as_root:
             self.password = (self.state / "demo_password").read_text().strip()
+
+    def start_proxy(self, api_port: int) -> None:
+        """configurable-http-proxy on its own, with the command line ``hubstock units`` renders for
+        ``hubstock-proxy.service`` (its token from a credentials folder, as systemd gives it)."""
+        site = load_site(self.site)
+        state = ensure_state_dir(site)
+        creds = self.dir / "proxy-credentials"
+        creds.mkdir(mode=0o700, exist_ok=True)
+        token = creds / TOKEN_CREDENTIAL
+        token.write_text(ensure_secret_file(state / "proxy_auth_token") + "\n")
+        token.chmod(0o600)
+        exe = Executables(jupyterhub=sys.executable, proxy=str(ensure_chp(test_cache())))
+        with open(self.dir / "proxy.log", "ab") as log:
+            self.proxy = subprocess.Popen(
+                ["sh", "-c", proxy_command(site, exe, credentials=str(creds))],
+                cwd=self.dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        (self.dir / "proxy.pid").write_text(f"{self.proxy.pid}\n")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", api_port), timeout=1).close()
+                break
+            except OSError:
+                if self.proxy.poll() is not None or time.monotonic() > deadline:
+                    raise DemoError(f"the proxy did not start; see {self.dir / 'proxy.log'}") from None
+                time.sleep(0.1)
+        say(f"the proxy runs on its own (pid {self.proxy.pid}), as hubstock-proxy.service would run it")
 
     def stop_leftovers(self) -> None:
         """What an earlier run on this directory left running because it was killed: stop it by PID."""
@@ -217,6 +264,16 @@ class Demo:
             if st and Path(cwd) == self.site:
                 say(f"stopping the hub an earlier run left running (pid {pid})")
                 _terminate([(pid, st[2])], timeout=90)
+        try:
+            pid = int((self.dir / "proxy.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+        else:
+            st = _proc_stat(pid)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if st else b""
+            if st and str(self.dir).encode() in cmdline:
+                say(f"stopping the proxy an earlier run left running (pid {pid})")
+                _terminate([(pid, st[2])], timeout=30)
         if self.as_root and (rig := SlurmRig(self.dir / "slurm")).running():
             say("stopping the Slurm rig an earlier run left running")
             rig.stop()
@@ -281,6 +338,8 @@ class Demo:
         if listed != sorted(kernels) or "python3" in listed:
             raise DemoError(f"the server lists kernels {listed} ({status}), not the published {kernels}")
         say(f"check: the server lists exactly the published kernels: {', '.join(listed)}")
+        if self.proxy:
+            self.check_restart(user, token)
         status, _ = hub.request("DELETE", f"/hub/api/users/{user}/server", token=token)
         if status not in (202, 204):
             raise DemoError(f"stopping the server failed ({status})")
@@ -291,7 +350,61 @@ class Demo:
             self.rig.wait_no_jobs(timeout=60, active_only=True)
         say("check: the server stopped; all good")
 
+    def check_restart(self, user: str, token: str) -> None:
+        """The hub restarts while a client asks the user's server for something every 0.2 s
+        through the proxy: no request may fail."""
+        hub = self.hub
+        assert hub is not None
+        asked, failed, done = [0], [], threading.Event()  # type: ignore[var-annotated]
+
+        def poll() -> None:
+            while not done.is_set():
+                asked[0] += 1
+                try:  # the server's own API root: it answers without asking the hub
+                    status, _ = hub.request("GET", f"/user/{user}/api", timeout=5)
+                except OSError as e:
+                    status = repr(e)
+                if status != 200:
+                    failed.append(status)
+                done.wait(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        t0 = time.monotonic()
+        try:
+            hub.stop()
+            hub.start(timeout=120)
+            hub.wait_for_server(user, token, timeout=120)
+        finally:
+            done.set()
+            poller.join(10)
+        if failed:
+            raise DemoError(
+                f"{len(failed)} of {asked[0]} requests failed while the hub restarted: {failed[:5]}"
+            )
+        say(
+            f"check: the hub restarted in {time.monotonic() - t0:.1f} s; the server answered all "
+            f"{asked[0]} requests through the proxy meanwhile"
+        )
+
     # -- stop ------------------------------------------------------------------------------
+
+    def stop_server(self) -> None:
+        """The demo user's server, if it runs (best effort: the rig cancels a job that is left)."""
+        hub = self.hub
+        if hub is None or not self.password:
+            return
+        try:
+            status, token = hub.token_for(self.user, self.password)
+            if status != 201 or not token:
+                return
+            status, model = hub.request("GET", f"/hub/api/users/{self.user}", token=token)
+            if status == 200 and isinstance(model, dict) and model.get("servers"):
+                say(f"stopping {self.user}'s server...")
+                hub.request("DELETE", f"/hub/api/users/{self.user}/server", token=token)
+                hub.wait_stopped(self.user, token, timeout=60)
+        except (HubError, OSError, AssertionError) as e:
+            say(f"could not stop {self.user}'s server through the hub ({e}); the rig cancels its job")
 
     def stop(self) -> bool:
         """Stop the hub (it stops its servers and proxy), then the rig; True if nothing is left."""
@@ -299,12 +412,19 @@ class Demo:
         if self.hub and self.hub.proc and self.hub.proc.poll() is None:
             pid = self.hub.proc.pid
             kids = [(p, st[2]) for p in _descendants(pid) if (st := _proc_stat(p))]
-            say("stopping the hub (its servers and the proxy with it)...")
+            if self.proxy:  # the hub keeps its servers across restarts: stop the user's first
+                self.stop_server()
+            say("stopping the hub" + ("..." if self.proxy else " (its servers and the proxy with it)..."))
             self.hub.stop()
             if left := [(p, s) for p, s in kids if _alive(p, s)]:
                 say(f"the hub left {len(left)} process(es) running; stopping them: {[p for p, _ in left]}")
                 _terminate(left)
             stopped.append("hub")
+        if self.proxy and self.proxy.poll() is None:
+            say("stopping the proxy...")
+            _terminate([(self.proxy.pid, st[2])] if (st := _proc_stat(self.proxy.pid)) else [], timeout=15)
+            self.proxy.wait()
+            stopped.append("proxy")
         if self.forwarder:
             self.forwarder.close()
         if self.cluster:

@@ -158,12 +158,22 @@ def test_a_kernel_whose_executable_is_missing_is_one_sentence(make_site, hubstoc
     assert listing(world_tmp) == before
 
 
-def test_gc_dry_run_on_a_fresh_root_creates_nothing(make_site, hubstock, world_tmp, channel_url):
+def test_a_root_that_does_not_exist_is_said_and_never_made_by_a_reader(
+    make_site, hubstock, world_tmp, channel_url
+):
+    """A missing root is most often an unmounted shared filesystem: verify, gc and rollback say so
+    (exit 2) and status marks it; none of them makes one."""
     root = world_tmp / "root"
     site = _site_with(make_site, world_tmp, f'root = "{root}"', channel_url)
-    for cmd in (["gc", "--dry-run"], ["status"], ["verify"]):
-        assert hubstock(site, *cmd).returncode == 0
+    for cmd in (["gc", "--dry-run"], ["gc"], ["verify"], ["rollback"]):
+        one_sentence(
+            hubstock(site, *cmd), 2, f"the root {root} does not exist", "is the shared filesystem mounted"
+        )
         assert not root.exists()
+    res = hubstock(site, "status")
+    assert res.returncode == 0 and f"root: {root} (does not exist: " in res.stdout, res.stdout
+    assert json.loads(hubstock(site, "status", "--json").stdout)["root_exists"] is False
+    assert not root.exists()
     root.mkdir()
     os.chmod(root, 0o750)
     before = listing(world_tmp)

@@ -4,6 +4,7 @@ changes the root, saying what was done."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -84,7 +85,7 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     assert run("rollback", "2") == {"generation": "0002"}
 
     dry = run("gc", "--keep", "1", "--dry-run")
-    assert dry["dry_run"] is True and dry["would_remove"]["generations"] == ["0001"]
+    assert dry["dry_run"] is True and dry["removed"]["generations"] == ["0001"]
     done = run("gc", "--keep", "1")
     assert done["removed"]["generations"] == ["0001"] and done["kept"]["generations"] == ["0002"]
     assert f"py/{second['build']}" in done["kept"]["builds"]
@@ -92,6 +93,17 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     report = run("verify")
     assert report["ok"] is True and {b["build"] for b in report["builds"]} >= {second["build"]}
     assert all(b["findings"] == [] for b in report["builds"])
+    # a damaged file is a finding with its fields, not a text line
+    from hubstock.store.root import Root
+
+    prefix = Root(site.root).build("py", second["build"])
+    victim = next(p for p in (prefix / "lib").rglob("*.py") if p.is_file())
+    victim.chmod(0o644)
+    victim.write_text(victim.read_text() + "# changed\n")
+    damaged = json.loads(hubstock(site, "verify", "--json").stdout)
+    found = [f for b in damaged["builds"] for f in b["findings"]]
+    assert found and all(set(f) == {"flags", "path", "package"} for f in found), found
+    assert any(f["path"].endswith(victim.name) and "5" in f["flags"] for f in found), found
     assert hubstock(site, "gc", "--keep", "0").returncode == 2  # usage: 2
     assert hubstock(site, "rollback", "99").returncode == 2
 
@@ -111,6 +123,7 @@ USAGE_MISTAKES = [
     ["publish", "--bogus"],
     ["doctor", "--bogus"],
     ["units", "--bogus"],
+    ["-q", "status", "-v"],
 ]
 
 
@@ -122,3 +135,27 @@ def test_every_command_exits_2_for_a_usage_mistake(make_site, hubstock, argv):
     res = hubstock(site, *argv)
     assert res.returncode == 2, (argv, res.returncode, res.stderr)
     assert "Traceback" not in res.stderr and res.stderr.strip(), res.stderr
+
+
+def test_each_commands_help_says_what_it_does_and_what_v_and_q_do():
+    from hubstock.cli import COMMANDS, _parser
+
+    parser = _parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in COMMANDS:
+        text = sub.choices[name].format_help()
+        assert f"hubstock {name}: " in text, text  # its description, not only the usage line
+        assert "as above" not in text and "not with -q" in text and "not with -v" in text, text
+
+
+@pytest.mark.parametrize("command", ["units", "doctor"])
+def test_hub_commands_without_the_hub_extra_say_what_to_install(tmp_path, command):
+    (tmp_path / "hubstock.toml").write_text(f'root = "{tmp_path / "root"}"\n')
+    code = (
+        "import sys; sys.modules['batchspawner'] = None  # as on an install without hubstock[hub]\n"
+        "from hubstock.cli import main\n"
+        f"raise SystemExit(main(['--site', {str(tmp_path)!r}, {command!r}]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"hubstock {command} runs on the hub node" in res.stderr and "hubstock[hub]" in res.stderr

@@ -406,7 +406,7 @@ def test_the_spawn_form_and_what_the_scheduler_gives_the_job(hub, rig):
     _stop(hub, rig, BOB, token)
 
 
-def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig):
+def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig, hub_workdir):
     token = _token(hub, ALICE)
     blocker = rig.occupy(BOB, "debug")  # the whole node, for a job of someone else
     try:
@@ -431,6 +431,37 @@ def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig):
     assert f"Job {job.id} is queued in queue 'debug', waiting for a node..." in messages, messages
     assert f"Job {job.id} is running on {rig.node}; starting JupyterLab..." in messages, messages
     _stop(hub, rig, ALICE, token)
+    _a_killed_hub_cancels_the_job_that_waits(hub, rig, token, Root(hub_workdir / "root"))
+
+
+def _a_killed_hub_cancels_the_job_that_waits(hub: Hub, rig: Cluster, token: str, root: Root) -> None:
+    """The hub killed (SIGKILL: with its proxy and services) while a spawn waits in the queue: the
+    restarted hub no longer tracks the job and cancels it. Orphans are counted by asking the
+    scheduler, not the hub."""
+    blocker = rig.occupy(BOB, "debug")
+    try:
+        _until(lambda: (j := rig.active_jobs().get(blocker)) is not None and j.running)
+        status, answer = hub.request("POST", f"/hub/api/users/{ALICE}/server", token=token, body={})
+        assert status == 202, answer
+        _until(lambda: [j for j in rig.active_jobs().values() if j.user == ALICE])
+        queued = rig.user_job(ALICE)
+        assert not queued.running
+        record = root.sessions / f"{ALICE}.default.json"
+        _until(lambda: queued.id in record.read_text())  # the session record names the job
+        hub.kill()
+        assert queued.id in rig.active_jobs()  # the hub went, the job stayed
+        hub.start()
+        _until(lambda: queued.id not in rig.active_jobs())
+    finally:
+        rig.delete(blocker)
+    rig.wait_no_jobs(timeout=60)  # not one job of anybody: the queued one did not start either
+
+
+def _until(check, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
 
 
 def test_a_job_deleted_outside_the_hub_is_noticed(hub, rig, site):

@@ -238,7 +238,7 @@ def _waiting_line(site, holder_code: str, lock_target: str) -> tuple[str, int]:
         holder.kill()
         holder.wait()
         assert waiter.wait(60) == 0
-        return line.split("] ", 1)[-1].strip(), holder.pid
+        return line.removeprefix("hubstock: ").strip(), holder.pid  # shown even without progress
     finally:
         holder.kill()
         holder.wait()
@@ -251,7 +251,7 @@ def test_the_lock_is_the_admins_and_waiting_names_the_real_holder(make_site, hub
     assert stat.S_IMODE(root.lock_file.stat().st_mode) == 0o600
     # a process that holds the lock and has written nothing (yet): named by its pid, not the earlier one
     line, pid = _waiting_line(site, HOLD_RAW, str(root.lock_file))
-    assert line == f"waiting for process {pid} to finish with {root.path}"
+    assert line == f"waiting for process {pid} to finish with {root.path} (Ctrl-C gives up)"
     # a hubstock that holds it says who it is
     line, pid = _waiting_line(site, HOLD_HUBSTOCK, str(root.path))
     assert line.startswith(f"waiting for hubstock pid {pid} on {socket.gethostname()} (user "), line

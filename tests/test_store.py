@@ -186,3 +186,20 @@ def test_store_uses_only_the_standard_library_and_pydantic():
         text = py.read_text()
         for banned in ("..admin", "..hub", "rattler", "conda_lock", "jupyterhub", "traitlets", "yaml"):
             assert banned not in text.replace("hubstock.store", ""), f"{py.name} mentions {banned}"
+
+
+def test_a_wait_for_the_root_lock_is_said_again_while_it_lasts(monkeypatch):
+    import threading
+    import time
+
+    from hubstock.store import root as root_module
+
+    monkeypatch.setattr(root_module, "REMIND_EVERY", 0.05)
+    said: list[str] = []
+    release = threading.Event()
+    with root_module._reminding(said.append, "still waiting for pid 7 to finish with /r"):
+        release.wait(0.3)  # blocked, as flock blocks
+    n = len(said)
+    time.sleep(0.15)
+    assert n >= 2 and len(said) == n, said  # said while it lasted, and no more after
+    assert said[0].startswith("still waiting for pid 7 to finish with /r (") and said[0].endswith(" s)")

@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--site", help="the site repository (default: $HUBSTOCK_SITE or the current directory)")
     p.add_argument("--root", help="the shared root (default: $HUBSTOCK_ROOT or 'root' in hubstock.toml)")
-    p.add_argument("-v", "--verbose", action="store_true", help="show progress and commands' output")
-    p.add_argument("-q", "--quiet", action="store_true", help="show no progress, only errors")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     p.add_argument("--version", action="version", version=f"hubstock {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -114,10 +114,17 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the probe job may take (default: [doctor] timeout)",
     )
 
+    # each command's own --help opens with what the command list says of it
+    for choice in sub._choices_actions:  # argparse keeps the commands' help texts there
+        sub.choices[choice.dest].description = f"hubstock {choice.dest}: {choice.help}."
     for cmd in sub.choices.values():  # -v and -q after the command too (SUPPRESS: unset keeps the top's)
-        cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="as above")
-        cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="as above")
+        cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        cmd.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return p
+
+
+VERBOSE_HELP = "show every step and the output of the commands hubstock runs (not with -q)"
+QUIET_HELP = "show no progress, only warnings and errors (not with -v)"
 
 
 def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
@@ -213,6 +220,18 @@ def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def _existing_root(site: Site) -> None:
+    """A command that reads or changes what was built: the root must be there (a root that is
+    missing is most often a shared filesystem that is not mounted, never an empty site)."""
+    from .errors import SiteError
+
+    if not Path(site.root).is_dir():
+        raise SiteError(
+            f"the root {site.root} does not exist: is the shared filesystem mounted there? Check `root` "
+            "in hubstock.toml, --root or HUBSTOCK_ROOT (`hubstock build` makes a new root)."
+        )
+
+
 def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.status import collect_status, format_status
 
@@ -241,6 +260,7 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.publish.rollback import rollback
 
+    _existing_root(site)
     gen = rollback(site, args.generation, progress)
     print(json.dumps({"generation": gen}, indent=2) if args.json else f"generation {gen} is current")
     return 0
@@ -252,11 +272,12 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     keep = args.keep if args.keep is not None else site.settings.gc.keep
     if keep < 1:
         raise UsageError(f"--keep {keep}: at least the current generation is kept; use 1 or more.")
+    _existing_root(site)
     plan = gc(site, keep, args.dry_run, progress)
     if args.json:
-        doc = {
+        doc = {  # the same keys with --dry-run: "removed" is then what a run without it removes
             "dry_run": args.dry_run,
-            "removed" if not args.dry_run else "would_remove": {
+            "removed": {
                 "generations": plan.generations,
                 "builds": plan.builds,
                 "packages": plan.packages,
@@ -277,9 +298,24 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def _hub_extra(command: str) -> None:
+    """``units`` and ``doctor`` run on the hub node, with the hub's packages: one sentence without them."""
+    from .errors import SiteError
+
+    for name in ("jupyterhub", "batchspawner"):
+        try:
+            __import__(name)
+        except ImportError:
+            raise SiteError(
+                f"hubstock {command} runs on the hub node and needs the hub's packages ({name} is not "
+                "installed here); install them with `pip install 'hubstock[hub]'`."
+            ) from None
+
+
 def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     import shutil
 
+    _hub_extra("units")
     from .errors import SiteError
     from .hub.config import ensure_secret_file, ensure_state_dir
     from .hub.units import Executables, render_units
@@ -351,6 +387,7 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.build.repair import verify_and_repair
     from .admin.build.verify import verify
 
+    _existing_root(site)
     report = (
         verify_and_repair(site, args.envs, progress)
         if args.repair
@@ -382,6 +419,7 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 def cmd_doctor(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     """One line per check (ok, warn or FAIL with its fix), or ``--json``; exit 1 on any FAIL. The probe
     job is cancelled on Ctrl-C and SIGTERM before doctor exits."""
+    _hub_extra("doctor")
     from .errors import SiteError
     from .hub.doctor import DoctorOptions, exit_code, format_check, run_doctor
 
@@ -419,7 +457,10 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("-v (--verbose) and -q (--quiet) say opposite things; give one of them")
     logging.basicConfig(level=logging.WARNING, format="hubstock: %(message)s")
     logging.getLogger("hubstock").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     progress = Progress(enabled=False if args.quiet else (True if args.verbose else None))

@@ -41,7 +41,13 @@ def collect_status(site: Site) -> dict[str, Any]:
             "current": current_build(root, name),
             "builds": _builds(root, name),
         }
-    return {"root": str(site.root), "site": str(site.dir), "envs": envs, "published": published(root)}
+    return {
+        "root": str(site.root),
+        "root_exists": root.path.is_dir(),
+        "site": str(site.dir),
+        "envs": envs,
+        "published": published(root),
+    }
 
 
 def _builds(root: Root, env: str) -> list[dict[str, Any]]:
@@ -77,6 +83,8 @@ def published(root: Root) -> dict[str, Any]:
 def format_status(doc: dict[str, Any]) -> str:
     """The human-readable table."""
     lines = [f"root: {doc['root']}"]
+    if not doc.get("root_exists", True):
+        lines[0] += " (does not exist: not built yet, or the shared filesystem is not mounted there)"
     if not doc["envs"]:
         lines.append("no environments in envs/")
     for name, env in doc["envs"].items():

@@ -24,6 +24,8 @@ import fcntl
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,9 +173,11 @@ class Root:
             except OSError as e:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
+                holder = self._holder(st)
                 if on_wait:
-                    on_wait(f"waiting for {self._holder(st)} to finish with {self.path}")
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                    on_wait(f"waiting for {holder} to finish with {self.path} (Ctrl-C gives up)")
+                with _reminding(on_wait, f"still waiting for {holder} to finish with {self.path}"):
+                    fcntl.flock(fd, fcntl.LOCK_EX)
             me = self._me()
             if create:  # a note only: a full disk must not stop gc, which frees space
                 with contextlib.suppress(OSError, DiskFullError):
@@ -366,3 +370,28 @@ def _fstype(path: str) -> str | None:
 
 def _under(path: str, top: str) -> bool:
     return top == "/" or path == top or path.startswith(top.rstrip("/") + "/")
+
+
+#: seconds between two "still waiting" lines while a command waits for the root's lock
+REMIND_EVERY = 30.0
+
+
+@contextlib.contextmanager
+def _reminding(say: Callable[[str], None] | None, what: str) -> Iterator[None]:
+    """While the body blocks, ``say`` "``what`` (N s)" every :data:`REMIND_EVERY` seconds."""
+    if say is None:
+        yield
+        return
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def remind() -> None:
+        while not done.wait(REMIND_EVERY):
+            say(f"{what} ({time.monotonic() - t0:.0f} s)")
+
+    reminder = threading.Thread(target=remind, name="hubstock-lock-wait", daemon=True)
+    reminder.start()
+    try:
+        yield
+    finally:
+        done.set()

@@ -85,7 +85,7 @@ def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
     if current_build(root, env.name) == bid and not damage(root, env.name, bid):
         progress.step(f"[{env.name}] build {bid} is up to date")
         return BuildResult(env.name, bid, prefix, built=False)
-    with root.locked(on_wait=progress.step):
+    with root.locked(on_wait=progress.warn):
         empty_trash(root.trash)
         damaged = is_complete(prefix, bid) and damage(root, env.name, bid) is not None
         if damaged:

@@ -76,6 +76,10 @@ class Finding:
     def line(self) -> str:
         return f"{self.flags:<9} {self.path}  ({self.package})"
 
+    def to_json(self) -> dict[str, str]:
+        """``{"flags": "S.5", "path": "...", "package": "..."}``: ``verify --json``'s fields."""
+        return {"flags": self.flags, "path": str(self.path), "package": self.package}
+
 
 def dist_of(url_or_filename: str) -> str:
     """``<name>-<version>-<build>``: the cache folder of an archive."""

@@ -88,7 +88,7 @@ class VerifyReport:
                     "build": b.build_id,
                     "ok": b.ok,
                     "repaired": b.repaired,
-                    "findings": [f.line() for f in b.findings],
+                    "findings": [f.to_json() for f in b.findings],
                 }
                 for b in self.builds
             ],
@@ -97,7 +97,7 @@ class VerifyReport:
                     "package": dist,
                     "ok": not findings,
                     "repaired": dist in self.repaired_cache,
-                    "findings": [f.line() for f in findings],
+                    "findings": [f.to_json() for f in findings],
                 }
                 for dist, findings in sorted(self.cache.items())
             ],
@@ -389,7 +389,7 @@ def verify(site: Site, envs: list[str], repair: bool, progress: Progress) -> Ver
             report.cache[dist] = findings
     if not report.builds and not report.cache and not root.lock_file.exists():
         return report  # nothing hubstock made: nothing to record either
-    with root.locked(on_wait=progress.step, create=False):
+    with root.locked(on_wait=progress.warn, create=False):
         for b in report.builds:
             _record(root, b)
         if repair:

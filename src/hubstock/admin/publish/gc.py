@@ -124,7 +124,7 @@ def _strip_ext(fn: str) -> str:
 
 def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
     root = Root(site.root)
-    with root.locked(on_wait=progress.step, create=not dry_run):
+    with root.locked(on_wait=progress.warn, create=not dry_run):
         plan = plan_gc(site, keep)
         if dry_run:
             return plan

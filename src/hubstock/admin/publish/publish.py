@@ -188,7 +188,7 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         server = builds.get(server_env) or build_ref(site, server_env)
     lmod = lmod_ref(site, templates, builds, server)
 
-    with root.locked(on_wait=progress.step):
+    with root.locked(on_wait=progress.warn):
         stale = _remove_stale_staging(root)
         if stale:
             progress.step(f"removed {len(stale)} staging folder(s) of interrupted publishes")

@@ -13,7 +13,7 @@ from ...store.root import Root
 def rollback(site: Site, gen: str | None, progress: Progress) -> str:
     """Make ``gen`` (default: the one before the current) the current generation again."""
     root = Root(site.root)
-    with root.locked(on_wait=progress.step):
+    with root.locked(on_wait=progress.warn):
         gens = generations(root)
         cur = current_name(root)
         if gen is None:
