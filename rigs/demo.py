@@ -33,6 +33,7 @@ exactly the published stock kernels, stops everything and exits 0 (or 1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import pwd
@@ -442,6 +443,10 @@ class Demo:
             if strays := self.rig.stray_processes():
                 say(f"processes still use the rig: {strays}")
                 clean = False
+        if self.as_root and self.password:  # no login with the printed password while no demo runs
+            with contextlib.suppress(OSError, subprocess.CalledProcessError):
+                subprocess.run(["usermod", "-L", self.user], check=True, capture_output=True, timeout=30)
+                say(f"locked the password of {self.user} (the next run sets it again)")
         if stopped or not clean:
             say(f"stopped ({', '.join(stopped)})" if clean else "stopped, with problems")
         return clean

@@ -431,7 +431,8 @@ def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig, hub_w
     assert f"Job {job.id} is queued in queue 'debug', waiting for a node..." in messages, messages
     assert f"Job {job.id} is running on {rig.node}; starting JupyterLab..." in messages, messages
     _stop(hub, rig, ALICE, token)
-    _a_killed_hub_cancels_the_job_that_waits(hub, rig, token, Root(hub_workdir / "root"))
+    if rig.name == "pbs":  # on Slurm, test_hub_outages kills a hub with 3 servers running and 1 queued
+        _a_killed_hub_cancels_the_job_that_waits(hub, rig, token, Root(hub_workdir / "root"))
 
 
 def _a_killed_hub_cancels_the_job_that_waits(hub: Hub, rig: Cluster, token: str, root: Root) -> None:

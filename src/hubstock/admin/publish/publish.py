@@ -158,6 +158,14 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
     templates = load_kernel_templates(site)
     if not templates:
         raise PublishError("the site has no kernels: add kernels/<name>/kernel.json (see the README).")
+    server_env = site.settings.server.env
+    if "env" in site.settings.server.model_fields_set and server_env not in site.env_names():
+        # a generation without a server environment: every spawn would fail (doctor's FAIL)
+        raise PublishError(
+            f"hubstock.toml: [server] env = {server_env!r} is not an environment in envs/ (the site has: "
+            f"{', '.join(site.env_names()) or 'none'}); the hub's servers would have no JupyterLab to run. "
+            f"Add envs/{server_env}/, or name the server environment in [server] env."
+        )
     ext = load_extensions(site.extensions_dir)
     names = [t.name for t in templates]
     default_kernel = site.settings.publish.default_kernel or names[0]
@@ -175,15 +183,7 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         default_kernel = templates[0].name
     envs = sorted({t.env for t in templates})
     builds = {env: build_ref(site, env) for env in envs}
-    server_env = site.settings.server.env
     server = None
-    if "env" in site.settings.server.model_fields_set and server_env not in site.env_names():
-        # a generation without a server environment: every spawn would fail (doctor's FAIL)
-        raise PublishError(
-            f"hubstock.toml: [server] env = {server_env!r} is not an environment in envs/ (the site has: "
-            f"{', '.join(site.env_names()) or 'none'}); the hub's servers would have no JupyterLab to run. "
-            f"Add envs/{server_env}/, or name the server environment in [server] env."
-        )
     if server_env in site.env_names():
         server = builds.get(server_env) or build_ref(site, server_env)
     lmod = lmod_ref(site, templates, builds, server)
