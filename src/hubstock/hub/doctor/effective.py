@@ -3,8 +3,8 @@ loads it, so that what a site sets there (its own ``batch_query_cmd``, a ``req_*
 refuses, a subclass of its own) is what doctor checks and what its probe job uses.
 
 :func:`load_spawner` has the side effects of loading that file (it runs the site's Python, and
-``apply_site`` makes the hub's state folder); :func:`spawner_commands` and :func:`site_settings`
-read the spawner it made: pure.
+``apply_site`` makes the hub's state folder), and so has :func:`site_settings`, which compares the
+spawner with the one hubstock.toml alone makes; :func:`spawner_commands` reads it: pure.
 """
 
 from __future__ import annotations
@@ -130,7 +130,10 @@ def check_spawner(site: Site) -> tuple[Check, Any | None]:
         spawner = load_spawner(site)
     except SiteError as e:
         return fail("spawner", str(e), "fix the setting it names, then run doctor again."), None
-    own = site_settings(spawner, site)
+    try:
+        own = site_settings(spawner, site)
+    except SiteError:  # hubstock.toml alone does not make a spawner: the site's config did, so it is its own
+        own = []
     where = "/".join(CONFIG_FILE)
     detail = f"{type(spawner).__name__} as {where} makes it"
     detail += f"; the site's own: {', '.join(own)}" if own else ""
