@@ -43,7 +43,6 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -56,7 +55,7 @@ from hubstock.store.root import Root
 
 from .channel import cached_channel
 from .clusters import PBSCluster
-from .hub_rig import Forwarder, Hub, HubError, ensure_chp
+from .hub_rig import Forwarder, Hub, HubError, Polling, ensure_chp
 from .hubsite import base_settings, build_site, free_port, hub_settings, start_hub, test_cache
 from .openpbs import OpenPBSRig
 from .slurm_rig import (
@@ -356,36 +355,19 @@ class Demo:
         through the proxy: no request may fail."""
         hub = self.hub
         assert hub is not None
-        asked, failed, done = [0], [], threading.Event()  # type: ignore[var-annotated]
-
-        def poll() -> None:
-            while not done.is_set():
-                asked[0] += 1
-                try:  # the server's own API root: it answers without asking the hub
-                    status, _ = hub.request("GET", f"/user/{user}/api", timeout=5)
-                except OSError as e:
-                    status = repr(e)
-                if status != 200:
-                    failed.append(status)
-                done.wait(0.2)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
+        polling = Polling(lambda: hub.request("GET", f"/user/{user}/api", timeout=5)[0]).start()
         t0 = time.monotonic()
         try:
             hub.stop()
             hub.start(timeout=120)
             hub.wait_for_server(user, token, timeout=120)
         finally:
-            done.set()
-            poller.join(10)
+            asked, failed = polling.stop()
         if failed:
-            raise DemoError(
-                f"{len(failed)} of {asked[0]} requests failed while the hub restarted: {failed[:5]}"
-            )
+            raise DemoError(f"{len(failed)} of {asked} requests failed while the hub restarted: {failed[:5]}")
         say(
             f"check: the hub restarted in {time.monotonic() - t0:.1f} s; the server answered all "
-            f"{asked[0]} requests through the proxy meanwhile"
+            f"{asked} requests through the proxy meanwhile"
         )
 
     # -- stop ------------------------------------------------------------------------------

@@ -86,6 +86,39 @@ class NetNamespace:
         return f"NetNamespace(pid={self.pid}, net:[{self.inode}])"
 
 
+class Polling:
+    """A client that asks for something every ``every`` seconds in a thread until stopped
+    (``get()``: the answer's HTTP status); what failed (a status other than 200, or no answer)."""
+
+    def __init__(self, get: Callable[[], Any], every: float = 0.2) -> None:
+        self.get, self.every = get, every
+        self.asked = 0
+        self.failed: list[str] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Polling:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            self.asked += 1
+            try:
+                status = self.get()
+                if status != 200:
+                    self.failed.append(f"HTTP {status}")
+            except OSError as e:
+                self.failed.append(repr(e))
+            self._done.wait(self.every)
+
+    def stop(self) -> tuple[int, list[str]]:
+        """(requests asked, what failed)."""
+        self._done.set()
+        self._thread.join(10)
+        return self.asked, self.failed
+
+
 class Forwarder:
     """Relays ``127.0.0.1:listen_port`` of this machine's namespace to ``host:port`` in ``netns``
     (a browser on the machine reaches a hub that lives in a private namespace). Threads only."""

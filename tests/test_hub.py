@@ -27,7 +27,7 @@ from rigs.hub_rig import Hub, run_code
 from rigs.hubsite import KERNEL_NAME as KERNEL
 from rigs.hubsite import R_KERNEL, VENV_KERNEL, cli, free_port, hub_settings, py_env, start_hub
 from rigs.slurm_rig import create_user, remove_user
-from tests.helpers import need_root
+from tests.helpers import need_root, until
 
 from hubstock.store.root import Root
 
@@ -441,28 +441,23 @@ def _a_killed_hub_cancels_the_job_that_waits(hub: Hub, rig: Cluster, token: str,
     scheduler, not the hub."""
     blocker = rig.occupy(BOB, "debug")
     try:
-        _until(lambda: (j := rig.active_jobs().get(blocker)) is not None and j.running)
+        until("the blocker to run", lambda: (j := rig.active_jobs().get(blocker)) is not None and j.running)
         status, answer = hub.request("POST", f"/hub/api/users/{ALICE}/server", token=token, body={})
         assert status == 202, answer
-        _until(lambda: [j for j in rig.active_jobs().values() if j.user == ALICE])
+        until("the job to be queued", lambda: [j for j in rig.active_jobs().values() if j.user == ALICE])
         queued = rig.user_job(ALICE)
         assert not queued.running
         record = root.sessions / f"{ALICE}.default.json"
-        _until(lambda: queued.id in record.read_text())  # the session record names the job
+        until(
+            "the session record to name the job", lambda: queued.id in record.read_text()
+        )  # the session record names the job
         hub.kill()
         assert queued.id in rig.active_jobs()  # the hub went, the job stayed
         hub.start()
-        _until(lambda: queued.id not in rig.active_jobs())
+        until(f"job {queued.id} to end", lambda: queued.id not in rig.active_jobs())
     finally:
         rig.delete(blocker)
     rig.wait_no_jobs(timeout=60)  # not one job of anybody: the queued one did not start either
-
-
-def _until(check, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def test_a_job_deleted_outside_the_hub_is_noticed(hub, rig, site):

@@ -20,7 +20,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from rigs.clusters import Cluster, PBSCluster, SlurmCluster
-from rigs.hub_rig import Hub, ensure_chp, execute, start_kernel
+from rigs.hub_rig import Hub, Polling, ensure_chp, execute, start_kernel
 from rigs.hubsite import KERNEL_NAME, free_port, hub_settings, start_hub
 from rigs.hubsite import test_cache as rigs_cache
 from rigs.slurm_rig import create_user, remove_user
@@ -126,37 +125,6 @@ def _get(url: str, ctx: ssl.SSLContext | None, timeout: float = 10) -> tuple[int
             return resp.status, resp.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
-
-
-class _Polling:
-    """A client that GETs ``url`` every 0.2 s in a thread (through ``client``: where the hub's
-    clients run) until stopped; what failed (a status other than 200, or no answer)."""
-
-    def __init__(self, client, url: str, ctx: ssl.SSLContext) -> None:
-        self.client, self.url, self.ctx = client, url, ctx
-        self.asked, self.failed = 0, []
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> _Polling:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._done.is_set():
-            self.asked += 1
-            try:
-                status, _ = self.client(_get, self.url, self.ctx, timeout=5)
-                if status != 200:
-                    self.failed.append(f"HTTP {status}")
-            except OSError as e:
-                self.failed.append(repr(e))
-            self._done.wait(0.2)
-
-    def stop(self) -> tuple[int, list[str]]:
-        self._done.set()
-        self._thread.join(10)
-        return self.asked, self.failed
 
 
 def _wait_answering(url: str, ctx: ssl.SSLContext, timeout: float = 30) -> None:
@@ -271,7 +239,8 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
         execute(hub, user, token, kid, "kept = 6 * 7")
 
         # a client asks the user's server for something every 0.2 s through the proxy, across the restart
-        polling = _Polling(client, f"{hub.url}/user/{user}/api", ctx).start()
+        url = f"{hub.url}/user/{user}/api"
+        polling = Polling(lambda: client(_get, url, ctx, timeout=5)[0]).start()
         hub.stop()  # SIGTERM: the hub goes, the job and the proxy stay
         print(f"\nthe hub stopped {hub.stopped_in:.1f} s after SIGTERM, with its stock page service")
         assert cluster.jobs(active_only=True) == [job]

@@ -39,7 +39,7 @@ import pytest
 from rigs.hub_rig import Hub, HubError
 from rigs.hubsite import free_port, hub_settings, start_hub
 from rigs.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
-from tests.helpers import need_root
+from tests.helpers import need_root, until
 
 from hubstock.store.root import Root
 
@@ -436,13 +436,6 @@ def _keeping_servers(hub: Hub) -> None:
         hub.start()
 
 
-def _until(what: str, check: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_a_spawn_still_queued_across_two_hub_restarts_leaves_no_orphan_job(hub, rig, hub_workdir):
     """JupyterHub keeps no job id for a spawn that is still queued; after a restart it finds the
     server stopped. The session record names the job, so the hub cancels it: when the queue opens,
@@ -455,13 +448,13 @@ def test_a_spawn_still_queued_across_two_hub_restarts_leaves_no_orphan_job(hub, 
     try:
         status, answer = hub.request("POST", f"/hub/api/users/{user}/server", token=tok, body={})
         assert status == 202, answer
-        _until("the job to be queued", lambda: jobs_of(rig, user))
+        until("the job to be queued", lambda: jobs_of(rig, user))
         (job,) = jobs_of(rig, user)
-        _until("the session record to name the job", lambda: job in record.read_text())
+        until("the session record to name the job", lambda: job in record.read_text())
         for _ in range(2):
             hub.stop()
             hub.start()
-        _until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 30)
+        until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 30)
     finally:
         rig.run(["scontrol", "update", "PartitionName=debug", "State=UP"])
     assert jobs_of(rig, user) == []  # the queue is open, and no job of the user is in it
@@ -490,7 +483,7 @@ def test_a_stop_during_an_outage_then_a_hub_restart_still_cancels_the_job(hub, r
     finally:
         rig.start_controller()
     hub.start()
-    _until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 60)
+    until(f"Slurm to end job {job}", lambda: job not in active_jobs(rig), timeout=4 * INTERVAL + 60)
     print(f"\njob {job}, stopped during the outage, ended after the hub restarted")
     assert jobs_of(rig, user) == []
 
@@ -520,14 +513,14 @@ def test_a_hub_killed_with_three_servers_running_and_one_queued_accounts_for_eve
             "POST", f"/hub/api/users/{queued}/server", token=toks[queued], body={"queue": "batch"}
         )
         assert status == 202, answer
-        _until("the job to be queued", lambda: jobs_of(rig, queued))
+        until("the job to be queued", lambda: jobs_of(rig, queued))
         (pending,) = jobs_of(rig, queued)
         record = root.sessions / f"{queued}.default.json"
-        _until("the session record to name the job", lambda: pending in record.read_text())
+        until("the session record to name the job", lambda: pending in record.read_text())
         hub.kill()
         assert active_jobs(rig) >= {*kept.values(), pending}  # the hub went, every job stayed
         hub.start()
-        _until(
+        until(
             f"Slurm to end job {pending}", lambda: pending not in active_jobs(rig), timeout=4 * INTERVAL + 30
         )
     finally:
