@@ -1,10 +1,16 @@
 """Small helpers the tests share (fixtures are in conftest.py)."""
 
+import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
+
+from hubstock.store.cancels import cancels_path, read_cancels
+from hubstock.store.root import Root
 
 
 def need_root(what: str) -> None:
@@ -21,3 +27,32 @@ def until(what: str, check: Callable[[], object], timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.2)
+
+
+def session_jobs(root: Root) -> set[str]:
+    """The job ids of the hub's sessions (the servers it knows), from their records."""
+    if not root.sessions.is_dir():
+        return set()
+    return {json.loads(p.read_text()).get("job_id") or "?" for p in root.sessions.glob("*.json")}
+
+
+def audit(root: Root) -> list[dict[str, Any]]:
+    """The root's audit log, one dict a line."""
+    return [json.loads(line) for line in root.audit_log.read_text().splitlines() if line.strip()]
+
+
+def stop_during_an_outage(hub: Any, rig: Any, user: str, token: str, job: str, state_dir: Path) -> None:
+    """Stop the user's server while the scheduler's controller is down (``rig.stop_controller``):
+    the hub takes the Stop, the cancel waits on the hub's list in ``state_dir``, the hub stops
+    (its memory gone), and the controller starts again (``rig.start_controller``). The caller
+    starts the hub and sees the job end."""
+    rig.stop_controller()
+    try:
+        status, _ = hub.request("DELETE", f"/hub/api/users/{user}/server", token=token, timeout=120)
+        assert status in (202, 204), status
+        hub.wait_stopped(user, token, timeout=120)
+        hub.stop()
+        cancels = read_cancels(cancels_path(state_dir))
+        assert job in [j.job_id for j in cancels.jobs], cancels
+    finally:
+        rig.start_controller()

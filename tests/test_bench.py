@@ -5,6 +5,10 @@ case, one run of each figure at the smallest sizes, and checks that every
 benchmark reports a figure with its baseline (or, without root, says why
 ``spawn_to_ready`` and ``kernel_start_readonly`` were skipped; without Lmod and R, why
 ``module_kernel_start`` was).
+
+One figure is also a check of the hub, on the servers the bench starts anyway:
+``status_rpcs_per_interval`` (4 real servers through the hub, the Slurm rig's ``sdiag``) must
+show the status RPCs per interval not growing with the servers (counts, not times).
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
         assert r["value"] > 0 and r["baseline_value"] > 0, r
         assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"], rel=1e-2), r
         assert r["runs"] >= 1 and r["goal"], r
+    rpcs = next(r for r in results if r["name"] == "status_rpcs_per_interval")
+    if not rpcs.get("skipped"):
+        # four servers cost slurmctld no more than one (one batched query per interval); batchspawner
+        # asks once per server: at least twice as many
+        assert rpcs["servers"] == 4 and rpcs["met"], rpcs
+        assert rpcs["value"] * 2 <= rpcs["baseline_value"], rpcs
     readonly = next(r for r in results if r["name"] == "kernel_start_readonly")
     if not readonly.get("skipped"):
         assert readonly["files_written"] == 0, readonly

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -27,8 +28,9 @@ from rigs.hub_rig import Hub, run_code
 from rigs.hubsite import KERNEL_NAME as KERNEL
 from rigs.hubsite import R_KERNEL, VENV_KERNEL, cli, free_port, hub_settings, py_env, start_hub
 from rigs.slurm_rig import create_user, remove_user
-from tests.helpers import need_root, until
+from tests.helpers import audit, need_root, session_jobs, stop_during_an_outage, until
 
+from hubstock.store.cancels import cancels_path, read_cancels
 from hubstock.store.root import Root
 
 pytestmark = pytest.mark.hub
@@ -40,7 +42,8 @@ HUBS = ["slurm-postgresql", "torque", pytest.param("pbs", marks=pytest.mark.pbs)
 REPO = Path(__file__).resolve().parent.parent
 RUN = secrets.token_hex(2)  # fresh user names each run: never a leftover or another run's user
 ALICE, BOB = f"hsalice{RUN}", f"hsbob{RUN}"
-USERS = {ALICE: "Wonderland-42", BOB: "Builder-7"}
+CAROL, DAVE = f"hscarol{RUN}", f"hsdave{RUN}"  # the killed hub's third server and its queued spawn
+USERS = {ALICE: "Wonderland-42", BOB: "Builder-7", CAROL: "Carousel-3", DAVE: "Daylight-5"}
 STOCK_CODE = (
     "import os, sys, pwd, demo_c\n"
     "print(pwd.getpwuid(os.getuid()).pw_name)\n"
@@ -432,32 +435,70 @@ def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig, hub_w
     assert f"Job {job.id} is running on {rig.node}; starting JupyterLab..." in messages, messages
     _stop(hub, rig, ALICE, token)
     if rig.name == "pbs":  # on Slurm, test_hub_outages kills a hub with 3 servers running and 1 queued
-        _a_killed_hub_cancels_the_job_that_waits(hub, rig, token, Root(hub_workdir / "root"))
+        _a_killed_hub_accounts_for_every_job(hub, rig, Root(hub_workdir / "root"))
 
 
-def _a_killed_hub_cancels_the_job_that_waits(hub: Hub, rig: Cluster, token: str, root: Root) -> None:
-    """The hub killed (SIGKILL: with its proxy and services) while a spawn waits in the queue: the
-    restarted hub no longer tracks the job and cancels it. Orphans are counted by asking the
-    scheduler, not the hub."""
-    blocker = rig.occupy(BOB, "debug")
+def _a_killed_hub_accounts_for_every_job(hub: Hub, rig: Cluster, root: Root) -> None:
+    """SIGKILL the hub (with its proxy and services) with three servers running and one spawn
+    queued: the restarted hub re-attaches the three and cancels the queued job it no longer
+    tracks. Counted by asking the scheduler, not the hub. The rig's one node has 2 CPUs: it is
+    given 3 for the test, so that the three servers run and the fourth waits."""
+    pbs = rig.rig
+    cpus = re.search(r"resources_available\.ncpus = (\d+)", pbs.run(["pbsnodes", "-v", pbs.host]).stdout)
+    assert cpus, "pbsnodes gives no ncpus"
+    pbs.run(["qmgr", "-c", f"set node {pbs.host} resources_available.ncpus = 3"])
+    running = [ALICE, BOB, CAROL]
+    tokens = {u: _token(hub, u) for u in [*running, DAVE]}
     try:
-        until("the blocker to run", lambda: (j := rig.active_jobs().get(blocker)) is not None and j.running)
-        status, answer = hub.request("POST", f"/hub/api/users/{ALICE}/server", token=token, body={})
+        threads = [threading.Thread(target=_start, args=(hub, u, tokens[u])) for u in running]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        kept = {u: rig.user_job(u).id for u in running}
+        status, answer = hub.request("POST", f"/hub/api/users/{DAVE}/server", token=tokens[DAVE], body={})
         assert status == 202, answer
-        until("the job to be queued", lambda: [j for j in rig.active_jobs().values() if j.user == ALICE])
-        queued = rig.user_job(ALICE)
+        until("the job to be queued", lambda: [j for j in rig.active_jobs().values() if j.user == DAVE])
+        queued = rig.user_job(DAVE)
         assert not queued.running
-        record = root.sessions / f"{ALICE}.default.json"
-        until(
-            "the session record to name the job", lambda: queued.id in record.read_text()
-        )  # the session record names the job
+        record = root.sessions / f"{DAVE}.default.json"
+        until("the session record to name the job", lambda: queued.id in record.read_text())
         hub.kill()
-        assert queued.id in rig.active_jobs()  # the hub went, the job stayed
+        assert set(rig.active_jobs()) == {*kept.values(), queued.id}  # the hub went, every job stayed
         hub.start()
         until(f"job {queued.id} to end", lambda: queued.id not in rig.active_jobs())
+        for u in running:
+            hub.wait_for_server(u, tokens[u])
+            assert rig.user_job(u).id == kept[u]  # the same job serves the user
+        assert set(rig.active_jobs()) == set(kept.values()) == session_jobs(root)  # every job accounted for
+        assert "cancel-lost" in [ln["action"] for ln in audit(root) if ln.get("user") == DAVE]
+        for u in running:
+            hub.request("DELETE", f"/hub/api/users/{u}/server", token=tokens[u], timeout=60)
+        for u in running:
+            hub.wait_stopped(u, tokens[u], timeout=120)
     finally:
-        rig.delete(blocker)
+        pbs.run(["qmgr", "-c", f"set node {pbs.host} resources_available.ncpus = {cpus.group(1)}"])
     rig.wait_no_jobs(timeout=60)  # not one job of anybody: the queued one did not start either
+
+
+def test_a_stop_during_a_server_outage_then_a_hub_restart_still_cancels_the_job(hub, rig, hub_workdir):
+    """Stop while pbs_server is down: the cancel waits on the hub's list on disk; the hub restarts
+    (its memory gone); once pbs_server answers again the job is deleted. On OpenPBS only: Slurm's
+    (slurmctld down) is in test_hub_outages.py, on that module's hub."""
+    if rig.name != "pbs":
+        return
+    token = _token(hub, ALICE)
+    _start(hub, ALICE, token)
+    job = rig.user_job(ALICE)
+    stop_during_an_outage(hub, rig.rig, ALICE, token, job.id, hub_workdir / "state-pbs")
+    assert job.id in rig.active_jobs()  # the outage left it running
+    hub.start()
+    until(f"job {job.id} to end", lambda: job.id not in rig.active_jobs(), timeout=120)
+    rig.wait_no_jobs(timeout=60)
+    path = cancels_path(hub_workdir / "state-pbs")
+    until(
+        "the hub's list to let the job go", lambda: job.id not in [j.job_id for j in read_cancels(path).jobs]
+    )
 
 
 def test_a_job_deleted_outside_the_hub_is_noticed(hub, rig, site):

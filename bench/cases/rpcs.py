@@ -26,10 +26,10 @@ def status_rpcs_per_interval(b: Bench) -> list[dict[str, Any]]:
     once per interval for each, as JupyterHub calls it), measured in the same run; and with 1 server.
 
     The servers are real (JupyterHub, PAM users, the Slurm rig with its cores shared); the hub's
-    ``status_interval`` is 5 s (2 s in the tiny run). The baseline runs while the hub is down,
+    ``status_interval`` is 5 s (2 s in the tiny run, with 4 servers over 3 intervals). The baseline runs while the hub is down,
     so that only batchspawner's queries are counted.
     """
-    n, interval, windows = (2, 2, 2) if b.tiny else (20, 5, 4)
+    n, interval, windows = (4, 2, 3) if b.tiny else (20, 5, 4)  # tiny: tests/test_bench.py's check
     unit, base = "RPCs", "batchspawner's per-job polling of the same servers"
     goal = "the same as with 1 server (one query per interval, whatever N)"
     if os.geteuid() != 0:

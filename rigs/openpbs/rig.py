@@ -292,6 +292,28 @@ class OpenPBSRig(_StartupMixin, _DatastoreMixin, _NamespaceMixin, _ProcessesMixi
         self._wait_free(deadline)
         self._save_state()
 
+    def stop_controller(self, timeout: float = 20) -> None:
+        """Stop pbs_server alone (``qterm -t quick``: running jobs keep running), then by its PID
+        if it lingers: a controller outage. pbs_server stops its datastore as it goes."""
+        server = self.procs.get("pbs_server")
+        if server is None or not _alive(*server):
+            raise RigError(f"pbs_server is not running in {self.workdir}")
+        self.run(["qterm", "-t", "quick"], timeout=timeout, check=False)
+        deadline = time.monotonic() + timeout
+        while _alive(*server) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _terminate([server], timeout=timeout)
+        self.procs.pop("pbs_server", None)
+        self._save_state()
+
+    def start_controller(self, timeout: float = 60) -> None:
+        """Start pbs_server again after ``stop_controller`` (it recovers its jobs from its
+        datastore); returns once it answers."""
+        deadline = time.monotonic() + timeout
+        self._start_daemon("pbs_server", [], deadline)
+        self._wait_server(deadline)
+        self._save_state()
+
     def __enter__(self) -> OpenPBSRig:
         if not self.running():
             self.start()
