@@ -48,8 +48,6 @@ from hubstock.hub.doctor.rootcheck import (
     check_lock,
     check_root,
     compare_versions,
-    installed_version,
-    major_minor,
 )
 from hubstock.hub.doctor.scheduler import (
     check_scheduler,
@@ -67,6 +65,7 @@ from hubstock.lmod import kernel_argv
 from hubstock.site import HubSettings, load_site
 from hubstock.store.builds import mark_complete, record_damage, write_provenance
 from hubstock.store.generations import Generation, switch_current
+from hubstock.store.hubinfo import installed_version, major_minor
 from hubstock.store.records import (
     BuildDamage,
     BuildProvenance,

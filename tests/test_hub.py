@@ -14,6 +14,7 @@ ask the scheduler through one face (:class:`rigs.clusters.Cluster`, the ``rig`` 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from rigs.slurm_rig import create_user, remove_user
 from tests.helpers import audit, need_root, session_jobs, stop_during_an_outage, until
 
 from hubstock.store.cancels import cancels_path, read_cancels
+from hubstock.store.hubinfo import note_hub_versions, read_hub_versions
 from hubstock.store.root import Root
 
 pytestmark = pytest.mark.hub
@@ -170,6 +172,26 @@ def test_pam_login(hub):
     assert status == 403 and token is None
     status, _ = hub.request("GET", f"/hub/api/users/{ALICE}")  # no token: no access
     assert status == 403
+
+
+def test_the_hub_tells_the_root_its_versions_and_publish_checks_the_server_build(hub, site, hub_workdir):
+    """The hub says on the root what it runs; a publish whose server build would not match it is
+    refused before anything is staged (here: as if the hub had been upgraded to JupyterHub 99)."""
+    root = Root(hub_workdir / "root")
+    said = read_hub_versions(root)
+    assert said is not None and said.versions["jupyterhub"] == importlib.metadata.version("jupyterhub"), said
+    gens = sorted(p.name for p in root.generations.iterdir())
+    try:
+        note_hub_versions(
+            root, said.model_copy(update={"versions": {**said.versions, "jupyterhub": "99.0.0"}})
+        )
+        with pytest.raises(RuntimeError) as e:
+            cli(site, "publish")
+        assert "but the hub on" in str(e.value) and "runs 99.0.0" in str(e.value), e.value
+        assert "Traceback" not in str(e.value)
+    finally:
+        note_hub_versions(root, said)
+    assert sorted(p.name for p in root.generations.iterdir()) == gens  # nothing staged or published
 
 
 def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, site):

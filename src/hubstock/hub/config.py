@@ -12,8 +12,12 @@ hubstock's own; a site adds its steps after it, with ``chain_hooks``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
+import logging
 import os
 import secrets
+import socket
 import stat
 import sys
 from pathlib import Path
@@ -23,10 +27,16 @@ from ..errors import SiteError
 from ..limits import LimitsError, Scheduler
 from ..site import SETTINGS_FILE, Site, load_site
 from ..store.cancels import cancels_path
+from ..store.fs import now_iso
+from ..store.hubinfo import note_hub_versions
+from ..store.records import HubVersions
+from ..store.root import Root
 from .batch import check_extras
 from .hooks import PostStopHook, PreSpawnHook
 from .reaper import REAPER
 from .units import state_dir
+
+log = logging.getLogger(__name__)
 
 SPAWNER_CLASSES = {
     "slurm": "hubstock.hub.spawner.SlurmSpawner",
@@ -66,6 +76,7 @@ def apply_site(c: Any, site_dir: str | os.PathLike[str] | None = None, root: str
     hub = site.settings.hub
     state = ensure_state_dir(site)
     _resume_cancels(state)
+    _note_versions(site)
 
     # networking
     c.JupyterHub.ip = hub.ip
@@ -199,6 +210,30 @@ def _resume_cancels(state: Path) -> None:
         REAPER.path = path
         return
     REAPER.resume(path)
+
+
+def this_hub_versions() -> HubVersions:
+    """What is installed beside this hubstock (on the hub node: the hub's) that a server build
+    must agree with."""
+    versions = {}
+    for dist in ("jupyterhub", "batchspawner", "hubstock"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return HubVersions(versions=versions, host=socket.gethostname(), written=now_iso())
+
+
+def _note_versions(site: Site) -> None:
+    """Tell the machines that publish what this hub runs (:mod:`hubstock.store.hubinfo`), when
+    JupyterHub itself loads the configuration (its event loop running; not for a test or the
+    doctor). A root that cannot take it (not mounted yet, read-only) only costs a log line."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    try:
+        note_hub_versions(Root(site.root), this_hub_versions())
+    except OSError as e:
+        log.warning("hubstock: could not record the hub's versions on the root %s: %s", site.root, e)
 
 
 def _apply_hooks(c: Any, site: Site) -> None:

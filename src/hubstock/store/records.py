@@ -224,6 +224,17 @@ class SessionRecord(Record):
     started: str | None = None
 
 
+class HubVersions(Record):
+    """What the hub node runs, as the hub said when it last started (``store.hubinfo``): so that
+    ``hubstock publish``, on another machine, can refuse a server build the hub cannot talk to."""
+
+    WHAT: ClassVar[str] = "record of the hub's versions"
+
+    versions: dict[str, str]  # distribution -> version, as installed beside the hub
+    host: str
+    written: str
+
+
 class PendingCancel(BaseModel):
     """One job the hub wants gone and could not cancel yet."""
 

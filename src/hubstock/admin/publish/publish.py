@@ -39,6 +39,7 @@ from ...store.generations import (
     switch_current,
     unfinished,
 )
+from ...store.hubinfo import installed_version, major_minor, read_hub_versions
 from ...store.perms import ADMIN_DIR, make_dir
 from ...store.records import GenerationManifest, KernelEntry, ManifestBuild
 from ...store.root import Root
@@ -153,6 +154,31 @@ def publish(site: Site, progress: Progress, smoke: SmokeWorker | None = None) ->
         return _publish(site, progress, worker)
 
 
+def _refuse_a_server_the_hub_cannot_run(root: Root, server: BuildRef) -> None:
+    """The doctor's ``version.jupyterhub`` before publishing: the server build's JupyterHub
+    against the one the hub said it runs (:mod:`hubstock.store.hubinfo`). Before a hub has
+    started on this root there is nothing to compare with, and the doctor checks on the hub node."""
+    hub = read_hub_versions(root)
+    runs = hub.versions.get("jupyterhub") if hub else None
+    if hub is None or runs is None:
+        return
+    build, want = f"{server.env}/{server.build_id}", major_minor(runs)
+    have = installed_version(server.prefix, "jupyterhub")
+    if have is None:
+        raise PublishError(
+            f"the server build {build} has no jupyterhub, but the hub on {hub.host} runs jupyterhub "
+            f"{runs}: no server could start. Add jupyterhub {want}.* to envs/{server.env}/, "
+            "then lock, build and publish."
+        )
+    if major_minor(have) != want:
+        raise PublishError(
+            f"the server build {build} has jupyterhub {have}, but the hub on {hub.host} runs "
+            f"{runs} (it said so on {hub.written}): pin jupyterhub {want}.* in "
+            f"envs/{server.env}/, then lock, build and publish; or upgrade JupyterHub on the hub "
+            "and restart it first."
+        )
+
+
 def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResult:
     root = Root(site.root)
     templates = load_kernel_templates(site)
@@ -186,6 +212,8 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
     server = None
     if server_env in site.env_names():
         server = builds.get(server_env) or build_ref(site, server_env)
+    if server is not None:
+        _refuse_a_server_the_hub_cannot_run(root, server)
     lmod = lmod_ref(site, templates, builds, server)
 
     with root.locked(on_wait=progress.warn):

@@ -29,6 +29,7 @@ from pathlib import Path
 from ...errors import SiteError
 from ...site import Site
 from ...store.generations import Generation
+from ...store.hubinfo import installed_version
 from ...store.records import GenerationManifest
 from ...store.root import Root
 from ..hooks import BASE_PATH
@@ -62,7 +63,6 @@ from .rootcheck import (
     check_root,
     compare_versions,
     hub_version,
-    installed_version,
 )
 from .scheduler import check_scheduler, run_command
 

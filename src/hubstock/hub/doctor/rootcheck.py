@@ -8,20 +8,17 @@ import contextlib
 import errno
 import fcntl
 import importlib.metadata
-import json
 import os
 import pwd
-import re
 from pathlib import Path
 
 from ...store.builds import damage, is_complete
 from ...store.generations import Generation, resolve_current
+from ...store.hubinfo import major_minor
 from ...store.records import GenerationManifest, RecordError
 from ...store.root import Root
 from ...store.scan import scan_root
 from .model import Check, fail, ok, warn
-
-_VERSION_LINE = re.compile(r"^Version:\s*(\S+)\s*$", re.M)
 
 
 def _user(uid: int) -> str:
@@ -160,28 +157,6 @@ def check_generation(root: Root) -> tuple[Check, Generation | None, GenerationMa
         gen,
         manifest,
     )
-
-
-def installed_version(prefix: Path, dist: str) -> str | None:
-    """The version of ``dist`` in a conda prefix: from its pip dist-info, else from conda-meta."""
-    pattern = f"{dist.replace('-', '_')}-*.dist-info"
-    for info in sorted(prefix.glob(f"lib/python3*/site-packages/{pattern}")):
-        if not info.name.lower().startswith(dist.replace("-", "_").lower() + "-"):
-            continue
-        with contextlib.suppress(OSError):
-            if m := _VERSION_LINE.search((info / "METADATA").read_text(errors="replace")):
-                return m.group(1)
-    for meta in sorted(prefix.glob(f"conda-meta/{dist}-*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(meta.read_text())
-            if data.get("name") == dist and isinstance(data.get("version"), str):
-                return str(data["version"])
-    return None
-
-
-def major_minor(version: str) -> str:
-    """``"5.2.1"`` -> ``"5.2"``."""
-    return ".".join(re.split(r"[.+-]", version)[:2])
 
 
 def hub_version(dist: str) -> str | None:
