@@ -110,64 +110,83 @@ def skip_venv(name: str, base: str, goal: str) -> list[dict[str, Any]] | None:
 
 
 def venv_build_cold(b: Bench) -> list[dict[str, Any]]:
-    """``hubstock build`` of the venv env on an empty root (empty wheel cache), against ``uv venv``
-    + ``uv pip sync`` of the same pylock.toml; uv's download cache warm (and the same) for both."""
+    """``hubstock build`` of the venv env into a root whose wheel cache is empty and whose own uv
+    cache (``$ROOT/cache/uv``, the default) already holds the wheels, against ``uv venv`` + ``uv
+    pip sync`` of the same pylock.toml from that same uv cache (both hard-link from it; offline).
+
+    A second figure, ``venv_build_cold_compiled``, has the same build against the same uv with
+    ``--compile-bytecode``: the same product as hubstock's, byte-code for every module, which a
+    read-only build needs (its users can write none, so without it every import compiles anew).
+    """
     name, base = "venv_build_cold", "uv venv + uv pip sync of the same pylock.toml, same uv cache"
     goal = "ratio <= 1.2"
     if (skip := skip_venv(name, base, goal)) is not None:
         return skip
     site = venv_site(b)
     lock = site / "envs" / VENV_ENV / "pylock.toml"
+    root = Root(b.work / "venv-cold-root")
     scratch = b.work / "venv-cold"
     scratch.mkdir(exist_ok=True)
     trash = scratch / ".trash"
-    env = offline_env(b)
+    env = {k: v for k, v in offline_env(b).items() if k != "UV_CACHE_DIR"}  # the root's own uv cache
+    uv_env = {**env, "UV_CACHE_DIR": str(root.uv_cache)}
     counter = itertools.count()
     facts: dict[str, Any] = {}
 
-    def build(environ: dict[str, str] = env) -> float:
-        root = scratch / f"root-{next(counter)}"
+    def empty_wheel_cache() -> None:
+        """Untimed: the root as before its first build of the env, but for its uv cache."""
+        caches = [c for c in root.cache.iterdir() if c != root.uv_cache] if root.cache.is_dir() else []
+        for p in [root.envs, root.trash, *caches]:
+            remove_tree(p, trash)
         os.sync()  # no write-back of earlier runs' files during this one
-        took = timed(hubstock_argv(site, "build", root=root), env=environ)
+
+    def build(environ: dict[str, str] = env) -> float:
+        empty_wheel_cache()
+        took = timed(hubstock_argv(site, "build", root=root.path), env=environ)
         if "files" not in facts:
-            prefix = current_build(root, VENV_ENV)
+            prefix = current_build(root.path, VENV_ENV)
             facts["files"] = count_files(prefix)
             facts["packages"] = len(json.loads((prefix / ".hubstock-build.json").read_text())["packages"])
-        remove_tree(root, trash)
         return took
 
-    def uv_alone(environ: dict[str, str] = env) -> float:
+    def uv_alone(environ: dict[str, str] = uv_env, *extra: str) -> float:
         top = scratch / f"uv-{next(counter)}"
         os.sync()
-        took = sum(timed(argv, env=environ) for argv in uv_sync_argv(top / "venv", lock))
-        if "uv_files" not in facts:
-            facts["uv_files"] = count_files(top / "venv")
+        argv = uv_sync_argv(top / "venv", lock)
+        took = sum(timed(a, env=environ) for a in [argv[0], [*argv[1], *extra]])
+        key = "uv_files_compiled" if extra else "uv_files"
+        if key not in facts:
+            facts[key] = count_files(top / "venv")
         remove_tree(top, trash)
         return took
 
-    # untimed, online: fill uv's download cache for both (hubstock asks for each wheel by its URL)
-    uv_alone(online_env(env))
+    # untimed, online: fill the root's uv cache for both (hubstock asks for each wheel by its URL,
+    # uv pip sync through the index)
     build(online_env(env))
-    builds, alone = b.interleaved(build, uv_alone)
-    phases_root = scratch / "root-phases"
-    phases = build_phases(site, phases_root, VENV_ENV, environ=env)
-    remove_tree(phases_root, trash)
+    uv_alone(online_env(uv_env))
+    builds, alone, compiled = b.interleaved(build, uv_alone, lambda: uv_alone(uv_env, "--compile-bytecode"))
+    empty_wheel_cache()
+    phases = build_phases(site, root.path, VENV_ENV, environ=env)
+    common = {
+        "python": VENV_PYTHON,
+        "requirements": (site / "envs" / VENV_ENV / "requirements.in").read_text().split(),
+        "uv_offline": True,
+        "uv_cache": "the root's own ($ROOT/cache/uv), warm",
+        "phases_s": phases,
+        **facts,
+    }
     return [
+        result(name, median(builds), "s", base, median(alone), goal, 1.2, **common, **timings(builds, alone)),
         result(
             name,
             median(builds),
             "s",
-            base,
-            median(alone),
-            goal,
-            1.2,
-            python=VENV_PYTHON,
-            requirements=(site / "envs" / VENV_ENV / "requirements.in").read_text().split(),
-            uv_offline=True,
-            phases_s=phases,
-            **facts,
-            **timings(builds, alone),
-        )
+            "uv venv + uv pip sync --compile-bytecode of the same pylock.toml, same uv cache",
+            median(compiled),
+            "report (the same product: byte-code for every module)",
+            name="venv_build_cold_compiled",
+            **timings(builds, compiled),
+        ),
     ]
 
 

@@ -26,6 +26,7 @@ def run(
     timeout: float | None = None,
     check: bool = True,
     stderr_to_terminal: bool = False,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv``, capturing its output, and raise :class:`CommandError` if it fails.
 
@@ -33,6 +34,7 @@ def run(
     env 'python'"). ``env`` entries are added to the current environment; they are
     never logged (they may carry tokens). ``stderr_to_terminal``: the command's standard error
     goes to ours as it comes (its progress lines), and only its standard output is captured.
+    ``umask``: the command's own (-1: ours).
     """
     args = [os.fspath(a) for a in argv]
     log.debug("running: %s", shlex.join(args))
@@ -47,6 +49,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=None if stderr_to_terminal else subprocess.STDOUT,
             timeout=timeout,
+            umask=umask,
         )
     except FileNotFoundError as e:
         raise CommandError(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..proc import run
 from ..site import Site
-from ..store.perms import admin_only
+from ..store.perms import close_cache, no_write_for_others
 from ..store.root import Root
 
 
@@ -29,6 +29,10 @@ def uv_command() -> list[str]:
         return [sys.executable, "-m", "uv"]
 
 
+#: the umask uv runs with: group and other never write what it makes
+UV_UMASK = 0o022
+
+
 def uv_env(site: Site) -> dict[str, str]:
     """uv's environment: never downloads a Python; caches under the root unless told."""
     return {
@@ -43,8 +47,10 @@ def run_uv(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``uv ARGS`` (no user or project config, quiet) with hubstock's uv environment.
 
-    uv sets modes of its own in its cache (its lock files are 0666): the root's uv cache is
-    made the admin's alone afterwards, so no user can change or lock anything in it.
+    uv runs with umask 022, whatever the admin's, so what it makes in the root's uv cache is not
+    writable by others, but for its lock files (0666 on purpose, for caches users share), which
+    :func:`_tidy_locks` closes; and the root's cache folder is made the admin's alone afterwards
+    (:func:`~hubstock.store.perms.close_cache`), so no user can reach anything in it.
     """
     env = {**(env or {}), **uv_env(site)}  # ``env``: what the interpreter needs (its module's)
     root = Root(site.root)
@@ -52,10 +58,35 @@ def run_uv(
     if own_cache:
         root.ensure()
     try:
-        return run([*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]], what=what, env=env)
+        return run(
+            [*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]],
+            what=what,
+            env=env,
+            umask=UV_UMASK,
+        )
     finally:
         if own_cache:
-            admin_only(root.cache)
+            _tidy_locks(root.uv_cache)
+            close_cache(root.cache)
+
+
+def _tidy_locks(cache: Path) -> None:
+    """Take group and other write from uv's lock files (``*.lock``) in its cache. The unpacked
+    wheels (``archive-v*``, most of the cache) hold none and are not walked; nothing else is
+    looked at (a folder listing each, no ``stat`` per file)."""
+    stack = [os.fspath(cache)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    if not entry.name.startswith("archive-v"):
+                        stack.append(entry.path)
+                elif entry.name.endswith(".lock"):
+                    no_write_for_others(entry.path)
 
 
 def compile_pylock(

@@ -103,11 +103,24 @@ def admin_only(top: Path) -> None:
         return
     for dirpath, dirnames, filenames in os.walk(top):
         for name in (*dirnames, *filenames):
-            _no_write_for_others(os.path.join(dirpath, name))
+            no_write_for_others(os.path.join(dirpath, name))
     set_mode(top, ADMIN_DIR)
 
 
-def _no_write_for_others(p: str) -> None:
+def close_cache(top: Path) -> None:
+    """Make ``top`` the admin's alone (0700) and take group and other write from its direct
+    entries, without walking the tree as :func:`admin_only` does (a site's uv cache holds hundreds
+    of thousands of files): for a cache whose tool makes nothing writable by others, or says
+    where it does (see :func:`hubstock.admin.uv.run_uv`)."""
+    if not top.is_dir() or top.is_symlink():
+        return
+    for name in os.listdir(top):
+        no_write_for_others(os.path.join(top, name))
+    set_mode(top, ADMIN_DIR)
+
+
+def no_write_for_others(p: str) -> None:
+    """Take group and other write (and setuid/setgid from a file) from ``p``; links are left alone."""
     try:
         st = os.lstat(p)
     except FileNotFoundError:

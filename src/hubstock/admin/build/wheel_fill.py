@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import secrets
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -214,18 +215,23 @@ def _check_staged(
     """Check the package's files in ``staging`` against its ``RECORD`` (sha256 and size)."""
     old_prefix, stage = os.fsencode(prefix), os.fsencode(staging)
     staged = _Staged(p, {}, [], [rel for rel, want in rels.items() if want is None])
+    base, me = os.fspath(staging), os.geteuid()
     for rel, want in rels.items():
-        src = staging / rel
-        if src.is_symlink():
+        src = f"{base}/{rel}"
+        try:
+            st = os.lstat(src)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
             staged.files[rel] = "link:" + link_target(src)
             continue
-        if not src.is_file():
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise IntegrityError(
                 f"pip package {p.name} {p.version}: {rel} is in its RECORD but uv did not install it; "
                 "clear uv's cache (`uv cache clean`) and build again."
             )
-        owner = os.lstat(src).st_uid
-        if owner != os.geteuid():
+        owner = st.st_uid
+        if owner != me:
             raise ChangedInUvCache(
                 f"pip package {p.name} {p.version}: {rel} in uv's cache is owned by uid {owner}, even "
                 "as uv fetched it again; check who writes to uv's cache ($UV_CACHE_DIR, else "
@@ -233,7 +239,8 @@ def _check_staged(
                 p.name,
                 f"had a file owned by uid {owner} ({rel})",
             )
-        data = src.read_bytes()
+        with open(src, "rb") as f:
+            data = f.read()
         digest = hashlib.sha256(data).hexdigest()
         if want is not None and (digest != want[0] or (want[1] >= 0 and len(data) != want[1])):
             raise ChangedInUvCache(
@@ -261,18 +268,30 @@ def _make_entry(root: Root, staging: Path, staged: _Staged, python: str, prefix:
     tmp = root.wheels / f".new-{key}-{secrets.token_hex(4)}"
     make_dir(tmp, ADMIN_DIR)
     files, unrecorded = dict(staged.files), list(staged.unrecorded)
+    src, dst = os.fspath(staging), os.fspath(tmp)
+    caches: dict[str, list[str]] = {}  # folder -> the names in its __pycache__ (one listing each)
     for rel in staged.files:
         if rel.endswith(".py") and rel.startswith("lib/"):
             folder, _, name = rel.rpartition("/")
-            cache = staging / folder / "__pycache__"
-            for pyc in cache.glob(f"{name[:-3]}.*.pyc") if cache.is_dir() else []:
-                pyc_rel = f"{folder}/__pycache__/{pyc.name}"
-                files[pyc_rel] = hashlib.sha256(pyc.read_bytes()).hexdigest()
-                unrecorded.append(pyc_rel)
+            if folder not in caches:
+                try:
+                    caches[folder] = os.listdir(f"{src}/{folder}/__pycache__")
+                except OSError:
+                    caches[folder] = []
+            stem = name[:-3] + "."  # NAME.<tag>.pyc
+            for pyc in caches[folder]:
+                if pyc.startswith(stem) and pyc.endswith(".pyc") and len(pyc) > len(stem) + 4:
+                    pyc_rel = f"{folder}/__pycache__/{pyc}"
+                    with open(f"{src}/{pyc_rel}", "rb") as f:
+                        files[pyc_rel] = hashlib.sha256(f.read()).hexdigest()
+                    unrecorded.append(pyc_rel)
+    made = {""}
     for rel in files:
-        dst = tmp / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staging / rel, dst)
+        folder = rel.rpartition("/")[0]
+        if folder not in made:
+            os.makedirs(f"{dst}/{folder}", exist_ok=True)
+            made.add(folder)
+        os.rename(f"{src}/{rel}", f"{dst}/{rel}")
     make_read_only(tmp)
     set_mode(tmp, 0o700)
     seal = WheelSeal(
