@@ -5,6 +5,7 @@ nox -s build-envs    build the locked environments on the shared root
 nox -s tests         run the test suite (installs what the tests need)
 nox -s demo          build an offline demo site and run the whole hub on 127.0.0.1
 nox -s lint          ruff and mypy
+nox -s dist          build the sdist and the wheel into dist/ and check them
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import nox
 
@@ -107,7 +109,7 @@ def build_envs(session: nox.Session) -> None:
     """
     if os.geteuid() == 0:  # the stock R kernel: Lmod and Debian's R (an optional env: left out without)
         _ensure_debian_packages(session, STOCK_DEBIAN_PACKAGES, required=False)
-    _hubstock(session, "lock", "--if-needed", *session.posargs)
+    _hubstock(session, "lock", "--if-needed", *session.posargs, extra="admin")
     session.run("hubstock", "build", *session.posargs)
     session.run("hubstock", "publish")
     session.run("hubstock", "status")
@@ -116,7 +118,7 @@ def build_envs(session: nox.Session) -> None:
 @nox.session(name="publish-kernels")
 def publish_kernels(session: nox.Session) -> None:
     """Smoke-test the kernels on their builds and publish them as a new generation."""
-    _hubstock(session, "publish")
+    _hubstock(session, "publish", extra="admin")
     session.run("hubstock", "status")
 
 
@@ -137,6 +139,17 @@ def demo(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     # Ctrl-C reaches the demo too: give it the time to stop the hub, its servers and Slurm
     session.run("python", "-m", "rigs.demo", *session.posargs, interrupt_timeout=None)
+
+
+@nox.session
+def dist(session: nox.Session) -> None:
+    """Build the sdist and the wheel into dist/ and check them (twine check --strict); install a
+    role from the wheel with `pip install 'dist/hubstock-VERSION-py3-none-any.whl[hub]'` (see the
+    README's "Which extra on which machine")."""
+    session.install("build", "twine")
+    shutil.rmtree("dist", ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", "dist", ".")
+    session.run("twine", "check", "--strict", *sorted(str(p) for p in Path("dist").iterdir()))
 
 
 @nox.session

@@ -159,3 +159,17 @@ def test_hub_commands_without_the_hub_extra_say_what_to_install(tmp_path, comman
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"hubstock {command} runs on the hub node" in res.stderr and "hubstock[hub]" in res.stderr
+
+
+@pytest.mark.parametrize("option", ["--proxy", "--jupyterhub"])
+def test_units_refuses_a_program_that_does_not_exist(tmp_path, option):
+    (tmp_path / "hubstock.toml").write_text(f'root = "{tmp_path / "root"}"\n')
+    missing = tmp_path / "no" / "such-program"
+    res = subprocess.run(
+        [sys.executable, "-m", "hubstock", "--site", str(tmp_path), "units", option, str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert f"{option} {missing}: there is no such program" in res.stderr, res.stderr

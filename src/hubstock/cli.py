@@ -128,6 +128,7 @@ QUIET_HELP = "show no progress, only warnings and errors (not with -v)"
 
 
 def cmd_lock(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("lock")
     from .admin.kinds import kind_of, load_envs
 
     bad = []
@@ -189,6 +190,7 @@ def _lock_misfit(site: Site, env) -> str | None:
 
 
 def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("build")
     from .admin.build.build import ensure_builds, host_platform
     from .admin.kinds import kind_of, load_envs
 
@@ -241,6 +243,7 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("publish")
     from .admin.publish.publish import publish
 
     result = publish(site, progress, smoke=args.smoke_worker)
@@ -298,6 +301,24 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def _admin_extra(command: str) -> None:
+    """``lock``, ``build``, ``publish`` and ``verify`` run on the admin machine, with its tools (the
+    ``admin`` extra): one sentence on a machine installed for another role (the hub node)."""
+    import importlib.util
+    import shutil
+
+    from .errors import SiteError
+
+    missing = [name for name in ("rattler", "jupyter_client") if importlib.util.find_spec(name) is None]
+    if importlib.util.find_spec("uv") is None and shutil.which("uv") is None:
+        missing.append("uv")
+    if missing:
+        raise SiteError(
+            f"hubstock {command} runs on the admin machine and needs its tools ({', '.join(missing)} "
+            "not installed here); install them with `pip install 'hubstock[admin]'`."
+        )
+
+
 def _hub_extra(command: str) -> None:
     """``units`` and ``doctor`` run on the hub node, with the hub's packages: one sentence without them."""
     from .errors import SiteError
@@ -325,7 +346,12 @@ def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         path = given or shutil.which(name)
         if not path:
             raise SiteError(f"{what} ({name!r}) is not on PATH; install it or pass its path.")
-        return os.path.abspath(path)
+        path = os.path.abspath(path)
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            raise SiteError(
+                f"{what} {path}: there is no such program; give the path of {name} on the hub node."
+            )
+        return path
 
     exe = Executables(
         jupyterhub=find(args.jupyterhub, "jupyterhub", "--jupyterhub"),
@@ -384,6 +410,7 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("verify")
     from .admin.build.repair import verify_and_repair
     from .admin.build.verify import verify
 
