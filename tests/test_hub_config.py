@@ -476,3 +476,19 @@ def test_job_extras_that_do_not_fit_are_refused_at_hub_start(
     toml = toml.replace('account = "proj42"\n', "") if site_extra.startswith("account") else toml
     with pytest.raises(SiteError, match=message):
         apply_site(Config(), _site(tmp_path, toml), root=str(tmp_path / "r"))
+
+
+def test_the_hub_unit_waits_for_the_root_and_upgrades_its_database(tmp_path):
+    """Rendered by value: the hub starts once the shared root is mounted, and a new JupyterHub
+    upgrades its database as it starts."""
+    from hubstock.hub.units import Executables, render_hub_unit
+    from hubstock.site import load_site
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hubstock.toml").write_text('root = "/shared/hub stock/root"\n')
+    site = load_site(tmp_path / "site")
+    unit = render_hub_unit(site, Executables(jupyterhub="/opt/hub/bin/jupyterhub", proxy="/usr/bin/chp"))
+    lines = unit.splitlines()
+    assert f"RequiresMountsFor=/shared/hub\\x20stock/root {tmp_path / 'site'}" in lines, unit
+    config = tmp_path / "site" / "spawner" / "jupyterhub_config.py"
+    assert f"ExecStart=/opt/hub/bin/jupyterhub -f {config} --upgrade-db" in lines, unit

@@ -142,10 +142,14 @@ def render_hub_unit(site: Site, exe: Executables) -> str:
     ]
     if hub.proxy_external:
         lines += [f"After={PROXY_UNIT}", f"Wants={PROXY_UNIT}"]
+    # the root is on a shared filesystem: the hub starts once it is mounted (and stops before it
+    # is unmounted), never on an empty mount point
+    lines.append(f"RequiresMountsFor={_unit_path(site.root)} {_unit_path(site.dir)}")
     lines += ["", "[Service]", "User=root", f"WorkingDirectory={site.dir}"]
     lines += [f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     lines += [
-        f"ExecStart={exe.jupyterhub} -f {config}",
+        # --upgrade-db: a new JupyterHub upgrades its database on start (a SQLite one is backed up first)
+        f"ExecStart={exe.jupyterhub} -f {config} --upgrade-db",
         "Restart=on-failure",
         "RestartSec=5",
         "",
@@ -153,6 +157,11 @@ def render_hub_unit(site: Site, exe: Executables) -> str:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _unit_path(path: object) -> str:
+    """A path in a unit's space-separated list (systemd's C-style escape for a space)."""
+    return str(path).replace("\\", "\\\\").replace(" ", "\\x20")
 
 
 def render_units(site: Site, exe: Executables) -> dict[str, str]:
