@@ -463,8 +463,9 @@ def test_a_job_that_waits_says_where_it_waits_then_where_it_runs(hub, rig, hub_w
 def _a_killed_hub_accounts_for_every_job(hub: Hub, rig: Cluster, root: Root) -> None:
     """SIGKILL the hub (with its proxy and services) with three servers running and one spawn
     queued, then restart it twice: the hub re-attaches the three and cancels the queued job it no
-    longer tracks; once the node has room, no job of that user is left. Counted by asking the scheduler, not the hub. The rig's one node has 2 CPUs: it is
-    given 3 for the test, so that the three servers run and the fourth waits."""
+    longer tracks; once the node has room, no job of that user is left. Counted by asking the
+    scheduler, not the hub. The rig's one node has 2 CPUs: it is given 3 for the test, so that
+    the three servers run and the fourth waits."""
     pbs = rig.rig
     cpus = re.search(r"resources_available\.ncpus = (\d+)", pbs.run(["pbsnodes", "-v", pbs.host]).stdout)
     assert cpus, "pbsnodes gives no ncpus"
