@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -173,3 +174,33 @@ def test_units_refuses_a_program_that_does_not_exist(tmp_path, option):
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert f"{option} {missing}: there is no such program" in res.stderr, res.stderr
+
+
+def test_wait_gives_up_on_a_held_root_naming_the_holder(tmp_path):
+    """``--wait SECONDS`` (or ``HUBSTOCK_WAIT``): a command whose root another process holds gives
+    up after that long, with one sentence naming the holder (exit 1); a bad value is usage (2)."""
+    import fcntl
+
+    from hubstock.store.root import Root
+
+    root = Root(tmp_path / "root")
+    root.ensure()
+    (tmp_path / "hubstock.toml").write_text(f'root = "{root.path}"\n')
+    hubstock = [sys.executable, "-m", "hubstock", "--site", str(tmp_path)]
+    fd = os.open(root.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held by this process
+        for argv, env in (
+            ([*hubstock, "--wait", "0.5", "gc"], os.environ),
+            ([*hubstock, "gc"], {**os.environ, "HUBSTOCK_WAIT": "0.5"}),
+        ):
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+            assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+            said = f"process {os.getpid()} still holds the root {root.path} after 0.5 s"
+            assert said in res.stderr and "--wait SECONDS" in res.stderr, res.stderr
+    finally:
+        os.close(fd)
+    res = subprocess.run([*hubstock, "--wait", "soon", "gc"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "'soon' is not a number of seconds" in res.stderr, res.stderr
+    res = subprocess.run([*hubstock, "--wait", "5", "gc"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr  # a free root: no wait at all

@@ -10,8 +10,9 @@
                                        doctor [--json] [--as-user USER] [--queue Q] [--no-job] [--timeout S]
                                        verify [ENV...] [--repair]
 
-``HUBSTOCK_SITE`` and ``HUBSTOCK_ROOT`` stand in for the flags (``--root`` and
-``HUBSTOCK_ROOT`` are relative to the working directory). ``-q`` and ``-v`` go before
+``HUBSTOCK_SITE``, ``HUBSTOCK_ROOT`` and ``HUBSTOCK_WAIT`` stand in for the flags (``--root`` and
+``HUBSTOCK_ROOT`` are relative to the working directory; ``--wait SECONDS`` bounds the wait for the
+root's lock). ``-q`` and ``-v`` go before
 or after the command; ``build``, ``publish``, ``rollback``, ``gc``, ``verify`` and
 ``status`` take ``--json`` (what was done, on stdout). A failure prints one sentence
 on stderr; ``-v`` adds the underlying output. Exit status: 0 success, 1 failure,
@@ -38,6 +39,16 @@ if TYPE_CHECKING:
     from .site import Site
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hubstock",
@@ -47,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="the shared root (default: $HUBSTOCK_ROOT or 'root' in hubstock.toml)")
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
+    p.add_argument(
+        "--wait",
+        type=_seconds,
+        metavar="SECONDS",
+        default=os.environ.get("HUBSTOCK_WAIT") or None,
+        help="give up (exit 1, naming the holder) if another command holds the root's lock this long "
+        "(default: $HUBSTOCK_WAIT, else wait as long as it takes)",
+    )
     p.add_argument("--version", action="version", version=f"hubstock {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -506,6 +525,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .site import load_site  # pydantic and the site's models: after the worker's start
 
             site = load_site(args.site, args.root)
+            if args.wait is not None:
+                from .store.root import LOCK_WAIT
+
+                LOCK_WAIT.set(float(args.wait))
             code = COMMANDS[args.command](site, args, progress)
             sys.stdout.flush()
             return code

@@ -44,6 +44,10 @@ class LockError(HubstockError):
     """A lock file is missing, stale or unreadable."""
 
 
+class RootBusy(HubstockError):
+    """Another command held the root's lock for longer than this one was told to wait (``--wait``)."""
+
+
 class IntegrityError(HubstockError):
     """A package archive does not match the sha256 recorded in the lock."""
 

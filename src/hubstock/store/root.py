@@ -27,11 +27,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import DiskFullError, is_disk_full
+from ..errors import DiskFullError, RootBusy, is_disk_full
 from .fs import atomic_write, current_user, now_iso
 from .perms import ADMIN_DIR, LOCK_FILE, PUBLIC_DIR, PUBLIC_FILE, admin_of, make_dir, private_modes, set_mode
 from .records import AuditLine, RecordError
@@ -174,10 +175,19 @@ class Root:
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 holder = self._holder(st)
+                wait = LOCK_WAIT.get()
                 if on_wait:
-                    on_wait(f"waiting for {holder} to finish with {self.path} (Ctrl-C gives up)")
+                    limit = f"at most {wait:g} s" if wait is not None else "Ctrl-C gives up"
+                    on_wait(f"waiting for {holder} to finish with {self.path} ({limit})")
                 with _reminding(on_wait, f"still waiting for {holder} to finish with {self.path}"):
-                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    if wait is None:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    elif not _flock_within(fd, wait):
+                        raise RootBusy(
+                            f"{holder} still holds the root {self.path} after {wait:g} s; run the command "
+                            "again once it is done, or wait longer (--wait SECONDS, or no --wait to wait "
+                            "as long as it takes)."
+                        ) from None
             me = self._me()
             if create:  # a note only: a full disk must not stop gc, which frees space
                 with contextlib.suppress(OSError, DiskFullError):
@@ -374,6 +384,25 @@ def _under(path: str, top: str) -> bool:
 
 #: seconds between two "still waiting" lines while a command waits for the root's lock
 REMIND_EVERY = 30.0
+
+#: how long a command waits for the root's lock before it gives up (None: as long as it takes);
+#: the CLI's ``--wait`` sets it for the command it runs
+LOCK_WAIT: ContextVar[float | None] = ContextVar("hubstock_lock_wait", default=None)
+
+
+def _flock_within(fd: int, seconds: float) -> bool:
+    """Take the lock on ``fd`` if it comes free within ``seconds`` (asking every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager
