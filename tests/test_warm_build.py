@@ -52,6 +52,13 @@ def test_builds_link_the_pip_part_and_its_byte_code_from_the_wheel_cache(make_si
     hubstock(site, "lock", check=True)
     first = hubstock(site, "-v", "build", "one", check=True)
     assert "adding" in first.stderr and "to the wheel cache" in first.stderr
+    for step in (
+        "pip package(s) with uv",
+        "against their wheels' RECORD",
+        "byte-compiling",
+        "wheel cache entries",
+    ):
+        assert step in first.stderr, first.stderr  # the pip step says what it is doing (issue 22)
     second = hubstock(site, "-v", "build", "two", check=True)
     assert "to the wheel cache" not in second.stderr.replace("from the wheel cache", "")  # nothing installed
     builds = {env: root.build(env, bid) for env, bid in _current(hubstock, site).items()}

@@ -15,6 +15,7 @@ import re
 import secrets
 import stat
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,16 +68,23 @@ class ChangedInUvCache(IntegrityError):
 
 
 def populate(
-    site: Site, root: Root, env: str, pip: list[LockedDependency], prefix: Path, python: str
+    site: Site,
+    root: Root,
+    env: str,
+    pip: list[LockedDependency],
+    prefix: Path,
+    python: str,
+    say: Callable[[str], None] = lambda msg: None,
 ) -> None:
     """Install ``pip`` with uv into a staging prefix, check and compile it, and make an entry of
-    each package."""
+    each package; ``say`` tells each step, with its counts."""
     for leftover in root.wheels.glob(".*"):  # an interrupted build's staging
         if leftover.is_dir() and not leftover.is_symlink():
             remove_tree(leftover, root.trash)
     staging = root.wheels / f".staging-{secrets.token_hex(4)}"
     make_dir(staging, ADMIN_DIR)
     try:
+        say(f"[{env}] installing {len(pip)} pip package(s) with uv")
         _uv_install(site, env, pip, staging, prefix)
         site_packages = f"lib/{python}/site-packages"
         dist_infos = {}
@@ -84,6 +92,7 @@ def populate(
             name, _, version = d.name[: -len(".dist-info")].partition("-")
             dist_infos[normalize(name)] = d
         files: list[_Staged] = []
+        say(f"[{env}] checking {len(pip)} package(s) against their wheels' RECORD")
         for p in pip:
             info = dist_infos.get(normalize(p.name))
             if info is None:
@@ -98,7 +107,9 @@ def populate(
             for rel in staged.files
             if rel.endswith(".py") and rel.startswith("lib/")
         ]
+        say(f"[{env}] byte-compiling {len(sources)} file(s)")
         compile_files(env, prefix / "bin" / "python", sources, root.wheels)  # only what was checked
+        say(f"[{env}] sealing {len(files)} wheel cache entries")
         for staged in files:
             _make_entry(root, staging, staged, python, prefix)
     finally:

@@ -119,7 +119,7 @@ def install(
     if missing:
         say(f"[{env}] adding {len(missing)} pip package(s) to the wheel cache")
         try:
-            populate(site, root, env, missing, prefix, python)
+            populate(site, root, env, missing, prefix, python, say)
         except ChangedInUvCache as e:
             # uv's cache shares its files with the entries it filled (hard links): a file changed in
             # place there (or in a build) is changed in uv's copy too. uv fetches a fresh one.
@@ -128,7 +128,7 @@ def install(
             )
             run_uv(site, "cache", "clean", e.package, what=f"removing {e.package} from uv's cache")
             left = [p for p in missing if not os.path.lexists(root.wheel_entry(entry_key(p, python)))]
-            populate(site, root, env, left, prefix, python)
+            populate(site, root, env, left, prefix, python, say)
         marks.made_now(entry_key(p, python) for p in missing)
         for p in missing:
             seal = _usable(root, entry_key(p, python), p, python, marks)
