@@ -492,3 +492,41 @@ def test_the_hub_unit_waits_for_the_root_and_upgrades_its_database(tmp_path):
     assert f"RequiresMountsFor=/shared/hub\\x20stock/root {tmp_path / 'site'}" in lines, unit
     config = tmp_path / "site" / "spawner" / "jupyterhub_config.py"
     assert f"ExecStart=/opt/hub/bin/jupyterhub -f {config} --upgrade-db" in lines, unit
+
+
+def _exposure(unit: Path) -> float:
+    """``systemd-analyze security``'s overall exposure of a unit file (offline: no systemd needed)."""
+    import re
+    import subprocess
+
+    res = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True
+    )
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout + res.stderr)
+    assert m, res.stdout + res.stderr
+    return float(m.group(1))
+
+
+@pytest.mark.parametrize("port", [8000, 443])
+def test_the_units_sandboxes_score_as_systemd_analyze_says(tmp_path, port):
+    """The proxy's unit scores "OK" (<= 4.0) and the hub's as low as a root hub that logs users in
+    with PAM and submits their jobs allows; both pass ``systemd-analyze verify``."""
+    import subprocess
+
+    from hubstock.hub.units import HUB_UNIT, PROXY_UNIT, Executables, render_units
+    from hubstock.site import load_site
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hubstock.toml").write_text(
+        f'root = "{tmp_path / "root"}"\n\n[hub]\nproxy_external = true\nport = {port}\n'
+    )
+    units = render_units(load_site(tmp_path / "site"), Executables(jupyterhub="/bin/true", proxy="/bin/true"))
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", *(str(tmp_path / n) for n in units)], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    proxy, hub = _exposure(tmp_path / PROXY_UNIT), _exposure(tmp_path / HUB_UNIT)
+    print(f"\nsystemd-analyze security (port {port}): proxy {proxy}, hub {hub}")
+    assert proxy <= 4.0 and hub <= 6.0, (proxy, hub)

@@ -113,12 +113,11 @@ def render_proxy_unit(site: Site, exe: Executables) -> str:
     if hub.port < 1024:
         lines += ["AmbientCapabilities=CAP_NET_BIND_SERVICE", "CapabilityBoundingSet=CAP_NET_BIND_SERVICE"]
     else:
-        lines.append("CapabilityBoundingSet=")
+        # no capability at all: it may then run in a user namespace of its own too
+        lines += ["CapabilityBoundingSet=", "PrivateUsers=yes"]
     lines += [
-        "NoNewPrivileges=yes",
-        "PrivateTmp=yes",
-        "ProtectSystem=strict",
-        "ProtectHome=yes",
+        # the proxy reads its token and key (credentials), listens and forwards: nothing else
+        *PROXY_SANDBOX,
         "Restart=always",
         "RestartSec=2",
         "",
@@ -126,6 +125,59 @@ def render_proxy_unit(site: Site, exe: Executables) -> str:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+#: the proxy's sandbox (``systemd-analyze security``: see the README); not
+#: ``MemoryDenyWriteExecute``, which node's JIT compiler cannot run under
+PROXY_SANDBOX = (
+    "NoNewPrivileges=yes",
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "DevicePolicy=closed",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",  # netlink: getaddrinfo(AI_ADDRCONFIG)
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "RemoveIPC=yes",
+    "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged",
+    "UMask=0077",
+)
+
+
+#: the hub's sandbox: what a hub that logs users in with PAM and submits their jobs as them
+#: still runs under. It stays root with its capabilities (PAM reads /etc/shadow, runuser
+#: switches to the user, the records are chowned to the admin), may gain privileges (PBS's
+#: qsub authenticates through the setuid pbs_iff: no NoNewPrivileges), and sees the homes
+#: (it reads the end of a failed job's output there; pam_mkhomedir may create them).
+HUB_SANDBOX = (
+    "PrivateTmp=yes",
+    "PrivateDevices=yes",
+    "ProtectSystem=full",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+)
 
 
 def render_hub_unit(site: Site, exe: Executables) -> str:
@@ -150,6 +202,7 @@ def render_hub_unit(site: Site, exe: Executables) -> str:
     lines += [
         # --upgrade-db: a new JupyterHub upgrades its database on start (a SQLite one is backed up first)
         f"ExecStart={exe.jupyterhub} -f {config} --upgrade-db",
+        *HUB_SANDBOX,
         "Restart=on-failure",
         "RestartSec=5",
         "",
