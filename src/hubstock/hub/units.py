@@ -116,7 +116,6 @@ def render_proxy_unit(site: Site, exe: Executables) -> str:
         # no capability at all: it may then run in a user namespace of its own too
         lines += ["CapabilityBoundingSet=", "PrivateUsers=yes"]
     lines += [
-        # the proxy reads its token and key (credentials), listens and forwards: nothing else
         *PROXY_SANDBOX,
         "Restart=always",
         "RestartSec=2",
@@ -127,44 +126,12 @@ def render_proxy_unit(site: Site, exe: Executables) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: the proxy's sandbox (``systemd-analyze security``: see the README); not
-#: ``MemoryDenyWriteExecute``, which node's JIT compiler cannot run under
-PROXY_SANDBOX = (
-    "NoNewPrivileges=yes",
+#: what both units run under: a private /tmp and devices, no kernel knobs, clock or hostname,
+#: no new namespaces, realtime, set-id files or foreign system call ABIs, and only IP, Unix and
+#: netlink sockets (netlink: getaddrinfo with AI_ADDRCONFIG)
+SANDBOX = (
     "PrivateTmp=yes",
     "PrivateDevices=yes",
-    "DevicePolicy=closed",
-    "ProtectSystem=strict",
-    "ProtectHome=yes",
-    "ProtectKernelTunables=yes",
-    "ProtectKernelModules=yes",
-    "ProtectKernelLogs=yes",
-    "ProtectControlGroups=yes",
-    "ProtectClock=yes",
-    "ProtectHostname=yes",
-    "ProtectProc=invisible",
-    "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",  # netlink: getaddrinfo(AI_ADDRCONFIG)
-    "RestrictNamespaces=yes",
-    "RestrictRealtime=yes",
-    "RestrictSUIDSGID=yes",
-    "LockPersonality=yes",
-    "RemoveIPC=yes",
-    "SystemCallArchitectures=native",
-    "SystemCallFilter=@system-service",
-    "SystemCallFilter=~@privileged",
-    "UMask=0077",
-)
-
-
-#: the hub's sandbox: what a hub that logs users in with PAM and submits their jobs as them
-#: still runs under. It stays root with its capabilities (PAM reads /etc/shadow, runuser
-#: switches to the user, the records are chowned to the admin), may gain privileges (PBS's
-#: qsub authenticates through the setuid pbs_iff: no NoNewPrivileges), and sees the homes
-#: (it reads the end of a failed job's output there; pam_mkhomedir may create them).
-HUB_SANDBOX = (
-    "PrivateTmp=yes",
-    "PrivateDevices=yes",
-    "ProtectSystem=full",
     "ProtectKernelTunables=yes",
     "ProtectKernelModules=yes",
     "ProtectKernelLogs=yes",
@@ -178,6 +145,29 @@ HUB_SANDBOX = (
     "LockPersonality=yes",
     "SystemCallArchitectures=native",
 )
+
+#: the proxy's (``systemd-analyze security``: see the README): it reads its token and key
+#: (credentials), listens and forwards, nothing else; not ``MemoryDenyWriteExecute``, which
+#: node's JIT compiler cannot run under
+PROXY_SANDBOX = (
+    *SANDBOX,
+    "NoNewPrivileges=yes",
+    "DevicePolicy=closed",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "ProtectProc=invisible",
+    "RemoveIPC=yes",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged",
+    "UMask=0077",
+)
+
+#: the hub's: what a hub that logs users in with PAM and submits their jobs as them still runs
+#: under. It stays root with its capabilities (PAM reads /etc/shadow, runuser switches to the
+#: user, the records are chowned to the admin), may gain privileges (PBS's qsub authenticates
+#: through the setuid pbs_iff: no NoNewPrivileges), and sees the homes (it reads the end of a
+#: failed job's output there; pam_mkhomedir may create them).
+HUB_SANDBOX = (*SANDBOX, "ProtectSystem=full")
 
 
 def render_hub_unit(site: Site, exe: Executables) -> str:
