@@ -12,8 +12,6 @@ hubstock's own; a site adds its steps after it, with ``chain_hooks``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.metadata
 import logging
 import os
 import secrets
@@ -28,7 +26,7 @@ from ..limits import LimitsError, Scheduler
 from ..site import SETTINGS_FILE, Site, load_site
 from ..store.cancels import cancels_path
 from ..store.fs import now_iso
-from ..store.hubinfo import note_hub_versions
+from ..store.hubinfo import note_hub_versions, version_here
 from ..store.records import HubVersions
 from ..store.root import Root
 from .batch import check_extras
@@ -215,10 +213,8 @@ def _resume_cancels(state: Path) -> None:
 def this_hub_versions() -> HubVersions:
     """What is installed beside this hubstock (on the hub node: the hub's) that a server build
     must agree with."""
-    versions = {}
-    for dist in ("jupyterhub", "batchspawner", "hubstock"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[dist] = importlib.metadata.version(dist)
+    found = {dist: version_here(dist) for dist in ("jupyterhub", "batchspawner", "hubstock")}
+    versions = {dist: v for dist, v in found.items() if v is not None}
     return HubVersions(versions=versions, host=socket.gethostname(), written=now_iso())
 
 

@@ -12,6 +12,8 @@ before the generation is published, as far as the publishing machine can tell.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import json
 import re
 from pathlib import Path
 
@@ -57,8 +59,6 @@ def read_hub_versions(root: Root) -> HubVersions | None:
 
 def installed_version(prefix: Path, dist: str) -> str | None:
     """The version of ``dist`` in an environment's prefix: from its pip dist-info, else conda-meta."""
-    import json
-
     pattern = f"{dist.replace('-', '_')}-*.dist-info"
     for info in sorted(prefix.glob(f"lib/python3*/site-packages/{pattern}")):
         if not info.name.lower().startswith(dist.replace("-", "_").lower() + "-"):
@@ -77,3 +77,11 @@ def installed_version(prefix: Path, dist: str) -> str | None:
 def major_minor(version: str) -> str:
     """``"5.2.1"`` -> ``"5.2"``."""
     return ".".join(re.split(r"[.+-]", version)[:2])
+
+
+def version_here(dist: str) -> str | None:
+    """The version of ``dist`` installed beside this hubstock (on the hub node: the hub's)."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None

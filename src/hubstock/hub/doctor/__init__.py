@@ -29,7 +29,7 @@ from pathlib import Path
 from ...errors import SiteError
 from ...site import Site
 from ...store.generations import Generation
-from ...store.hubinfo import installed_version
+from ...store.hubinfo import installed_version, version_here
 from ...store.records import GenerationManifest
 from ...store.root import Root
 from ..hooks import BASE_PATH
@@ -62,7 +62,6 @@ from .rootcheck import (
     check_lock,
     check_root,
     compare_versions,
-    hub_version,
 )
 from .scheduler import check_scheduler, run_command
 
@@ -120,7 +119,7 @@ def run_doctor(
     if server is not None:
         prefix = Path(server.prefix)
         for dist in ("jupyterhub", *(["batchspawner"] if sp.scheduler in BATCH else [])):
-            add(compare_versions(dist, hub_version(dist), installed_version(prefix, dist), server.env))
+            add(compare_versions(dist, version_here(dist), installed_version(prefix, dist), server.env))
 
     state = state_dir(site)
     running = probe_hub(hub)

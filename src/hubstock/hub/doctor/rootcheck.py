@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import importlib.metadata
 import os
 import pwd
 from pathlib import Path
@@ -157,14 +156,6 @@ def check_generation(root: Root) -> tuple[Check, Generation | None, GenerationMa
         gen,
         manifest,
     )
-
-
-def hub_version(dist: str) -> str | None:
-    """The version of ``dist`` installed beside this hubstock (the hub's)."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def compare_versions(dist: str, hub: str | None, server: str | None, server_env: str) -> Check:
