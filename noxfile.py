@@ -43,6 +43,8 @@ TEST_DEBIAN_PACKAGES: list[str] = [
     *("openssl", "systemd"),  # the TLS hub test's CA, and systemd-analyze verify of the rendered units
     "postgresql",  # the hub suite's run with PostgreSQL as the hub database
     *STOCK_DEBIAN_PACKAGES,  # Lmod and Debian's R with IRkernel: module kernels (rigs/lmod_rig.py)
+    *("glusterfs-server", "glusterfs-client"),  # the root on a network filesystem (rigs/gluster_rig.py)
+    *("sshfs", "openssh-sftp-server"),  # a filesystem that cannot hold a root (tests/test_rootmark.py)
 ]
 
 

@@ -179,6 +179,7 @@ def build_site(
     toml = site / "hubstock.toml"
     if not toml.exists():
         toml.write_text(base_settings(root, channel))
+    cli(site, "init-root")  # once per root; again it changes nothing
     cli(site, "lock")
     for step in ("build", "publish"):
         for line in cli(site, step).splitlines():

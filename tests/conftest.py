@@ -10,7 +10,7 @@ What each fixture gives:
   mode 700, and some tests run programs as an ordinary user); removed afterwards.
 - ``make_site``: ``make_site(envs={"name": "environment.yml text"}, settings="toml text")``
   writes a site repository under ``world_tmp`` whose root is ``<world_tmp>/root``
-  and returns its :class:`hubstock.site.Site` (for invalid settings, the site
+  (made, as ``hubstock init-root`` does, when the settings keep that root) and returns its :class:`hubstock.site.Site` (for invalid settings, the site
   as it would be with defaults, so the test can run the CLI on it).
 - ``hubstock``: runs the real ``hubstock`` command in a subprocess
   (``hubstock(site, "build", ...)``) and returns the CompletedProcess.
@@ -25,6 +25,10 @@ What each fixture gives:
   without them, failed in CI.
 - ``postgres_rig`` (session): a private PostgreSQL server on 127.0.0.1 for the hub's database
   (``rigs/postgres_rig.py``), stopped by PID; needs root.
+- ``gluster`` (session): a GlusterFS volume on the loopback, mounted over FUSE at
+  ``gluster.root_mount`` (``rigs/gluster_rig.py``); ``gluster.on_node(argv, path)`` runs argv as
+  on another node, with a client of its own mounted at ``path``. Needs root and Debian's
+  glusterfs-server and glusterfs-client (``nox -s tests`` installs them).
 - ``hub_site`` (session): a published site with a server env and a stock Python kernel, a venv
   env with its Python kernel and a module env with the R kernel, both on ``lmod_tree``'s modules
   (``rigs/hubsite.py``) under ``hub_workdir``; its root is ``hub_workdir/root``.
@@ -50,6 +54,7 @@ from tests.helpers import need_root
 
 from hubstock.errors import SiteError
 from hubstock.site import Settings, Site, load_site
+from hubstock.store.rootmark import init_root
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -99,9 +104,12 @@ def make_site(world_tmp: Path, channel_url: str) -> Callable[..., Site]:
             settings = f'root = "{world_tmp / "root"}"\nchannels = ["{channel_url}"]\n'
         (sdir / "hubstock.toml").write_text(textwrap.dedent(settings))
         try:
-            return load_site(sdir)
+            site = load_site(sdir)
         except SiteError:  # a test of bad settings: the site as it would be
             return Site(dir=sdir, settings=Settings(), root=world_tmp / "root")
+        if site.root == world_tmp / "root":
+            init_root(site.root)  # as `hubstock init-root` does, once per root (not for others)
+        return site
 
     return make
 
@@ -170,6 +178,26 @@ def postgres_rig(hub_workdir: Path):
     rig = PostgresRig(hub_workdir / "postgres").start()
     yield rig
     rig.stop()
+
+
+@pytest.fixture(scope="session")
+def gluster() -> Iterator:
+    """A GlusterFS volume served on 127.0.1.1 (``rigs/gluster_rig.py``) and mounted over FUSE at
+    ``gluster.root_mount``: where the network-filesystem tests put their root. Needs root."""
+    from rigs.gluster_rig import GlusterRig
+
+    need_root("a GlusterFS volume over FUSE")
+    work = Path(tempfile.mkdtemp(prefix="hubstock-gluster-"))
+    work.chmod(0o755)
+    rig = GlusterRig(work).start()
+    try:
+        rig.root_mount = rig.mount(work / "shared")
+        rig.root_mount.chmod(0o755)
+        yield rig
+    finally:
+        rig.stop()
+        if not os.environ.get("HUBSTOCK_KEEP_TEST_DIRS"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

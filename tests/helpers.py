@@ -2,6 +2,7 @@
 
 import json
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +57,24 @@ def stop_during_an_outage(hub: Any, rig: Any, user: str, token: str, job: str, s
         assert job in [j.job_id for j in cancels.jobs], cancels
     finally:
         rig.start_controller()
+
+
+def kernel_script(jupyter_path: Path, name: str, code: str) -> str:
+    """Python that starts kernel ``name`` as a server would (from JUPYTER_PATH, with
+    jupyter_client), runs ``code`` and prints what it printed (``ERROR ...`` for an exception)."""
+    return textwrap.dedent(f"""
+        import os, sys, tempfile
+        os.environ["JUPYTER_PATH"] = {str(jupyter_path)!r}
+        tmp = tempfile.mkdtemp()
+        os.environ["JUPYTER_RUNTIME_DIR"] = tmp
+        os.environ["IPYTHONDIR"] = tmp
+        from jupyter_client.manager import start_new_kernel
+        km, kc = start_new_kernel(kernel_name={name!r}, startup_timeout=90)
+        out = []
+        def hook(msg):
+            if msg["msg_type"] == "stream": out.append(msg["content"]["text"])
+            if msg["msg_type"] == "error": out.append("ERROR " + msg["content"]["evalue"])
+        kc.execute_interactive({code!r}, output_hook=hook, timeout=60)
+        kc.stop_channels(); km.shutdown_kernel(now=True)
+        sys.stdout.write("".join(out)); sys.stdout.flush(); os._exit(0)
+    """)

@@ -41,11 +41,12 @@ def _assert_one_clear_failure(res, *names: str) -> None:
 )
 def test_a_malformed_spec_is_named(make_site, hubstock, spec, names):
     site = make_site({"demo": spec})
+    made = sorted(os.listdir(site.root))  # what `hubstock init-root` made
     for cmd in ("lock", "build", "status"):
         res = hubstock(site, cmd)
         _assert_one_clear_failure(res, *names)
     assert not (site.envs_dir / "demo" / "conda-lock.yml").exists()
-    assert not site.root.exists()
+    assert sorted(os.listdir(site.root)) == made and not any(site.root.joinpath("envs").iterdir())
 
 
 def test_an_unknown_key_in_hubstock_toml_is_named(make_site, hubstock, channel_url):

@@ -158,23 +158,16 @@ def test_a_kernel_whose_executable_is_missing_is_one_sentence(make_site, hubstoc
     assert listing(world_tmp) == before
 
 
-def test_a_root_that_does_not_exist_is_said_and_never_made_by_a_reader(
-    make_site, hubstock, world_tmp, channel_url
-):
-    """A missing root is most often an unmounted shared filesystem: verify, gc and rollback say so
-    (exit 2) and status marks it; none of them makes one."""
-    root = world_tmp / "root"
+def test_a_root_that_does_not_exist_is_said_and_never_made(make_site, hubstock, world_tmp, channel_url):
+    """A missing root is most often an unmounted shared filesystem: every command that reads or
+    changes it says so (exit 2) and none makes one (``init-root`` does; test_rootmark.py has the
+    other broken roots)."""
+    root = world_tmp / "nowhere"
     site = _site_with(make_site, world_tmp, f'root = "{root}"', channel_url)
-    for cmd in (["gc", "--dry-run"], ["gc"], ["verify"], ["rollback"]):
-        one_sentence(
-            hubstock(site, *cmd), 2, f"the root {root} does not exist", "is the shared filesystem mounted"
-        )
+    for cmd in (["gc", "--dry-run"], ["gc"], ["verify"], ["rollback"], ["status"], ["build"]):
+        one_sentence(hubstock(site, *cmd), 2, f"there is no hubstock root at {root}", "mount it", "init-root")
         assert not root.exists()
-    res = hubstock(site, "status")
-    assert res.returncode == 0 and f"root: {root} (does not exist: " in res.stdout, res.stdout
-    assert json.loads(hubstock(site, "status", "--json").stdout)["root_exists"] is False
-    assert not root.exists()
-    root.mkdir()
+    assert hubstock(site, "init-root").returncode == 0
     os.chmod(root, 0o750)
     before = listing(world_tmp)
     res = hubstock(site, "gc", "--dry-run", "--json")
@@ -190,10 +183,10 @@ def test_root_on_the_command_line_is_relative_to_the_working_directory(
     cwd.mkdir()
     run = [sys.executable, "-m", "hubstock", "--site", str(site.dir), "status", "--json"]
     flag = subprocess.run([*run[:-2], "--root", "rel", *run[-2:]], capture_output=True, text=True, cwd=cwd)
-    assert json.loads(flag.stdout)["root"] == str(cwd / "rel")
+    assert f"no hubstock root at {cwd / 'rel'}:" in flag.stderr  # the refusal names where it looked
     env = {**os.environ, "HUBSTOCK_ROOT": "rel2"}
     from_env = subprocess.run(run, capture_output=True, text=True, cwd=cwd, env=env)
-    assert json.loads(from_env.stdout)["root"] == str(cwd / "rel2")
+    assert f"no hubstock root at {cwd / 'rel2'}:" in from_env.stderr
     in_toml = subprocess.run(run, capture_output=True, text=True, cwd=cwd)
-    assert json.loads(in_toml.stdout)["root"] == str(site.dir / "in-site")  # hubstock.toml: the site's
+    assert f"no hubstock root at {site.dir / 'in-site'}:" in in_toml.stderr  # hubstock.toml: the site's
     assert Root(site.dir / "in-site").path.exists() is False

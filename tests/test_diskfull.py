@@ -83,6 +83,7 @@ def test_a_disk_that_fills_while_byte_compiling_leaves_no_complete_build(
 
     # measure: what the whole build takes on a tmpfs, and what its byte-code takes
     with tmpfs(mnt, 1 << 30):
+        hubstock(site, "init-root", check=True)
         hubstock(site, "build", check=True)
         total = _used(mnt)
         (prefix,) = [
@@ -95,6 +96,7 @@ def test_a_disk_that_fills_while_byte_compiling_leaves_no_complete_build(
     # the same build on a filesystem with room for everything but half the byte-code
     size = (total - pyc_bytes // 2) // PAGE * PAGE
     with tmpfs(mnt, size):
+        hubstock(site, "init-root", check=True)
         res = hubstock(site, "build")
         assert res.returncode == 1, res.stdout + res.stderr
         line = _one_line(res)

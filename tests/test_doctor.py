@@ -76,6 +76,7 @@ from hubstock.store.records import (
     ModuleRef,
 )
 from hubstock.store.root import Root
+from hubstock.store.rootmark import write_marker
 from hubstock.store.scan import scan_root, user_writable_paths
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,6 +111,7 @@ def _tree(tmp_path: Path) -> Path:
         p.chmod(0o755 if p.is_dir() else 0o644)
     (root / "pkgs").chmod(0o700)
     (root / "pkgs" / "x" / "lock").chmod(0o666)  # out of reach: pkgs/ is the admin's alone
+    write_marker(root)
     return root
 
 
@@ -164,6 +166,7 @@ def test_the_lock_is_tried_without_waiting(tmp_path):
 
 def _published(tmp_path: Path, complete: bool = True) -> Root:
     root = Root(tmp_path / "root")
+    root.ensure()
     server, py = root.build("server", "s1"), root.build("python", "p1")
     for prefix, bid in ((server, "s1"), (py, "p1")):
         (prefix / "bin").mkdir(parents=True)
@@ -240,6 +243,7 @@ def _published_envs(tmp_path: Path, interp: Path, at: LmodAt, old_at: LmodAt | N
     R module env whose old build is still published under a pinned name; its kernels find Lmod
     ``at`` (the old build's kernel ``old_at``, as published from another checkout)."""
     root = Root(tmp_path / "root")
+    root.ensure()
     ident = Interpreter(path=str(interp), version="3.11.2", sha256=_sha(interp), module="python/3.11")
     builds = {
         ("server", "s1"): dict(kind="conda"),

@@ -147,7 +147,7 @@ def env_site(hub_workdir: Path, slurm_rig: SlurmRig, lmod_tree) -> Iterator[EnvS
         (site / rel).parent.mkdir(parents=True, exist_ok=True)
         (site / rel).write_text(text)
     (work / "state").mkdir(mode=0o700)
-    for step in ("lock", "build", "publish"):
+    for step in ("init-root", "lock", "build", "publish"):
         cli(site, step)
     homes = work / "homes"
     homes.mkdir(mode=0o755)

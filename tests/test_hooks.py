@@ -93,6 +93,14 @@ def test_the_hook_pins_the_session_to_the_current_generation(tmp_path):
 
 
 def test_nothing_published_gives_a_clear_message(tmp_path):
+    (tmp_path / "root").mkdir()  # a mount point, its shared filesystem not mounted
+    with pytest.raises(SpawnException) as e:
+        pre_spawn_hook(_spawner(), tmp_path / "root")
+    assert f"storage of the notebook environments ({tmp_path / 'root'}) is not available" in str(
+        e.value.jupyterhub_message
+    )
+    assert os.listdir(tmp_path / "root") == []
+    Root(tmp_path / "root").ensure()
     with pytest.raises(SpawnException) as e:
         pre_spawn_hook(_spawner(), tmp_path / "root")
     assert "No notebook environment has been published" in e.value.jupyterhub_message

@@ -41,8 +41,10 @@ def test_the_record_is_written_once_per_change_and_never_makes_a_root(tmp_path):
     assert not note_hub_versions(missing, this_hub_versions())
     assert not missing.path.exists()
     root = Root(tmp_path / "root")
-    root.path.mkdir()
+    root.path.mkdir()  # a mount point, the shared filesystem not mounted on it: no root yet
     record = this_hub_versions()
+    assert not note_hub_versions(root, record) and not any(root.path.iterdir())
+    root.ensure()
     assert note_hub_versions(root, record)
     assert read_hub_versions(root) == record
     later = record.model_copy(update={"written": "2030-01-01T00:00:00Z"})
@@ -55,7 +57,7 @@ def test_the_record_is_written_once_per_change_and_never_makes_a_root(tmp_path):
 def test_only_a_running_hub_records_its_versions(tmp_path, make_site):
     site = make_site({})
     root = Root(site.root)
-    root.path.mkdir(parents=True, exist_ok=True)
+    root.ensure()
     config._note_versions(site)  # the doctor, a test: no event loop
     assert read_hub_versions(root) is None
 
@@ -76,7 +78,7 @@ def test_only_a_running_hub_records_its_versions(tmp_path, make_site):
 )
 def test_publish_refuses_a_server_build_the_hub_cannot_talk_to(tmp_path, hub, server, says):
     root = Root(tmp_path / "root")
-    root.path.mkdir()
+    root.ensure()
     build = _server(tmp_path, server)
     _refuse_a_server_the_hub_cannot_run(root, build)  # no hub has said anything yet: nothing to compare
     _hub(root, hub)

@@ -31,6 +31,7 @@ from hubstock.admin.lock.lockfile import (
 )
 from hubstock.errors import LockError, SpecError
 from hubstock.site import Settings, Site, VirtualPackages
+from hubstock.store.root import Root
 
 
 def _site(tmp_path: Path, envs: dict[str, str], **settings) -> Site:
@@ -527,6 +528,7 @@ print(json.dumps({
 def test_status_and_reading_a_lock_never_import_conda_lock(tmp_path):
     site = _site(tmp_path, {"demo": "channels: [conda-forge]\ndependencies:\n  - python\n  - numpy\n"})
     (tmp_path / "hubstock.toml").write_text('channels = ["conda-forge"]\n')
+    Root(tmp_path / "root").ensure()  # `hubstock init-root`
     _write_conda_lock(
         site.envs_dir / "demo" / "conda-lock.yml", _conda_lock_hashes(site, "demo"), ["conda-forge"]
     )
@@ -554,6 +556,7 @@ sys.exit(main(["--site", sys.argv[1], "--root", sys.argv[2], *sys.argv[3:]]))
 def test_without_the_lock_extra_only_writing_a_lock_stops(tmp_path):
     site = _site(tmp_path, {"demo": "channels: [conda-forge]\ndependencies:\n  - python\n"})
     (tmp_path / "hubstock.toml").write_text('channels = ["conda-forge"]\n')
+    Root(tmp_path / "root").ensure()  # `hubstock init-root`
 
     def run(*args: str) -> subprocess.CompletedProcess:
         argv = [sys.executable, "-c", _WITHOUT_CONDA_LOCK, str(tmp_path), str(tmp_path / "root"), *args]

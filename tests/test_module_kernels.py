@@ -100,6 +100,7 @@ def rsite(lmod_tree) -> Iterator[SimpleNamespace]:
         f'stopifnot(unname(Sys.which("R")) == "{tree.r_bin / "R"}"); cat(R.home())'
     )
     write_r_kernel(site, "r", "r", check=check)
+    hs(site, "init-root")
     steps = {step: hs(site, step) for step in ("lock", "build", "publish")}
     yield SimpleNamespace(
         site=site, root=Root(top / "root"), tree=tree, init=init, modulefile=modulefile, **steps

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.helpers import kernel_script
 
 from hubstock.store.records import SessionRecord
 from hubstock.store.root import Root
@@ -42,22 +43,7 @@ def add_kernel(site, name: str, spec: dict, logo: bytes | None = b"\x89PNG fake 
 
 def run_in_kernel(jupyter_path: Path, name: str, code: str) -> str:
     """Start kernel ``name`` the way a server would (from JUPYTER_PATH) and run ``code``."""
-    script = textwrap.dedent(f"""
-        import os, sys, tempfile
-        os.environ["JUPYTER_PATH"] = {str(jupyter_path)!r}
-        tmp = tempfile.mkdtemp()
-        os.environ["JUPYTER_RUNTIME_DIR"] = tmp
-        os.environ["IPYTHONDIR"] = tmp
-        from jupyter_client.manager import start_new_kernel
-        km, kc = start_new_kernel(kernel_name={name!r}, startup_timeout=90)
-        out = []
-        def hook(msg):
-            if msg["msg_type"] == "stream": out.append(msg["content"]["text"])
-            if msg["msg_type"] == "error": out.append("ERROR " + msg["content"]["evalue"])
-        kc.execute_interactive({code!r}, output_hook=hook, timeout=60)
-        kc.stop_channels(); km.shutdown_kernel(now=True)
-        sys.stdout.write("".join(out)); sys.stdout.flush(); os._exit(0)
-    """)
+    script = kernel_script(jupyter_path, name, code)
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr
     return res.stdout.strip()

@@ -127,8 +127,8 @@ def test_a_start_logs_its_phases_in_one_info_line(slurm):
     assert asyncio.run(scenario()) == ("node042", 8888)
     [line] = logged.phases()
     assert re.fullmatch(
-        rf"Spawn phases of {sp.user.name}'s server, job 100 \(s\): hook=0\.\d+ submit=\d\.\d+ queued=\d\.\d+ "
-        r"server_start=0\.000 total=\d\.\d+",
+        rf"Spawn phases of {sp.user.name}'s server, job 100 \(s\): hook=\d+\.\d+ submit=\d+\.\d+ "
+        r"queued=\d+\.\d+ server_start=0\.000 total=\d+\.\d+",  # any figures: a loaded machine is slow
         line,
     ), line
     seconds = dict(re.findall(r"(\w+)=([0-9.]+)", line))

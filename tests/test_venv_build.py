@@ -36,6 +36,7 @@ from hubstock.store.builds import current_link, is_complete, read_provenance
 from hubstock.store.generations import resolve_current
 from hubstock.store.records import Interpreter, ModuleRef
 from hubstock.store.root import MARKER, Root
+from hubstock.store.rootmark import init_root
 
 pytestmark = pytest.mark.integration
 
@@ -125,6 +126,8 @@ def sha256_of(path: str | Path) -> str:
 def write_site(site: Path, root: Path, extra: str = "") -> Path:
     site.mkdir(parents=True, exist_ok=True)
     (site / "hubstock.toml").write_text(f'root = "{root}"\n{extra}')
+    if root.parent.is_dir():
+        init_root(root)  # as `hubstock init-root` does
     return site
 
 

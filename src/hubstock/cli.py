@@ -1,6 +1,7 @@
 """The ``hubstock`` command.
 
-    hubstock [--site DIR] [--root DIR] lock [ENV...] [--check] [--update]
+    hubstock [--site DIR] [--root DIR] init-root [--moved]
+                                       lock [ENV...] [--check] [--update]
                                        build [ENV...]
                                        publish
                                        status [--json]
@@ -82,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help="lock only what has no lock, or a venv lock made for another Python than its interpreter's "
         "(the site kit's build-envs does this; a stale lock is still an error)",
     )
+
+    ir = sub.add_parser("init-root", help="make the shared root (once; every other command needs it made)")
+    ir.add_argument(
+        "--moved", action="store_true", help="adopt a root that was made elsewhere and moved or copied here"
+    )
+    ir.add_argument("--json", action="store_true", help="machine-readable output")
 
     bd = sub.add_parser("build", help="build the locked environments on the root")
     bd.add_argument("envs", nargs="*", metavar="ENV", help="environments (default: all)")
@@ -241,16 +248,48 @@ def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
-def _existing_root(site: Site) -> None:
-    """A command that reads or changes what was built: the root must be there (a root that is
-    missing is most often a shared filesystem that is not mounted, never an empty site)."""
-    from .errors import SiteError
+def _checked_root(site: Site, args: argparse.Namespace) -> None:
+    """Every command that reads or changes what was built first reads the root's marker
+    (:func:`~hubstock.store.rootmark.check_root`): an absent root, an empty mount point, a typo or
+    another site's root stops it with one sentence, before anything is read or made; one that
+    changes the root also needs it writable (not a read-only mount)."""
+    use = ROOT_USE.get(args.command)
+    if use is None:
+        return
+    from .site import EMBEDDED_ROOT
+    from .store.rootmark import check_root
 
-    if not Path(site.root).is_dir():
-        raise SiteError(
-            f"the root {site.root} does not exist: is the shared filesystem mounted there? Check `root` "
-            "in hubstock.toml, --root or HUBSTOCK_ROOT (`hubstock build` makes a new root)."
-        )
+    root, write = Path(site.root), use(args)
+    if root == site.dir / EMBEDDED_ROOT and not os.path.lexists(root):
+        # the site's own root (no root configured: trying hubstock out) is read as empty until
+        # the command that first writes it makes it, once its input has been checked; a shared
+        # root is made once, by `hubstock init-root`
+        return
+    check_root(root, write=write)
+
+
+#: the commands that use the root: whether the command (with these arguments) changes it
+ROOT_USE = {
+    "build": lambda a: True,
+    "publish": lambda a: True,
+    "rollback": lambda a: True,
+    "gc": lambda a: not a.dry_run,
+    "verify": lambda a: a.repair,
+    "status": lambda a: False,
+    "diff": lambda a: False,
+}
+
+
+def cmd_init_root(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .store.rootmark import init_root
+
+    marker, made = init_root(Path(site.root), moved=args.moved)
+    if args.json:
+        print(json.dumps({"root": str(site.root), "id": marker.id, "made": made}, indent=2))
+    else:
+        state = "made" if made else "already a root"
+        print(f"{site.root}: {state} (root {marker.id}, made {marker.created} by {marker.by})")
+    return 0
 
 
 def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
@@ -282,7 +321,6 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
 def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.publish.rollback import rollback
 
-    _existing_root(site)
     gen = rollback(site, args.generation, progress)
     print(json.dumps({"generation": gen}, indent=2) if args.json else f"generation {gen} is current")
     return 0
@@ -294,7 +332,6 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     keep = args.keep if args.keep is not None else site.settings.gc.keep
     if keep < 1:
         raise UsageError(f"--keep {keep}: at least the current generation is kept; use 1 or more.")
-    _existing_root(site)
     plan = gc(site, keep, args.dry_run, progress)
     if args.json:
         doc = {  # the same keys with --dry-run: "removed" is then what a run without it removes
@@ -433,7 +470,6 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.build.repair import verify_and_repair
     from .admin.build.verify import verify
 
-    _existing_root(site)
     report = (
         verify_and_repair(site, args.envs, progress)
         if args.repair
@@ -498,6 +534,7 @@ COMMANDS = {
     "gc": cmd_gc,
     "units": cmd_units,
     "doctor": cmd_doctor,
+    "init-root": cmd_init_root,
     "verify": cmd_verify,
 }
 
@@ -529,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .store.root import LOCK_WAIT
 
                 LOCK_WAIT.set(float(args.wait))
+            _checked_root(site, args)
             code = COMMANDS[args.command](site, args, progress)
             sys.stdout.flush()
             return code

@@ -48,6 +48,13 @@ class RootBusy(HubstockError):
     """Another command held the root's lock for longer than this one was told to wait (``--wait``)."""
 
 
+class RootError(HubstockError):
+    """The root is absent, not mounted, another root, or read-only where it must be written:
+    nothing was read or changed there (``hubstock.store.rootmark``)."""
+
+    exit_code = 2
+
+
 class IntegrityError(HubstockError):
     """A package archive does not match the sha256 recorded in the lock."""
 

@@ -14,6 +14,7 @@ from ..proc import run
 from ..site import Site
 from ..store.perms import close_cache, no_write_for_others
 from ..store.root import Root
+from ..store.rootmark import is_root
 
 
 def uv_command() -> list[str]:
@@ -34,9 +35,11 @@ UV_UMASK = 0o022
 
 
 def uv_env(site: Site) -> dict[str, str]:
-    """uv's environment: never downloads a Python; caches under the root unless told."""
+    """uv's environment: never downloads a Python; caches under the root unless told (or, before
+    the root is made, as uv would on its own: ``hubstock lock`` makes no root)."""
+    cache = os.environ.get("UV_CACHE_DIR") or (str(Root(site.root).uv_cache) if is_root(site.root) else None)
     return {
-        "UV_CACHE_DIR": os.environ.get("UV_CACHE_DIR") or str(Root(site.root).uv_cache),
+        **({"UV_CACHE_DIR": cache} if cache else {}),
         "UV_PYTHON_DOWNLOADS": "never",
         "UV_NO_PROGRESS": "1",
     }
@@ -54,7 +57,7 @@ def run_uv(
     """
     env = {**(env or {}), **uv_env(site)}  # ``env``: what the interpreter needs (its module's)
     root = Root(site.root)
-    own_cache = Path(env["UV_CACHE_DIR"]) == root.uv_cache
+    own_cache = env.get("UV_CACHE_DIR") == str(root.uv_cache)
     if own_cache:
         root.ensure()
     try:

@@ -28,6 +28,7 @@ from ..store.fs import now_iso
 from ..store.generations import Generation, current_name, resolve_current
 from ..store.records import GenerationManifest, RecordError, SessionRecord
 from ..store.root import Root
+from ..store.rootmark import is_root
 from ..store.sessions import read_session, register, unregister
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -36,6 +37,12 @@ BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 def published_generation(root: Root) -> tuple[Generation, GenerationManifest]:
     """The current generation, resolved once, and its manifest; a :class:`SpawnError` if unusable."""
     gen = resolve_current(root)
+    if gen is None and not is_root(root.path):  # an unmounted shared filesystem, most often
+        raise SpawnError(
+            f"The storage of the notebook environments ({root.path}) is not available on the hub "
+            "right now, so no server can start. Please tell the hub's administrators (`hubstock "
+            "doctor` on the hub node says why)."
+        )
     if gen is None:
         raise SpawnError(
             "No notebook environment has been published on this hub yet, so no server can start. "

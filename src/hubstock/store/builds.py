@@ -7,10 +7,9 @@ the one source of truth for "which build" that publish, status and gc read.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from .fs import atomic_write
+from .fs import atomic_write, read_link
 from .records import BuildDamage, BuildFiles, BuildProvenance, RecordError
 from .root import BUILD_FILES, MARKER, PROVENANCE, Root
 
@@ -27,7 +26,7 @@ def is_complete(prefix: Path, bid: str | None = None) -> bool:
 def current_link(root: Root, env: str) -> str | None:
     """The build id ``env``'s ``current`` names, complete or not (None without the link)."""
     try:
-        return os.readlink(root.env_current(env))
+        return read_link(root.env_current(env))
     except OSError:
         return None
 

@@ -13,6 +13,7 @@ import getpass
 import os
 import shutil
 import stat
+import time
 import uuid
 from collections.abc import Callable, Container
 from datetime import UTC, datetime
@@ -191,6 +192,35 @@ def _read_only(p: str, st: os.stat_result | None = None) -> None:
         want |= 0o111
     if want != mode:
         os.chmod(p, want)
+
+
+#: how often a reader asks again for a link that a network filesystem answered badly
+LINK_TRIES = 8
+
+
+def read_link(path: str | os.PathLike[str]) -> str | None:
+    """What the symbolic link ``path`` points at; None when there is no such link.
+
+    For the links that are swapped by rename while others read them (``current``). On a network
+    filesystem a reader on another client can get ESTALE, or even an empty string, for a link
+    being swapped (GlusterFS over FUSE, measured: up to a few percent of reads); it asks again,
+    with a short pause growing from 1 ms, and gets the old link or the new one. Local disks
+    answer at once."""
+    for attempt in range(LINK_TRIES):
+        try:
+            target = os.readlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as e:
+            if e.errno != errno.ESTALE or attempt == LINK_TRIES - 1:
+                if e.errno == errno.EINVAL:  # not a link
+                    return None
+                raise
+            target = ""
+        if target:
+            return target
+        time.sleep(0.001 * 2**attempt)
+    raise OSError(errno.ESTALE, "the filesystem keeps answering an empty link", os.fspath(path))
 
 
 def link_target(path: str | os.PathLike[str]) -> str:

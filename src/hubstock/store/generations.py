@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fs import atomic_symlink, atomic_write
+from .fs import atomic_symlink, atomic_write, read_link
 from .records import GenerationManifest
 from .root import MANIFEST, Root
 
@@ -113,9 +113,10 @@ def normalise(gen: str) -> str:
 def current_name(root: Root) -> str | None:
     """The name of the current generation, or None when nothing is published."""
     try:
-        return os.path.basename(os.readlink(root.current))
+        target = read_link(root.current)
     except OSError:
         return None
+    return os.path.basename(target) if target else None
 
 
 def resolve_current(root: Root) -> Generation | None:
@@ -124,9 +125,10 @@ def resolve_current(root: Root) -> Generation | None:
     The returned directory is the real one, not ``current``: a later switch of the
     link does not change what the caller reads.
     """
-    if not os.path.lexists(root.current):
+    target = read_link(root.current)  # once, surviving a network filesystem's stale answers
+    if target is None:
         return None
-    path = Path(os.path.realpath(root.current))
+    path = Path(os.path.realpath(root.path / target))
     return Generation(path.name, path)
 
 

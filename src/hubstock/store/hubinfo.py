@@ -4,7 +4,7 @@
 
 Written when the hub loads its configuration (:func:`~hubstock.hub.config.apply_site`; the
 doctor, which loads it the same way on the hub node, writes the same), only when the root
-exists and only if something changed. Read by ``hubstock publish``, which refuses a server build
+exists (is marked: ``store.rootmark``) and only if something changed. Read by ``hubstock publish``, which refuses a server build
 whose JupyterHub is not the hub's major.minor: the check the doctor makes on the hub node, made
 before the generation is published, as far as the publishing machine can tell.
 """
@@ -21,6 +21,7 @@ from .fs import atomic_write, read_regular
 from .perms import admin_of, make_dir, private_modes, set_mode
 from .records import HubVersions, RecordError
 from .root import Root
+from .rootmark import is_root
 
 HUB_VERSIONS_FILE = "hub-versions"  # not *.json: the session records are
 
@@ -34,7 +35,7 @@ def hub_versions_path(root: Root) -> Path:
 def note_hub_versions(root: Root, record: HubVersions) -> bool:
     """Write ``record`` unless the root already says the same (apart from when); never makes the
     root. Whether it wrote."""
-    if not root.path.is_dir():
+    if not is_root(root.path):  # an unmounted root's mount point is no place for it
         return False
     old = read_hub_versions(root)
     if old is not None and old.model_copy(update={"written": record.written}) == record:

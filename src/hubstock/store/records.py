@@ -235,6 +235,19 @@ class HubVersions(Record):
     written: str
 
 
+class RootMarker(Record):
+    """What makes a directory a hubstock root (``store.rootmark``): written once by
+    ``hubstock init-root``, read by every command before it touches the root, so that an
+    unmounted shared filesystem, a typo or another site's root is refused, never filled."""
+
+    WHAT: ClassVar[str] = "root marker"
+
+    id: str  # a random id, the same on every node that mounts this root
+    path: str  # where the root was made (and where its kernelspecs say its builds are)
+    created: str
+    by: str  # user@host that made it
+
+
 class PendingCancel(BaseModel):
     """One job the hub wants gone and could not cancel yet."""
 

@@ -11,6 +11,7 @@
     $ROOT/audit.log                    one JSON line per build, publish, rollback, gc, spawn
     $ROOT/.hubstock.lock               held while anything changes the root (mode 0600)
     $ROOT/.hubstock.holder             who holds it (written once it is held)
+    $ROOT/.hubstock-id.json            the root's marker: a root is made once (:mod:`.rootmark`)
 
 Nothing outside ``hubstock.store`` spells these names. Who may read and write each of
 them is :mod:`.perms`' business.
@@ -137,7 +138,8 @@ class Root:
         return self.path / ".trash"
 
     def ensure(self) -> None:
-        """Create the root's top level with its modes, whatever the umask: the root, ``envs/`` and
+        """Create the root's top level and its marker (:mod:`.rootmark`: commands make a root only
+        through ``hubstock init-root``, and check the marker first) with its modes, whatever the umask: the root, ``envs/`` and
         ``generations/`` readable by all (servers use them), the caches and the trash the admin's alone.
         A setgid root (the group the hub and the admins share, see :mod:`.perms`) stays setgid."""
         try:
@@ -149,6 +151,10 @@ class Root:
             make_dir(d, PUBLIC_DIR)
         for d in (self.pkgs, self.cache, self.trash):
             make_dir(d, ADMIN_DIR)
+        from .rootmark import is_root, write_marker  # the marker's module reads this one
+
+        if not is_root(self.path):
+            write_marker(self.path)
 
     @contextlib.contextmanager
     def locked(self, on_wait: Callable[[str], None] | None = None, *, create: bool = True) -> Iterator[None]:

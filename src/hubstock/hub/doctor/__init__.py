@@ -102,12 +102,13 @@ def run_doctor(
         raise SiteError(f"queue {queue!r} is not one of the site's queues ({names}); name one of them.")
 
     root = Root(site.root)
-    add(*check_root(root))
+    root_checks = check_root(root)
+    add(*root_checks)
     gen: Generation | None = None
     manifest: GenerationManifest | None = None
     envs = GenerationEnvs()
     modules = site.settings.modules
-    if root.path.is_dir():
+    if root_checks[0].status != "FAIL":
         add(check_lock(root))
         gen_check, gen, manifest = check_generation(root)
         add(gen_check)

@@ -11,11 +11,13 @@ import os
 import pwd
 from pathlib import Path
 
+from ...errors import RootError
 from ...store.builds import damage, is_complete
 from ...store.generations import Generation, resolve_current
 from ...store.hubinfo import major_minor
 from ...store.records import GenerationManifest, RecordError
 from ...store.root import Root
+from ...store.rootmark import check_root as check_marker
 from ...store.scan import scan_root
 from .model import Check, fail, ok, warn
 
@@ -33,19 +35,21 @@ def _some(paths: list[str], count: int) -> str:
 
 
 def check_root(root: Root) -> list[Check]:
-    """``root``: it exists; ``root.owner``: everything in it is its owner's (or uid 0's);
+    """``root``: it exists and is marked for this place; ``root.owner``: everything in it is its owner's (or uid 0's);
     ``root.writable``: nothing in it may be changed by users."""
-    if not root.path.is_dir():
+    try:
+        marker = check_marker(root.path)
+    except RootError as e:
         return [
             fail(
                 "root",
-                f"{root.path} does not exist or is not a folder",
+                str(e),
                 "mount the shared root at this path, or set root in hubstock.toml (or HUBSTOCK_ROOT) to it.",
             )
         ]
     scan = scan_root(root.path)
     owner = _user(scan.owner)
-    checks = [ok("root", f"{root.path}, owned by {owner}, {scan.scanned} paths scanned")]
+    checks = [ok("root", f"{root.path} (root {marker.id}), owned by {owner}, {scan.scanned} paths scanned")]
     if scan.foreign_count:
         shown = [f"{p} ({_user(uid)})" for p, uid in scan.foreign]
         checks.append(
