@@ -59,7 +59,9 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     def run(*argv: str, code: int = 0) -> dict:
         res = hubstock(site, *argv, "--json")
         assert res.returncode == code, (argv, res.stderr)
-        return json.loads(res.stdout)
+        doc = json.loads(res.stdout)
+        assert doc["format"] == 1, argv  # README: "Machine-readable output"
+        return doc
 
     first = run("build")["builds"]
     assert [(b["env"], b["built"]) for b in first] == [("py", True)]
@@ -68,6 +70,7 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     (stale / "share" / "jupyter" / "kernels" / "evil").mkdir(parents=True)
     pub = run("publish")
     assert pub == {
+        "format": 1,
         "generation": "0001",
         "published": True,
         "kernels": ["stock"],
@@ -82,8 +85,8 @@ def test_json_says_what_was_done_and_exit_statuses_follow_the_table(make_site, h
     second = run("build")["builds"][0]
     assert second["built"] and second["build"] != first[0]["build"]
     assert run("publish")["generation"] == "0002"
-    assert run("rollback") == {"generation": "0001"}
-    assert run("rollback", "2") == {"generation": "0002"}
+    assert run("rollback") == {"format": 1, "generation": "0001"}
+    assert run("rollback", "2") == {"format": 1, "generation": "0002"}
 
     dry = run("gc", "--keep", "1", "--dry-run")
     assert dry["dry_run"] is True and dry["removed"]["generations"] == ["0001"]

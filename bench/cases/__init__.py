@@ -23,7 +23,8 @@ The modules, by concern:
 - :mod:`.hub`: spawning through the Slurm and OpenPBS rigs (``spawn_to_ready``,
   ``spawn_to_ready_pbs``) and the helpers that run a hub;
 - :mod:`.rpcs`: ``status_rpcs_per_interval``;
-- :mod:`.fallback`: ``status_fallback`` (``status_fallback_calls``, ``status_loop_stall_N``).
+- :mod:`.fallback`: ``status_fallback`` (``status_fallback_calls``, ``status_loop_stall_N``);
+- :mod:`.netfs`: the root on GlusterFS (``warm_build_large_netfs``, ``publish_1_netfs``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from .fallback import status_fallback
 from .hook import hook
 from .hub import spawn_to_ready, spawn_to_ready_pbs
 from .kinds import module_kernel_start, venv_build_cold, venv_build_warm
+from .netfs import netfs
 from .publish import kernel_start_readonly, publish
 from .rpcs import status_rpcs_per_interval
 
@@ -61,4 +63,5 @@ CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [
     ("spawn_to_ready_pbs", spawn_to_ready_pbs),
     ("status_rpcs_per_interval", status_rpcs_per_interval),
     ("status_fallback", status_fallback),
+    ("netfs", netfs),
 ]

@@ -154,6 +154,7 @@ class Bench:
             (site / "envs" / env).mkdir(parents=True, exist_ok=True)
             (site / "envs" / env / "environment.yml").write_text(text)
         (site / "hubstock.toml").write_text(base_settings(root, self.channel()))
+        hubstock(site, "init-root")
         hubstock(site, "lock")
         return site
 

@@ -61,6 +61,7 @@ def venv_site(b: Bench) -> Path:
         (env_dir / "env.toml").write_text(f'kind = "venv"\n\n[python]\npath = "{VENV_PYTHON}"\n')
         (env_dir / "requirements.in").write_text("".join(f"{r}\n" for r in reqs))
         (site / "hubstock.toml").write_text(f'root = "{b.work / "venv-root"}"\n')
+        hubstock(site, "init-root")
         hubstock(site, "lock")
         b.cache["venv_site"] = site
     return b.cache["venv_site"]

@@ -149,6 +149,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+#: the shape of every ``--json`` document (its ``format`` key; README "Machine-readable output"):
+#: raised when a key changes meaning or goes away, not when one is added
+JSON_FORMAT = 1
+
+
+def _print_json(doc: dict) -> None:
+    print(json.dumps({"format": JSON_FORMAT, **doc}, indent=2))
+
+
 VERBOSE_HELP = "show every step and the output of the commands hubstock runs (not with -q)"
 QUIET_HELP = "show no progress, only warnings and errors (not with -v)"
 
@@ -244,7 +253,7 @@ def cmd_build(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         if not args.json:
             print(f"{result.env}: {result.build_id} ({'built' if result.built else 'up to date'})")
     if args.json:
-        print(json.dumps({"root": str(site.root), "builds": done}, indent=2))
+        _print_json({"root": str(site.root), "builds": done})
     return 0
 
 
@@ -285,7 +294,7 @@ def cmd_init_root(site: Site, args: argparse.Namespace, progress: Progress) -> i
 
     marker, made = init_root(Path(site.root), moved=args.moved)
     if args.json:
-        print(json.dumps({"root": str(site.root), "id": marker.id, "made": made}, indent=2))
+        _print_json({"root": str(site.root), "id": marker.id, "made": made})
     else:
         state = "made" if made else "already a root"
         print(f"{site.root}: {state} (root {marker.id}, made {marker.created} by {marker.by})")
@@ -296,7 +305,10 @@ def cmd_status(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     from .admin.status import collect_status, format_status
 
     doc = collect_status(site)
-    print(json.dumps(doc, indent=2) if args.json else format_status(doc))
+    if args.json:
+        _print_json(doc)
+    else:
+        print(format_status(doc))
     return 0
 
 
@@ -312,7 +324,7 @@ def cmd_publish(site: Site, args: argparse.Namespace, progress: Progress) -> int
             "kernels": list(result.kernels),
             "removed_staging": list(result.removed_staging),
         }
-        print(json.dumps(doc, indent=2))
+        _print_json(doc)
     else:
         print(f"generation {result.generation} ({'published' if result.changed else 'unchanged'})")
     return 0
@@ -322,7 +334,10 @@ def cmd_rollback(site: Site, args: argparse.Namespace, progress: Progress) -> in
     from .admin.publish.rollback import rollback
 
     gen = rollback(site, args.generation, progress)
-    print(json.dumps({"generation": gen}, indent=2) if args.json else f"generation {gen} is current")
+    if args.json:
+        _print_json({"generation": gen})
+    else:
+        print(f"generation {gen} is current")
     return 0
 
 
@@ -343,7 +358,7 @@ def cmd_gc(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             },
             "kept": {"generations": plan.kept_generations, "builds": plan.kept_builds},
         }
-        print(json.dumps(doc, indent=2))
+        _print_json(doc)
         return 0
     verb = "would remove" if args.dry_run else "removed"
     for g in plan.generations:
@@ -461,7 +476,10 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         diff = catalog.diff(catalog.generation(before) if before else None, catalog.generation(after))
     except RecordError as e:  # a manifest this hubstock cannot read: the root is the fault (table: 2)
         raise UsageError(str(e)) from None
-    print(json.dumps(diff.model_dump(mode="json"), indent=2) if args.json else format_diff(diff))
+    if args.json:
+        _print_json(diff.model_dump(mode="json"))
+    else:
+        print(format_diff(diff))
     return 0
 
 
@@ -476,7 +494,7 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         else verify(site, args.envs, False, progress)
     )
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        _print_json(report.to_json())
     else:
         for b in report.builds:
             for f in b.findings:
@@ -520,7 +538,7 @@ def cmd_doctor(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         return 130
     if args.json:
         worst = "FAIL" if exit_code(checks) else "warn" if any(c.status == "warn" for c in checks) else "ok"
-        print(json.dumps({"status": worst, "checks": [c.model_dump() for c in checks]}, indent=2))
+        _print_json({"status": worst, "checks": [c.model_dump() for c in checks]})
     return exit_code(checks)
 
 
