@@ -25,6 +25,7 @@ import pytest
 from hubstock.store.fs import read_regular
 from hubstock.store.records import SessionRecord
 from hubstock.store.root import Root
+from hubstock.store.rootmark import check_root
 
 pytestmark = pytest.mark.integration
 
@@ -247,7 +248,7 @@ def _waiting_line(site, holder_code: str, lock_target: str) -> tuple[str, int]:
 def test_the_lock_is_the_admins_and_waiting_names_the_real_holder(make_site, hubstock):
     site = make_site({"demo": "dependencies:\n  - python\n"})
     root = Root(site.root)
-    root.path.mkdir(parents=True)  # a root that is there (gc refuses one that is not: not mounted?)
+    assert check_root(root.path)  # made by make_site, as `hubstock init-root` makes one
     hubstock(site, "gc", check=True)  # an earlier hubstock, long finished
     assert stat.S_IMODE(root.lock_file.stat().st_mode) == 0o600
     # a process that holds the lock and has written nothing (yet): named by its pid, not the earlier one
