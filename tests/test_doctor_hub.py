@@ -31,6 +31,7 @@ from tests.helpers import need_root
 
 from hubstock.store.generations import resolve_current
 from hubstock.store.root import Root
+from hubstock.store.rootmark import write_marker
 
 pytestmark = pytest.mark.hub
 
@@ -235,6 +236,7 @@ def test_a_server_build_with_another_jupyterhub(ds):
         gen = resolve_current(Root(ds.root))
         subprocess.run(["cp", "-a", str(ds.root / "generations"), str(copy)], check=True)
         os.symlink(f"generations/{gen.name}", copy / "current")
+        write_marker(copy)  # a root of its own at this path, as `hubstock init-root --moved` leaves it
         manifest = resolve_current(Root(copy)).manifest_path
         text = manifest.read_text().replace(str(ds.root) + "/", str(copy) + "/")
         manifest.unlink()

@@ -16,6 +16,7 @@ import pytest
 from rigs.hubsite import test_cache as suite_cache
 
 from hubstock.admin.uv import uv_command
+from hubstock.store.rootmark import init_root
 
 pytestmark = pytest.mark.integration
 
@@ -76,7 +77,7 @@ def site(tmp_path_factory) -> Path:
     (site / "envs" / "py" / "env.toml").write_text('kind = "venv"\n\n[python]\npath = "/usr/bin/python3"\n')
     (site / "envs" / "py" / "requirements.in").write_text("six\n")
     (site / "hubstock.toml").write_text(f'root = "{site / "root"}"\n')
-    (site / "root").mkdir()
+    init_root(site / "root")  # as `hubstock init-root` makes it
     return site
 
 

@@ -126,6 +126,7 @@ def venv_build_cold(b: Bench) -> list[dict[str, Any]]:
     site = venv_site(b)
     lock = site / "envs" / VENV_ENV / "pylock.toml"
     root = Root(b.work / "venv-cold-root")
+    hubstock(site, "init-root", root=root.path)  # untimed, once: the runs empty its caches, not the root
     scratch = b.work / "venv-cold"
     scratch.mkdir(exist_ok=True)
     trash = scratch / ".trash"
