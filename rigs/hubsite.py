@@ -17,6 +17,7 @@ keeps it, so the module env's lock stays fresh whatever hub settings a test writ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,13 @@ R_ENV = "r"
 R_KERNEL = "r"
 #: the site's module tree, relative to the site (``[modules] use``): a link to the rig's tree
 SITE_MODULES = "modules"
+#: a kernel for some Unix groups only (:func:`restricted_kernel`): the stock Python env's spec as
+#: an env of its own, closed to a group, and its kernel
+LICENSED_ENV = "licensed"
+LICENSED_KERNEL = "python-licensed"
+LICENSED_DISPLAY_NAME = "Licensed Python (stock)"
+#: what the stock page tells the others of it (``[publish] restricted_note``)
+RESTRICTED_NOTE = "Licensed software: ask research computing for access."
 
 
 def free_port(near: int = 0) -> int:
@@ -188,6 +196,32 @@ def build_site(
     return site
 
 
+@contextlib.contextmanager
+def restricted_kernel(site: Path, group: str) -> Iterator[str]:
+    """Publish on ``site`` the env :data:`LICENSED_ENV` (the stock Python env's spec, ``groups =
+    [group]`` in its env.toml) with its kernel :data:`LICENSED_KERNEL`; yield the generation. After,
+    both leave the site and the site is published again without them."""
+    env = site / "envs" / LICENSED_ENV
+    kernel = site / "kernels" / LICENSED_KERNEL
+    env.mkdir(parents=True, exist_ok=True)
+    (env / "environment.yml").write_text((site / "envs" / "python" / "environment.yml").read_text())
+    (env / "env.toml").write_text(f'kind = "conda"\ngroups = ["{group}"]\n')
+    kernel.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((site / "kernels" / KERNEL_NAME / "kernel.json").read_text())
+    spec["display_name"] = LICENSED_DISPLAY_NAME
+    spec["metadata"]["hubstock"]["env"] = LICENSED_ENV
+    (kernel / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+    try:
+        cli(site, "lock", LICENSED_ENV)
+        cli(site, "build", LICENSED_ENV)
+        out = cli(site, "publish", "--json")
+        yield json.loads(out)["generation"]
+    finally:
+        shutil.rmtree(env, ignore_errors=True)
+        shutil.rmtree(kernel, ignore_errors=True)
+        cli(site, "publish")
+
+
 def base_settings(root: Path, channel: Path) -> str:
     """The root, the channel, and the site's own module tree (``modules/``: used only by the venv
     and module envs :func:`add_module_kinds` adds, with it)."""
@@ -209,6 +243,7 @@ def hub_settings(
     hub_connect_ip: str | None = None,
     environment: dict[str, str] | None = None,
     submit_cmd: str | None = None,
+    restricted_note: str | None = RESTRICTED_NOTE,
 ) -> str:
     """``hubstock.toml`` for a hub on 127.0.0.1: ``scheduler`` is slurm, torque, pbs, local or simple.
 
@@ -265,6 +300,8 @@ def hub_settings(
         'memory = "1G"',
         'walltime = "00:30:00"',
     ]
+    if restricted_note:
+        lines += ["", "[publish]", f"restricted_note = {json.dumps(restricted_note)}"]
     return "\n".join(lines) + "\n"
 
 

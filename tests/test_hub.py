@@ -19,15 +19,27 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rigs.clusters import Cluster, PBSCluster, SlurmCluster
 from rigs.hub_rig import Hub, run_code
 from rigs.hubsite import KERNEL_NAME as KERNEL
-from rigs.hubsite import R_KERNEL, VENV_KERNEL, cli, free_port, hub_settings, py_env, start_hub
+from rigs.hubsite import (
+    LICENSED_KERNEL,
+    R_KERNEL,
+    VENV_KERNEL,
+    cli,
+    free_port,
+    hub_settings,
+    py_env,
+    restricted_kernel,
+    start_hub,
+)
 from rigs.slurm_rig import create_user, remove_user
 from tests.helpers import audit, need_root, session_jobs, stop_during_an_outage, until
 
@@ -212,10 +224,11 @@ def test_a_server_is_a_batch_job_of_the_user_on_the_published_builds(hub, rig, s
     status, specs = hub.request("GET", f"/user/{ALICE}/api/kernelspecs", token=token)
     assert status == 200
     manifest = json.loads((Root(site.parent / "root").current / "manifest.json").read_text())
-    # exactly the published stock kernels (with a pinned previous build once one was replaced),
-    # and not the server environment's own python3
+    # exactly the published stock kernels (with a pinned previous build once one was replaced) but
+    # those for groups she is not in, and not the server environment's own python3
     assert (
-        set(specs["kernelspecs"]) == {k["name"] for k in manifest["kernels"]} and specs["default"] == KERNEL
+        set(specs["kernelspecs"]) == {k["name"] for k in manifest["kernels"] if not k.get("groups")}
+        and specs["default"] == KERNEL
     )
     assert KERNEL in specs["kernelspecs"] and "python3" not in specs["kernelspecs"]
     kernel = next(k for k in manifest["kernels"] if k["name"] == KERNEL)
@@ -344,7 +357,8 @@ def test_a_new_user_gets_the_venv_and_module_kernels_pinned_across_a_publish(
         # what the launcher shows: the server's kernelspecs, with both kernels as published
         _, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
         shown = {name: k["spec"] for name, k in specs["kernelspecs"].items()}
-        assert set(shown) == set(published) and specs["default"] == KERNEL, shown
+        everybodys = {n for n, k in published.items() if not k.get("groups")}
+        assert set(shown) == everybodys and specs["default"] == KERNEL, shown
         assert {n: shown[n]["display_name"] for n in (VENV_KERNEL, R_KERNEL)} == {
             VENV_KERNEL: venv["display_name"],
             R_KERNEL: r["display_name"],
@@ -374,7 +388,7 @@ def test_a_new_user_gets_the_venv_and_module_kernels_pinned_across_a_publish(
         # the running session keeps its generation: the same kernels, named as before, and both run
         _, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
         assert {n: k["spec"]["display_name"] for n, k in specs["kernelspecs"].items()} == {
-            n: k["display_name"] for n, k in published.items()
+            n: k["display_name"] for n, k in published.items() if n in everybodys
         }
         record = json.loads((root.sessions / f"{user}.default.json").read_text())
         assert record["generation"] == manifest["generation"] and record["job_id"] == job.id
@@ -395,6 +409,85 @@ def test_a_new_user_gets_the_venv_and_module_kernels_pinned_across_a_publish(
             with contextlib.suppress(Exception):
                 _stop(hub, rig, user, token)
         remove_user(user)
+
+
+@pytest.fixture(scope="module")
+def licensed(site, users):
+    """A kernel for one group only, published on the site (env ``licensed``, closed to the group):
+    Carol is in the group, Alice is not. Afterwards the site is published again without it."""
+    group = f"hslic{RUN}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    try:
+        subprocess.run(["gpasswd", "-a", CAROL, group], check=True, capture_output=True)
+        with restricted_kernel(site, group) as gen:
+            yield SimpleNamespace(group=group, generation=gen)
+    finally:
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+WHO_AND_WHERE = "import os, sys, pwd\nprint(pwd.getpwuid(os.getuid()).pw_name)\nprint(sys.prefix)\n"
+
+
+def _kernelspecs(hub: Hub, user: str, token: str) -> set[str]:
+    status, specs = hub.request("GET", f"/user/{user}/api/kernelspecs", token=token)
+    assert status == 200, specs
+    return set(specs["kernelspecs"])
+
+
+@pytest.mark.parametrize(
+    "hub", ["slurm-postgresql", pytest.param("pbs", marks=pytest.mark.pbs)], indirect=True
+)
+def test_a_kernel_for_a_group_is_for_its_members_alone(hub, rig, site, licensed):
+    """On Slurm and OpenPBS (the torque hub is Slurm's again): a member's launcher shows the group's
+    kernel and a notebook runs in it, in her job; removed
+    from the group while her server runs, that session keeps it (its processes keep the groups
+    they started with) and her next spawn no longer has it. A non-member's launcher never shows
+    it, and her own job cannot run the kernel's program, read its build or its kernel.json."""
+    root = Root(site.parent / "root")
+    gen = root.generations / licensed.generation
+    manifest = json.loads((gen / "manifest.json").read_text())
+    entry = next(k for k in manifest["kernels"] if k["name"] == LICENSED_KERNEL)
+    assert entry["groups"] == [licensed.group]
+    prefix = root.build(entry["env"], entry["build"])
+    carol = _token(hub, CAROL)
+    _start(hub, CAROL, carol)
+    try:
+        assert LICENSED_KERNEL in _kernelspecs(hub, CAROL, carol)
+        out = run_code(hub, CAROL, carol, LICENSED_KERNEL, WHO_AND_WHERE).split()
+        assert out == [CAROL, str(prefix)], out
+        subprocess.run(["gpasswd", "-d", CAROL, licensed.group], check=True, capture_output=True)
+        assert run_code(hub, CAROL, carol, LICENSED_KERNEL, WHO_AND_WHERE).split() == out
+        _stop(hub, rig, CAROL, carol)
+        _start(hub, CAROL, carol)
+        assert LICENSED_KERNEL not in _kernelspecs(hub, CAROL, carol)
+        _stop(hub, rig, CAROL, carol)
+    finally:
+        subprocess.run(["gpasswd", "-a", CAROL, licensed.group], check=False, capture_output=True)
+    audit_lines = [json.loads(line) for line in root.audit_log.read_text().splitlines()]
+    spawns = [a for a in audit_lines if a["action"] == "spawn" and a["user"] == CAROL]
+    assert spawns[-2].get("restricted") == [LICENSED_KERNEL] and "restricted" not in spawns[-1]
+
+    alice = _token(hub, ALICE)
+    _start(hub, ALICE, alice)
+    specs = _kernelspecs(hub, ALICE, alice)
+    assert LICENSED_KERNEL not in specs and KERNEL in specs
+    kernel_json = gen / "restricted" / LICENSED_KERNEL / "kernels" / LICENSED_KERNEL / "kernel.json"
+    by_hand = (
+        "import subprocess\n"
+        "for what, act in [\n"
+        f"    ('run', lambda: subprocess.run([{str(prefix / 'bin' / 'python')!r}, '-c', 'pass'])),\n"
+        f"    ('list', lambda: __import__('os').listdir({str(prefix)!r})),\n"
+        f"    ('read', lambda: open({str(kernel_json)!r}).read()),\n"
+        "]:\n"
+        "    try:\n"
+        "        act()\n"
+        "        print(what, 'allowed')\n"
+        "    except OSError as e:\n"
+        "        print(what, e.strerror.replace(' ', '-'))\n"
+    )
+    out = run_code(hub, ALICE, alice, KERNEL, by_hand).split()
+    assert out == ["run", "Permission-denied", "list", "Permission-denied", "read", "Permission-denied"], out
+    _stop(hub, rig, ALICE, alice)
 
 
 def test_the_spawn_form_and_what_the_scheduler_gives_the_job(hub, rig):

@@ -4,16 +4,30 @@ The hub runs the site's own configuration on the local Slurm rig. A new PAM user
 in, opens "Stock environments" from the hub's Services menu and filters for demo-c:
 version 0.1. An admin then publishes a generation with demo-c 0.2; after a reload the
 page shows 0.2 for the stock kernel (0.1 for the previous build's pinned kernel), and
-the history shows the upgrade. Screenshots go to ``test-artifacts/browser/``.
+the history shows the upgrade. With a kernel for one group published, a member sees it
+on the page and a non-member sees only the site's note about it. Screenshots go to
+``test-artifacts/browser/``.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import subprocess
 
 import pytest
-from rigs.hubsite import KERNEL_NAME, cli, free_port, hub_settings, py_env, start_hub
+from rigs.hubsite import (
+    KERNEL_NAME,
+    LICENSED_DISPLAY_NAME,
+    LICENSED_KERNEL,
+    RESTRICTED_NOTE,
+    cli,
+    free_port,
+    hub_settings,
+    py_env,
+    restricted_kernel,
+    start_hub,
+)
 from rigs.slurm_rig import create_user, remove_user
 from tests.helpers import need_root
 from tests.test_browser import artifacts, chromium, page, showing_the_page  # noqa: F401 - fixtures
@@ -24,6 +38,7 @@ from hubstock.store.root import Root
 pytestmark = [pytest.mark.browser, pytest.mark.hub]
 
 USER, PASSWORD = f"hsreader{secrets.token_hex(2)}", "Reads-The-Stock-5"
+MEMBER, MEMBER_PASSWORD = f"hslicensee{secrets.token_hex(2)}", "Holds-A-License-6"
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +52,7 @@ def reader(hub_workdir):
 
 
 @pytest.fixture(scope="module")
-def hub(hub_workdir, hub_site, channel, slurm_rig, reader):
+def hub(hub_workdir, hub_site, channel, slurm_rig, reader, licensed):
     ports = [free_port() for _ in range(3)]
     (hub_site / "hubstock.toml").write_text(
         hub_settings(
@@ -129,3 +144,57 @@ def test_a_user_finds_a_package_and_sees_its_upgrade(page, hub, artifacts, upgra
         assert re.search(
             r"Published \d{4}-\d\d-\d\d \d\d:\d\d UTC by root", page.locator("section#current").inner_text()
         )
+
+
+@pytest.fixture(scope="module")
+def licensed(hub_site, hub_workdir, reader):
+    """A kernel for one group, published on the site before the hub starts (its page keeps the
+    group, to read the kernel's build): MEMBER is in the group, the reader is not."""
+    group = f"hslicpage{secrets.token_hex(2)}"
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    create_user(MEMBER, MEMBER_PASSWORD, hub_workdir / "homes")
+    try:
+        subprocess.run(["gpasswd", "-a", MEMBER, group], check=True, capture_output=True)
+        with restricted_kernel(hub_site, group):
+            yield group
+    finally:
+        remove_user(MEMBER)
+        subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+def _log_in_and_open_the_page(page, hub, user: str, password: str) -> None:  # noqa: F811
+    from playwright.sync_api import expect
+
+    page.context.clear_cookies()  # the hub's and the page's own: a new visitor
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("#username_input", user)
+    page.fill("#password_input", password)
+    page.click("#login_submit")
+    expect(page.locator("#spawn_form").or_(page.locator("#start"))).to_be_visible()
+    page.goto(f"{hub.url}/services/stock/")
+    expect(page.get_by_text(f"Signed in as {user}")).to_be_visible()
+
+
+def test_a_kernel_for_a_group_is_on_the_page_of_its_members_only(page, hub, artifacts, licensed):  # noqa: F811
+    from playwright.sync_api import expect
+
+    kernel = page.locator(f'article.kernel[data-kernel="{LICENSED_KERNEL}"]')
+    with showing_the_page(page, artifacts, "stock-restricted-member", hub):
+        _log_in_and_open_the_page(page, hub, MEMBER, MEMBER_PASSWORD)
+        expect(kernel.locator("h3")).to_contain_text(LICENSED_DISPLAY_NAME)
+        expect(kernel.locator(".groups")).to_have_text(f"for {licensed}")
+        page.get_by_label("Find a package").fill("demo-c")  # the page reads its build for her
+        expect(kernel.locator('tr[data-name="demo-c"] td.version')).to_have_text(re.compile(r"^0\.[12]$"))
+        expect(page.locator("p.restricted")).to_have_count(0)
+        kernel.scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts / "stock-restricted-member.png"), full_page=True)
+
+    with showing_the_page(page, artifacts, "stock-restricted-non-member", hub):
+        _log_in_and_open_the_page(page, hub, USER, PASSWORD)
+        expect(page.locator(f'article.kernel[data-kernel="{KERNEL_NAME}"]')).to_be_visible()
+        expect(kernel).to_have_count(0)
+        note = page.locator(f'p.restricted[data-kernel="{LICENSED_KERNEL}"]')
+        expect(note).to_contain_text(f"{LICENSED_DISPLAY_NAME} is for members of {licensed} only.")
+        expect(note).to_contain_text(RESTRICTED_NOTE)
+        assert LICENSED_KERNEL not in page.locator("#history").inner_text()
+        page.screenshot(path=str(artifacts / "stock-restricted-non-member.png"), full_page=True)

@@ -145,15 +145,16 @@ from pathlib import Path
 from hubstock.admin.publish.kernels import load_kernel_templates, render_template, smoke_test, write_kernel
 from hubstock.admin.publish.publish import build_ref
 from hubstock.site import load_site
+from hubstock.store.generations import Generation
 
 site = load_site(sys.argv[1])
 kernels = [render_template(t, build_ref(site, t.env)) for t in load_kernel_templates(site)]
 with tempfile.TemporaryDirectory(prefix="bench-smoke-") as tmp:
-    kdir = Path(tmp) / "share" / "jupyter" / "kernels"
+    gen = Generation("bench", Path(tmp))
     for k in kernels:
-        write_kernel(kdir, k)
+        write_kernel(gen, k)
     t0 = time.perf_counter()
-    smoke_test(kernels, kdir, site.settings.publish.smoke_timeout)
+    smoke_test(kernels, gen, site.settings.publish.smoke_timeout)
     took = time.perf_counter() - t0
 print(json.dumps({"seconds": took, "kernels": len(kernels)}))
 sys.stdout.flush()

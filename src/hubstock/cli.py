@@ -499,8 +499,12 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         for b in report.builds:
             for f in b.findings:
                 print(f.line())
-            state = "ok" if b.ok else "repaired" if b.repaired else f"DAMAGED ({len(b.findings)} file(s))"
+            state = "repaired" if b.repaired else "ok" if b.ok else f"DAMAGED ({len(b.findings)} file(s))"
             print(f"build {b.env}/{b.build_id}: {state}")
+        for key, findings in sorted(report.kernels.items()):
+            for f in findings:
+                print(f.line())
+            print(f"kernel {key}: {'closed again' if key in report.repaired_kernels else 'OPEN TO OTHERS'}")
         for dist, findings in sorted(report.cache.items()):
             for f in findings:
                 print(f.line())
@@ -511,6 +515,7 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
         print(
             f"verified {len(report.builds)} build(s) and the package cache: {bad} damaged build(s), "
             f"{len(report.cache)} damaged cached package(s)"
+            + (f", {len(report.kernels)} kernel(s) open to others" if report.kernels else "")
             + ("" if report.ok or args.repair else "; run `hubstock verify --repair`")
         )
     return 0 if report.ok else 1

@@ -55,6 +55,13 @@ class RootError(HubstockError):
     exit_code = 2
 
 
+class AccessError(HubstockError):
+    """A Unix group a kernel or env is restricted to does not exist, or a folder cannot be closed
+    to its groups (``hubstock.store.access``)."""
+
+    exit_code = 2
+
+
 class IntegrityError(HubstockError):
     """A package archive does not match the sha256 recorded in the lock."""
 

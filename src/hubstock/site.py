@@ -97,6 +97,13 @@ class PublishSettings(_Model):
     smoke_timeout: float = Field(
         120, gt=0, description="seconds a kernel may take to start and run its check"
     )
+    restricted_note: str | None = Field(
+        None,
+        max_length=500,
+        description="what the stock page tells a user outside the groups of a kernel for some groups "
+        "only, e.g. 'Licensed software: ask research-computing@example.edu for access'; unset: such "
+        "kernels are not shown to them at all",
+    )
 
 
 class GcSettings(_Model):

@@ -74,7 +74,13 @@ def published(root: Root) -> dict[str, Any]:
         kernels = []
     else:
         kernels = [
-            {"name": k.name, "display_name": k.display_name, "env": k.env, "build": k.build}
+            {
+                "name": k.name,
+                "display_name": k.display_name,
+                "env": k.env,
+                "build": k.build,
+                "groups": k.groups,
+            }
             for k in manifest.kernels
         ]
     return {"generation": gen.name, "kernels": kernels, "generations": generations(root)}
@@ -104,7 +110,8 @@ def format_status(doc: dict[str, Any]) -> str:
     if pub["generation"]:
         lines.append(f"published generation {pub['generation']}:")
         for k in pub["kernels"]:
-            lines.append(f"  kernel {k['name']:<20} {k['display_name']!r} on {k['env']}/{k['build']}")
+            only = f", for {', '.join(k['groups'])} only" if k.get("groups") else ""
+            lines.append(f"  kernel {k['name']:<20} {k['display_name']!r} on {k['env']}/{k['build']}{only}")
     else:
         lines.append("nothing published yet")
     return "\n".join(lines)

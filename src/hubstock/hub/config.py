@@ -251,7 +251,15 @@ def _apply_stock_page(c: Any, site: Site) -> None:
             "name": sp.name,
             "url": f"http://127.0.0.1:{port}",
             "command": [sys.executable, "-m", "hubstock.hub.stock_page"],
-            "environment": {"HUBSTOCK_ROOT": str(site.root), "HUBSTOCK_STOCK_PAGE_USER": sp.user},
+            "environment": {
+                "HUBSTOCK_ROOT": str(site.root),
+                "HUBSTOCK_STOCK_PAGE_USER": sp.user,
+                **(
+                    {"HUBSTOCK_RESTRICTED_NOTE": note}
+                    if (note := site.settings.publish.restricted_note)
+                    else {}
+                ),
+            },
             "display": True,  # in the Services menu (of those who may access it)
             "oauth_no_confirm": True,  # part of the hub: no "authorize this service?" page
             "oauth_client_allowed_scopes": [],  # its tokens identify the user, and can do nothing else

@@ -4,7 +4,9 @@
 server at that generation: the server command and ``batchspawner-singleuser``
 from the published server build, and ``PATH``, ``JUPYTER_PATH`` and
 ``JUPYTER_CONFIG_PATH`` into the generation. A publish during the session never
-changes it. It registers the session (so ``hubstock gc`` keeps what it uses) and
+changes it. A kernel for some groups only (``restricted/<kernel>/``) is on the ``JUPYTER_PATH``
+of a member's session alone, by the user's groups as the system resolves them at spawn time
+(``getgrouplist``); the filesystem keeps everybody else out of it anyway. It registers the session (so ``hubstock gc`` keeps what it uses) and
 writes an audit record; the batch job id is added once the job is submitted.
 With nothing published, or a broken generation, the user gets a clear message
 instead of a failed job. Every disk access runs in a thread: the hub's event loop only
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpawnError
+from ..store.access import may_use, user_groups
 from ..store.builds import is_complete
 from ..store.fs import now_iso
 from ..store.generations import Generation, current_name, resolve_current
@@ -79,6 +82,8 @@ class Pin:
     session: SessionRecord
     generation: Generation
     server_bindir: Path
+    #: the kernels for some groups only that this user is in one of
+    restricted: tuple[str, ...] = ()
 
 
 def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> Pin:
@@ -114,6 +119,7 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
             "please start it again."
         )
     assert manifest.server is not None  # published_generation refuses a generation without one
+    restricted = restricted_kernels(manifest, user)
     root.audit(
         "spawn",
         user=user,
@@ -121,8 +127,18 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
         generation=gen.name,
         server_build=manifest.server.build,
         options=options,
+        **({"restricted": list(restricted)} if restricted else {}),
     )
-    return Pin(root, session, gen, Path(manifest.server.prefix) / "bin")
+    return Pin(root, session, gen, Path(manifest.server.prefix) / "bin", restricted)
+
+
+def restricted_kernels(manifest: GenerationManifest, user: str) -> tuple[str, ...]:
+    """The generation's kernels for some groups only that ``user`` is a member of (now)."""
+    entries = [k for k in manifest.kernels if k.groups]
+    if not entries:
+        return ()
+    member_of = user_groups(user)
+    return tuple(k.name for k in entries if may_use(k.groups, member_of))
 
 
 def apply_pin(spawner: Any, pin: Pin) -> None:
@@ -134,7 +150,7 @@ def apply_pin(spawner: Any, pin: Pin) -> None:
     spawner.environment = {
         **spawner.environment,
         "PATH": f"{bindir}:{BASE_PATH}",
-        "JUPYTER_PATH": str(pin.generation.jupyter_path),
+        "JUPYTER_PATH": pin.generation.jupyter_paths(pin.restricted),
         "JUPYTER_CONFIG_PATH": str(pin.generation.config_path),
         "HUBSTOCK_GENERATION": pin.generation.name,
     }

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import os
@@ -47,7 +48,8 @@ from urllib.parse import urlparse
 
 from ..store.buildlock import LOCK_NAMES
 from ..store.diff import GenerationContents, diff_generations
-from ..store.records import GenerationManifest, KernelEntry
+from ..store.generations import generation, generations
+from ..store.records import GenerationManifest, KernelEntry, RecordError
 from ..store.root import Root
 from .stock_views import NOTHING_PUBLISHED, NotFound, StockViews
 
@@ -113,25 +115,25 @@ def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None)
 
     class Current(Api):
         def get(self) -> None:
-            self.send(self.views.current_doc())
+            self.send(self.views.current_doc(user=self.user_name))
 
     class Generations(Api):
         def get(self) -> None:
-            self.send(self.views.generations_doc())
+            self.send(self.views.generations_doc(self.user_name))
 
     class OneGeneration(Api):
         def get(self, gen: str) -> None:
-            self.send(self.found(self.views.one_generation_doc, gen))
+            self.send(self.found(self.views.one_generation_doc, gen, self.user_name))
 
     class Diff(Api):
         def get(self, gen_a: str | None = None, gen_b: str | None = None) -> None:
-            self.send(self.found(self.views.diff, gen_a, gen_b).model_dump(mode="json"))
+            self.send(self.found(self.views.diff, gen_a, gen_b, self.user_name).model_dump(mode="json"))
 
     class Lock(Base):
         @web.authenticated
         def get(self, gen: str, kernel: str, name: str) -> None:
             try:
-                lock = self.views.lock_file(gen, kernel, name)
+                lock = self.views.lock_file(gen, kernel, name, self.user_name)
             except NotFound as e:
                 raise web.HTTPError(404, str(e)) from None
             self.set_header("Content-Type", lock.content_type)
@@ -187,8 +189,27 @@ def _warm_up(views: StockViews) -> None:
     )
 
 
-def drop_privileges(user: str) -> None:
-    """Become ``user`` (and its group, with no others) when running as root; refuse root itself."""
+def restricted_gids(root: Root) -> list[int]:
+    """The groups of every published kernel for some groups only (that exist here): the page keeps
+    them when it drops root, so that it reads those kernels' builds (it shows each kernel to its
+    members only). A group first published after the page started is not among them: the page
+    then shows that kernel without its packages until the hub (or the page) is restarted."""
+    gids = set()
+    for name in generations(root):
+        try:
+            manifest = generation(root, name).manifest()
+        except RecordError:
+            continue
+        for k in manifest.kernels:
+            for g in k.groups:
+                with contextlib.suppress(KeyError):
+                    gids.add(grp.getgrnam(g).gr_gid)
+    return sorted(gids)
+
+
+def drop_privileges(user: str, extra_gids: list[int] | None = None) -> None:
+    """Become ``user`` (with its own groups, and ``extra_gids``) when running as root; refuse root
+    itself."""
     if os.geteuid() != 0:
         return
     try:
@@ -201,7 +222,7 @@ def drop_privileges(user: str) -> None:
     if pw.pw_uid == 0 or pw.pw_gid == 0:
         raise SystemExit(f"hubstock stock page: refusing to run as {user!r}, which is root.")
     os.chdir("/")
-    os.setgroups([])
+    os.setgroups(sorted({*os.getgrouplist(user, pw.pw_gid), *(extra_gids or [])}))
     os.setgid(pw.pw_gid)
     os.setuid(pw.pw_uid)
     if os.geteuid() == 0 or os.getegid() == 0:  # pragma: no cover - setuid cannot silently fail
@@ -229,11 +250,12 @@ def main() -> None:
     base = os.environ.get("JUPYTERHUB_BASE_URL") or "/"
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:10101")
     parent = os.getppid()
-    views = StockViews(Root(Path(root_dir)), prefix, base.rstrip("/") + "/hub/")
+    note = os.environ.get("HUBSTOCK_RESTRICTED_NOTE") or None
+    views = StockViews(Root(Path(root_dir)), prefix, base.rstrip("/") + "/hub/", note)
     app = make_app(views, prefix)
     sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
     _warm_up(views)
-    drop_privileges(os.environ.get("HUBSTOCK_STOCK_PAGE_USER") or "nobody")
+    drop_privileges(os.environ.get("HUBSTOCK_STOCK_PAGE_USER") or "nobody", restricted_gids(views.root))
     log.info("serving %s on %s as uid %d, reading %s", prefix, url.netloc, os.getuid(), root_dir)
 
     async def serve() -> None:

@@ -3,11 +3,14 @@
 :class:`StockViews` turns the root's generations into the page and its JSON documents.
 Each request resolves ``current`` once, so a publish while someone reads never gives a
 mix; generations and builds never change once published, so what is read from them,
-and every diff, is cached in memory.
+and every diff, is cached in memory. A kernel for some groups only is shown to their members
+alone (the user's groups as the system resolves them now); to others, when the site set
+``[publish] restricted_note``, as one line that it exists and whom to ask.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -18,9 +21,10 @@ from urllib.parse import quote
 
 import jinja2
 
+from ..store.access import may_use, user_groups
 from ..store.buildlock import LOCK_NAMES, lock_copy_path, read_lock_copy
 from ..store.catalog import Catalog, language_version, package_source, previous_generation
-from ..store.diff import GenerationContents, GenerationDiff
+from ..store.diff import GenerationContents, GenerationDiff, diff_generations
 from ..store.generations import GEN_RE, Generation, resolve_current
 from ..store.records import BuildProvenance, KernelEntry, RecordError
 from ..store.root import Root
@@ -75,8 +79,16 @@ class Snapshot:
 class StockViews:
     """Documents and HTML for the page and its API, from the root (cached; one event loop)."""
 
-    def __init__(self, root: Root, prefix: str = "/services/stock/", hub_prefix: str = "/hub/") -> None:
+    def __init__(
+        self,
+        root: Root,
+        prefix: str = "/services/stock/",
+        hub_prefix: str = "/hub/",
+        restricted_note: str | None = None,
+    ) -> None:
         self.root = root
+        #: what a user outside a restricted kernel's groups reads of it (None: nothing at all)
+        self.restricted_note = restricted_note
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.hub_prefix = hub_prefix
         self.catalog = Catalog(root)
@@ -105,11 +117,34 @@ class StockViews:
             raise NotFound(f"there is no generation {name!r}")
         return self.catalog.generation(name)
 
-    def _contents(self, gen: Generation) -> GenerationContents:
+    def _contents(self, gen: Generation, user: str | None = None) -> GenerationContents:
+        """What ``gen`` holds, as ``user`` may see it (None: everything, for the hub's own use)."""
         try:
-            return self.catalog.contents(gen)
+            contents = self.catalog.contents(gen)
         except RecordError:
             raise NotFound(f"generation {gen.name} cannot be read; ask the administrators") from None
+        return contents if user is None else self._as_seen_by(contents, user)
+
+    def _as_seen_by(self, contents: GenerationContents, user: str) -> GenerationContents:
+        kernels = contents.manifest.kernels
+        if not any(k.groups for k in kernels):
+            return contents
+        member_of = user_groups(user)
+        shown = [k for k in kernels if may_use(k.groups, member_of)]
+        if len(shown) == len(kernels):
+            return contents
+        return dataclasses.replace(contents, manifest=contents.manifest.model_copy(update={"kernels": shown}))
+
+    def hidden_kernels(self, contents: GenerationContents, user: str) -> list[dict[str, Any]]:
+        """The restricted kernels ``user`` is not shown, as the note's lines (none without a note)."""
+        if not self.restricted_note:
+            return []
+        shown = {k.name for k in self._as_seen_by(contents, user).manifest.kernels}
+        return [
+            {"name": k.name, "display_name": k.display_name, "groups": k.groups, "note": self.restricted_note}
+            for k in contents.manifest.kernels
+            if k.name not in shown and not k.pinned_of
+        ]
 
     def kernel_doc(self, contents: GenerationContents, k: KernelEntry) -> dict[str, Any]:
         prov = contents.provenance(k.env, k.build)
@@ -148,6 +183,7 @@ class StockViews:
             "modules": modules,  # {"name", "full_name", "path", "sha256"}, in Lmod's load order
             "module_load": "module load " + " ".join(m["full_name"] for m in modules) if modules else None,
             "pinned_of": k.pinned_of,
+            "groups": k.groups,  # for these Unix groups only (none: everybody's)
             "packages_known": pkgs is not None,
             "packages": packages,
             "lock_name": lock_name,
@@ -156,7 +192,9 @@ class StockViews:
             "install": install_commands(k.name, prov),
         }
 
-    def generation_doc(self, contents: GenerationContents, current: bool) -> dict[str, Any]:
+    def generation_doc(self, contents: GenerationContents, current: bool, user: str) -> dict[str, Any]:
+        hidden = self.hidden_kernels(contents, user)
+        contents = self._as_seen_by(contents, user)
         m = contents.manifest
         return {
             "generation": contents.name,
@@ -166,26 +204,28 @@ class StockViews:
             "default_kernel": m.default_kernel,
             "server": {"env": m.server.env, "build": m.server.build} if m.server else None,
             "kernels": [self.kernel_doc(contents, k) for k in _stock_first(m.kernels)],
+            "restricted": hidden,  # kernels for groups this user is not in: only with a note
         }
 
-    def current_doc(self, snap: Snapshot | None = None) -> dict[str, Any]:
+    def current_doc(self, snap: Snapshot | None = None, user: str = "") -> dict[str, Any]:
         snap = snap or self.snapshot()
         if snap.current is None:
             return {"published": False, "generation": None, "kernels": [], "message": NOTHING_PUBLISHED}
-        return {"published": True, **self.generation_doc(self._contents(snap.current), current=True)}
+        return {"published": True, **self.generation_doc(self._contents(snap.current), True, user)}
 
-    def one_generation_doc(self, name: str) -> dict[str, Any]:
+    def one_generation_doc(self, name: str, user: str = "") -> dict[str, Any]:
         snap = self.snapshot()
         gen = self._generation(snap, name)
         cur = snap.current.name if snap.current else None
-        return self.generation_doc(self._contents(gen), current=gen.name == cur)
+        return self.generation_doc(self._contents(gen), gen.name == cur, user)
 
-    def generations_doc(self) -> dict[str, Any]:
+    def generations_doc(self, user: str = "") -> dict[str, Any]:
         snap = self.snapshot()
         cur = snap.current.name if snap.current else None
         out = []
         for name in reversed(snap.names):
             c = self.catalog.readable(self.catalog.generation(name))
+            c = self._as_seen_by(c, user) if c else None
             out.append(
                 {
                     "generation": name,
@@ -198,18 +238,28 @@ class StockViews:
             )
         return {"current": cur, "generations": out}
 
-    def diff(self, gen_a: str | None = None, gen_b: str | None = None) -> GenerationDiff:
+    def diff(self, gen_a: str | None = None, gen_b: str | None = None, user: str = "") -> GenerationDiff:
         """``gen_a`` -> ``gen_b``; by default the one before the current -> the current."""
         snap = self.snapshot()
         after = self._generation(snap, gen_b or "current")
         before_name = gen_a if gen_a else previous_generation(after.name, snap.names)
         before = self._generation(snap, before_name) if before_name else None
         try:
-            return self.catalog.diff(before, after)
+            return self._diff(before, after, user)
         except RecordError:
             raise NotFound("one of these generations cannot be read; ask the administrators") from None
 
-    def lock_file(self, gen_name: str, kernel: str, name: str | None = None) -> LockFile:
+    def _diff(self, before: Generation | None, after: Generation, user: str) -> GenerationDiff:
+        """The diff as ``user`` may see it: the cached one, unless a kernel is hidden from them."""
+        a = self.catalog.contents(before) if before else None
+        b = self.catalog.contents(after)
+        seen_a = self._as_seen_by(a, user) if a else None
+        seen_b = self._as_seen_by(b, user)
+        if seen_a is a and seen_b is b:
+            return self.catalog.diff(before, after)
+        return diff_generations(seen_a, seen_b)
+
+    def lock_file(self, gen_name: str, kernel: str, name: str | None = None, user: str = "") -> LockFile:
         """The lock of ``kernel`` in generation ``gen_name`` ('current' allowed): its
         conda-lock.yml, pylock.toml or modules.lock.json, by the kind of its build.
 
@@ -219,7 +269,7 @@ class StockViews:
         when given (the URL's last part), must be the name of that kind's lock.
         """
         snap = self.snapshot()
-        contents = self._contents(self._generation(snap, gen_name))
+        contents = self._contents(self._generation(snap, gen_name), user)
         entry = next((k for k in contents.manifest.kernels if k.name == kernel), None)
         if entry is None:
             raise NotFound(f"generation {contents.name} has no kernel {kernel!r}")
@@ -237,16 +287,16 @@ class StockViews:
             raise NotFound(f"kernel {kernel!r} has no {name}: its lock is {lock_name}")
         return LockFile(name=lock_name, content_type=LOCK_TYPES[lock_name], data=data)
 
-    def lock(self, gen_name: str, kernel: str) -> bytes:
+    def lock(self, gen_name: str, kernel: str, user: str = "") -> bytes:
         """The bytes of :meth:`lock_file`."""
-        return self.lock_file(gen_name, kernel).data
+        return self.lock_file(gen_name, kernel, user=user).data
 
     def lock_url(self, gen: str, kernel: str, name: str = "conda-lock.yml") -> str:
         return f"{self.prefix}lock/{quote(gen, safe='')}/{quote(kernel, safe='')}/{quote(name, safe='')}"
 
     # -- the page --------------------------------------------------------------------------------------
 
-    def history(self, snap: Snapshot) -> list[dict[str, Any]]:
+    def history(self, snap: Snapshot, user: str = "") -> list[dict[str, Any]]:
         """Every generation, newest first, each with the diff from the one before it."""
         out = []
         cur = snap.current.name if snap.current else None
@@ -255,7 +305,7 @@ class StockViews:
             gen = self.catalog.generation(name)
             before = self.catalog.generation(snap.names[i - 1]) if i else None
             try:
-                d = self.catalog.diff(before, gen)
+                d = self._diff(before, gen, user)
             except RecordError:
                 out.append({"generation": name, "current": name == cur, "diff": None})
                 continue
@@ -268,7 +318,7 @@ class StockViews:
         error = None
         if snap.current is not None:
             try:
-                current = self.generation_doc(self._contents(snap.current), current=True)
+                current = self.generation_doc(self._contents(snap.current), True, user)
             except NotFound as e:
                 error = str(e)
         return self.page.render(
@@ -280,7 +330,7 @@ class StockViews:
             current=current,
             error=error,
             nothing_published=NOTHING_PUBLISHED if snap.current is None else None,
-            history=self.history(snap),
+            history=self.history(snap, user),
         )
 
 

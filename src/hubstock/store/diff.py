@@ -115,6 +115,8 @@ class KernelChange(_Out):
     packages: list[PackageChange] = []
     packages_known: bool = True  # False when a build's provenance is gone from the root
     interpreter: InterpreterChange | None = None  # only when a venv's interpreter changed
+    groups: list[str] = []  # the Unix groups it is for (none: everybody's)
+    groups_before: list[str] | None = None  # only when they changed
 
 
 class ServerChange(_Out):
@@ -338,11 +340,12 @@ def diff_generations(before: GenerationContents | None, after: GenerationContent
                     env=k.env,
                     build=k.build,
                     pinned_of=k.pinned_of,
+                    groups=k.groups,
                 )
             )
             continue
         pkgs, known, interp = _package_changes(prev, after, o.env, o.build, k.env, k.build)
-        same = (o.env, o.build, o.display_name) == (k.env, k.build, k.display_name)
+        same = (o.env, o.build, o.display_name, o.groups) == (k.env, k.build, k.display_name, k.groups)
         kernels.append(
             KernelChange(
                 name=name,
@@ -358,6 +361,8 @@ def diff_generations(before: GenerationContents | None, after: GenerationContent
                 packages=pkgs,
                 packages_known=known,
                 interpreter=interp,
+                groups=k.groups,
+                groups_before=o.groups if o.groups != k.groups else None,
             )
         )
     for name, o in old.items():
@@ -370,6 +375,7 @@ def diff_generations(before: GenerationContents | None, after: GenerationContent
                     env=o.env,
                     build=o.build,
                     pinned_of=o.pinned_of,
+                    groups=o.groups,
                 )
             )
     return GenerationDiff(

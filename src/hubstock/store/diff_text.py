@@ -64,6 +64,8 @@ def format_diff(d: GenerationDiff) -> str:
         label = f"kernel {k.name} ({k.display_name})"
         if k.pinned_of:
             label += f", previous build {k.build[:8]} of {k.pinned_of}"
+        if k.groups:
+            label += f", for {', '.join(k.groups)} only"
         if k.change == "unchanged":
             continue
         if k.change == "added":
@@ -81,6 +83,8 @@ def format_diff(d: GenerationDiff) -> str:
             head += f"; display name was {k.display_name_before!r}"
         if k.build_before:
             head += f"; build {k.env_before}/{k.build_before} -> {k.env}/{k.build}"
+        if k.groups_before is not None:
+            head += f"; was for {', '.join(k.groups_before) or 'everybody'}"
         lines.append(head)
         if not k.packages_known:
             lines.append("    (package lists unknown: a build is no longer on the root)")

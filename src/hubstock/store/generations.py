@@ -1,6 +1,11 @@
 """Published generations: which is current (resolved once), what each holds, and its manifest.
 
     $ROOT/generations/<gen>/share/jupyter/kernels/<kernel>/   stock kernels (JUPYTER_PATH)
+    $ROOT/generations/<gen>/restricted/<kernel>/kernels/<kernel>/
+                                                             a kernel for some groups only: the
+                                                             folder restricted/<kernel>/ is theirs
+                                                             alone (store.access), and is on the
+                                                             JUPYTER_PATH of their sessions only
     $ROOT/generations/<gen>/share/jupyter/lab/settings/       overrides.json
     $ROOT/generations/<gen>/etc/jupyter/                      page_config, server config (JUPYTER_CONFIG_PATH)
     $ROOT/generations/<gen>/manifest.json                     written last
@@ -14,11 +19,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .fs import atomic_symlink, atomic_write, read_link
-from .records import GenerationManifest
+from .records import GenerationManifest, KernelEntry
 from .root import MANIFEST, Root
 
 GEN_RE = re.compile(r"^\d{4,}$")
@@ -45,8 +51,23 @@ class Generation:
     def kernels_dir(self) -> Path:
         return self.jupyter_path / "kernels"
 
-    def kernel_dir(self, name: str) -> Path:
+    def kernel_dir(self, name: str, restricted: bool = False) -> Path:
+        """Where kernel ``name`` is (``restricted``: a kernel for some groups only)."""
+        if restricted:
+            return self.restricted_dir(name) / "kernels" / name
         return self.kernels_dir / name
+
+    def restricted_dir(self, name: str) -> Path:
+        """The folder closed to all but the groups of kernel ``name``: a ``JUPYTER_PATH`` entry."""
+        return self.path / "restricted" / name
+
+    def entry_dir(self, entry: KernelEntry) -> Path:
+        """Where the kernel of a manifest entry is."""
+        return self.kernel_dir(entry.name, restricted=bool(entry.groups))
+
+    def jupyter_paths(self, restricted: Iterable[str]) -> str:
+        """``JUPYTER_PATH`` for a session given the restricted kernels ``restricted``."""
+        return os.pathsep.join([str(self.jupyter_path), *(str(self.restricted_dir(n)) for n in restricted)])
 
     @property
     def lab_settings_dir(self) -> Path:

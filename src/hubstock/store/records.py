@@ -17,7 +17,14 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from ..errors import HubstockError
 
@@ -86,10 +93,15 @@ class Record(BaseModel):
 
     @classmethod
     def read_optional(cls, path: Path) -> Self | None:
-        """The record in ``path``, or None when the file does not exist."""
-        if not path.exists():
+        """The record in ``path``, or None when the file does not exist (a :class:`RecordError`
+        when it cannot be read: in a folder closed to this account, say)."""
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
             return None
-        return cls.read(path)
+        except OSError as e:
+            raise RecordError(f"{path}: cannot be read ({e.strerror}).") from None
+        return cls.from_text(text, str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,13 +143,28 @@ class Interpreter(BaseModel):
     module: str | None = None  # the Lmod module that provides it, if any
 
 
-class BuildProvenance(Record):
+class _Restrictable(BaseModel):
+    """A record with ``groups`` (the Unix groups it is restricted to), written only when it has
+    some: a record of everybody's is byte for byte what an older hubstock wrote and reads."""
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_groups(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("groups"):
+            data.pop("groups", None)
+        return data
+
+
+class BuildProvenance(_Restrictable, Record):
     """Where a build came from: written by ``hubstock build`` before its completion marker.
 
     Schema 2 adds the env's kind, the interpreter of a venv build and the modules of a
-    module env (or of a venv's interpreter)."""
+    module env (or of a venv's interpreter). Schema 3 is a build closed to ``groups``
+    (``store.access``); it is written only for such a build."""
 
-    SCHEMA: ClassVar[int] = 2
+    SCHEMA: ClassVar[int] = 3
+    #: the schema of a restricted build's record: an older hubstock refuses it rather than misread it
+    RESTRICTED_SCHEMA: ClassVar[int] = 3
     WHAT: ClassVar[str] = "build provenance"
 
     schema_version: int = Field(default=2, alias="schema", ge=1)
@@ -150,6 +177,7 @@ class BuildProvenance(Record):
     packages: list[LockedPackage] = Field(default_factory=list)
     interpreter: Interpreter | None = None
     modules: list[ModuleRef] = Field(default_factory=list)
+    groups: list[str] = Field(default_factory=list)  # its top folder is theirs alone
     created: str
     builder: str
 
@@ -170,8 +198,9 @@ class ManifestBuild(BaseModel):
     created: str | None = None
 
 
-class KernelEntry(BaseModel):
-    """A kernel a generation publishes."""
+class KernelEntry(_Restrictable, BaseModel):
+    """A kernel a generation publishes; ``groups``: the Unix groups it is for (everybody's when
+    empty), published under ``restricted/<name>/`` closed to them (``store.generations``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -182,11 +211,15 @@ class KernelEntry(BaseModel):
     build: str
     lock_hash: str = ""
     pinned_of: str | None = None  # for '<name>-<build8>': the stock kernel it was
+    groups: list[str] = Field(default_factory=list)
 
 
 class GenerationManifest(Record):
-    """What a published generation holds: written last into the staged generation."""
+    """What a published generation holds: written last into the staged generation. Schema 2 has
+    kernels for some groups only (``KernelEntry.groups``); it is written only for such a generation."""
 
+    SCHEMA: ClassVar[int] = 2
+    RESTRICTED_SCHEMA: ClassVar[int] = 2
     WHAT: ClassVar[str] = "generation manifest"
 
     generation: str

@@ -22,6 +22,7 @@ from ...errors import BuildError
 from ...proc import run
 from ...progress import Progress
 from ...site import Site
+from ...store.access import close_to, give_to_group, group_ids
 from ...store.buildlock import write_lock_copy
 from ...store.builds import (
     clear_damage,
@@ -38,7 +39,7 @@ from ...store.records import BuildProvenance
 from ...store.root import Root
 from ...store.swap import exchange
 from ..kinds import kind_of
-from ..kinds.base import BuildPlan, Env
+from ..kinds.base import BuildPlan, Env, restricted_build_id
 from .policy import check_server_packages
 from .verify import build_file_list
 
@@ -73,11 +74,20 @@ def host_platform() -> str:
     return str(Subdir.current())
 
 
+def plan_build(site: Site, env: Env, platform: str) -> BuildPlan:
+    """What ``env``'s fresh lock builds into on ``platform``; an env for some groups only gets a
+    build id of its own (:func:`~..kinds.base.restricted_build_id`), and its groups must exist."""
+    plan = kind_of(env).plan(site, env, platform)
+    if env.groups:
+        group_ids(env.groups, f"envs/{env.name}/env.toml")
+        plan.build_id = restricted_build_id(plan.build_id, env.groups)
+    return plan
+
+
 def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
     """Make sure the build of ``env``'s fresh lock exists and is complete."""
-    kind = kind_of(env)
     platform = host_platform()
-    plan = kind.plan(site, env, platform)
+    plan = plan_build(site, env, platform)
     bid = plan.build_id
     check_server_packages(site, env.name, (p.name for p in plan.packages))
     root = Root(site.root)
@@ -179,6 +189,9 @@ def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, pr
 def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
     make_dir(root.env(env.name), PUBLIC_DIR)
     make_dir(prefix, ADMIN_DIR)  # nobody else may reach into a build before it is read-only
+    where = f"envs/{env.name}/env.toml"
+    if env.groups:  # before anything is installed: an admin who may not give it to them learns now
+        give_to_group(prefix, env.groups[0], where)
     done = kind_of(env).install(site, root, env, plan, prefix, progress)
     provenance = BuildProvenance(
         build_id=plan.build_id,
@@ -190,15 +203,17 @@ def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, 
         packages=plan.packages,
         interpreter=plan.interpreter,
         modules=plan.modules,
+        groups=list(env.groups),
         created=now_iso(),
         builder=f"hubstock {__version__}",
+        **({"schema": BuildProvenance.RESTRICTED_SCHEMA} if env.groups else {}),
     )
     write_provenance(prefix, provenance)
     write_lock_copy(prefix, plan.lock_bytes)  # for users to download
     tree: list[tuple[str, os.stat_result]] = []
     # one walk for both; the files linked from the caches are read-only (checked before)
     make_read_only(prefix, seen=lambda path, st: tree.append((path, st)), already=done.linked)
-    os.chmod(prefix, 0o755)  # the file list and the marker are the writes left
+    os.chmod(prefix, 0o700 if env.groups else 0o755)  # the file list and the marker are the writes left
     files = build_file_list(
         prefix,
         plan.build_id,
@@ -209,4 +224,7 @@ def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, 
     )
     write_build_files(prefix, files)  # what hubstock verify checks the rest against
     mark_complete(prefix, plan.build_id)  # last: from now on the build counts
-    os.chmod(prefix, 0o555)
+    if env.groups:  # a restricted build is never open to others, not even while it is made
+        close_to(prefix, list(env.groups), where)
+    else:
+        os.chmod(prefix, 0o555)

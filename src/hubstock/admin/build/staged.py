@@ -24,8 +24,8 @@ from ...progress import Progress
 from ...site import load_site
 from ...store.root import Root
 from ...store.swap import die_with_parent, enter_private_bind
-from ..kinds import kind_of, load_env
-from .build import NO_NAMESPACE, build_into, host_platform
+from ..kinds import load_env
+from .build import NO_NAMESPACE, build_into, host_platform, plan_build
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"this system gives no private mount namespace ({e.strerror})")
             return NO_NAMESPACE
         env = load_env(site, args.env)
-        plan = kind_of(env).plan(site, env, host_platform())
+        plan = plan_build(site, env, host_platform())
         if plan.build_id != args.build:
             raise HubstockError(
                 f"the lock of {args.env} now gives build {plan.build_id}, not {args.build}; "

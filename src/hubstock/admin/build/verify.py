@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ...errors import UsageError
+from ...errors import HubstockError, UsageError
 from ...progress import Progress
 from ...site import Site
+from ...store.access import access_problems, close_to
 from ...store.builds import (
     OWN_FILES,
     build_ids,
@@ -43,6 +44,7 @@ from ...store.builds import (
     record_damage,
 )
 from ...store.fs import link_target, now_iso
+from ...store.generations import generation, generations
 from ...store.records import BuildDamage, BuildFiles, LockedPackage, RecordError
 from ...store.root import Root
 from . import cache, wheels
@@ -72,11 +74,16 @@ class VerifyReport:
     cache: dict[str, list[Finding]] = field(default_factory=dict)
     repaired_cache: list[str] = field(default_factory=list)
     left: list[str] = field(default_factory=list)  # what --repair could not fix, one sentence each
+    #: published kernels for some groups only that are open to others: ``<gen>/<kernel>`` -> findings
+    kernels: dict[str, list[Finding]] = field(default_factory=dict)
+    repaired_kernels: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(b.ok or b.repaired for b in self.builds) and (
-            not self.cache or set(self.cache) <= set(self.repaired_cache)
+        return (
+            all(b.ok or b.repaired for b in self.builds)
+            and (not self.cache or set(self.cache) <= set(self.repaired_cache))
+            and set(self.kernels) <= set(self.repaired_kernels)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -100,6 +107,14 @@ class VerifyReport:
                     "findings": [f.to_json() for f in findings],
                 }
                 for dist, findings in sorted(self.cache.items())
+            ],
+            "kernels": [
+                {
+                    "kernel": key,
+                    "repaired": key in self.repaired_kernels,
+                    "findings": [f.to_json() for f in findings],
+                }
+                for key, findings in sorted(self.kernels.items())
             ],
             "left": self.left,
         }
@@ -269,6 +284,7 @@ def verify_build(root: Root, env: str, bid: str) -> list[Finding]:
     for rel, (label, entry) in declared.items():
         if entry.get("path_type") == "any" and not os.path.lexists(prefix / rel):
             findings.append(Finding("missing", prefix / rel, label))
+    findings += access_findings(prefix)
     known = set(declared) | set(own.files if own else ()) | set(OWN_FILES)
     for dirpath, dirnames, filenames in os.walk(prefix):
         st = os.lstat(dirpath)
@@ -281,6 +297,68 @@ def verify_build(root: Root, env: str, bid: str) -> list[Finding]:
             if rel not in known:
                 findings.append(Finding("extra", prefix / rel, "hubstock build"))
     return sorted(findings, key=lambda f: str(f.path))
+
+
+#: the flags of a folder for some groups only that is open to others, or closed to its groups
+ACCESS = "....G..."
+
+
+def access_findings(prefix: Path) -> list[Finding]:
+    """A build for some groups only (its provenance's ``groups``) whose top folder is not theirs
+    alone (:mod:`hubstock.store.access`)."""
+    try:
+        prov = read_provenance(prefix)
+    except RecordError:
+        return []
+    if prov is None or not prov.groups:
+        return []
+    problems = access_problems(prefix, prov.groups)
+    return [Finding(ACCESS, prefix, f"for {', '.join(prov.groups)} only: {p}") for p in problems]
+
+
+def restricted_kernels(root: Root) -> list[tuple[str, Path, list[str]]]:
+    """``(<gen>/<kernel>, its closed folder, its groups)`` of every published kernel for some groups."""
+    out = []
+    for name in generations(root):
+        gen = generation(root, name)
+        try:
+            manifest = gen.manifest()
+        except RecordError:
+            continue
+        out += [
+            (f"{name}/{k.name}", gen.restricted_dir(k.name), k.groups) for k in manifest.kernels if k.groups
+        ]
+    return out
+
+
+def close_again(report: VerifyReport, root: Root) -> None:
+    """``--repair`` of access: close every restricted build and kernel folder found open again
+    (nothing is rebuilt for a mode); call with the root's lock held."""
+    for b in report.builds:
+        opened = [f for f in b.findings if f.flags == ACCESS]
+        if not opened:
+            continue
+        prov = read_provenance(root.build(b.env, b.build_id))
+        assert prov is not None
+        try:
+            close_to(root.build(b.env, b.build_id), prov.groups, f"build {b.env}/{b.build_id}")
+        except HubstockError as e:
+            report.left.append(f"{b.env}/{b.build_id} could not be closed again: {e}")
+            continue
+        b.findings = [f for f in b.findings if f.flags != ACCESS] + access_findings(
+            root.build(b.env, b.build_id)
+        )
+        b.repaired = b.repaired or not b.findings
+    for key, path, groups in restricted_kernels(root):
+        if key not in report.kernels:
+            continue
+        try:
+            close_to(path, groups, f"kernel {key}")
+        except HubstockError as e:
+            report.left.append(f"kernel {key} could not be closed again: {e}")
+            continue
+        if not access_problems(path, groups):
+            report.repaired_kernels.append(key)
 
 
 def check_build(root: Root, env: str, bid: str) -> BuildCheck:
@@ -387,9 +465,18 @@ def verify(site: Site, envs: list[str], repair: bool, progress: Progress) -> Ver
         findings = cache.check_entry(root, dist, sha, archive)
         if findings:
             report.cache[dist] = findings
+    if not envs:
+        for key, path, groups in restricted_kernels(root):
+            problems = access_problems(path, groups)
+            if problems:
+                report.kernels[key] = [
+                    Finding(ACCESS, path, f"for {', '.join(groups)} only: {p}") for p in problems
+                ]
     if not report.builds and not report.cache and not root.lock_file.exists():
         return report  # nothing hubstock made: nothing to record either
     with root.locked(on_wait=progress.warn, create=False):
+        if repair:
+            close_again(report, root)
         for b in report.builds:
             _record(root, b)
         if repair:

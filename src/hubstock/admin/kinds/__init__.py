@@ -12,6 +12,7 @@ used, so a site without conda envs never loads the solver.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
 from ...errors import SpecError
@@ -42,7 +43,15 @@ def load_env(site: Site, name: str) -> Env:
     from ..lock.envconf import read_env_conf
 
     conf = read_env_conf(site, name)
-    return backend(conf.kind if conf else "conda").load(site, name)
+    env = backend(conf.kind if conf else "conda").load(site, name)
+    if conf is None or not conf.groups:
+        return env
+    if name == site.settings.server.env:
+        raise SpecError(
+            f"envs/{name}/env.toml: the server environment cannot be for some groups only (every user's "
+            "server runs in it); remove 'groups', and restrict the kernels instead."
+        )
+    return dataclasses.replace(env, groups=tuple(conf.groups))
 
 
 def load_envs(site: Site, names: list[str]) -> list[Env]:

@@ -41,6 +41,8 @@ class Env:
     modules: tuple[str, ...] = ()
     #: left out (with a line saying why) where this machine lacks its interpreter or modules
     optional: bool = False
+    #: the Unix groups its builds are closed to (``env.toml``'s ``groups``; everybody's when empty)
+    groups: tuple[str, ...] = ()
 
     @property
     def lock_path(self) -> Path:
@@ -94,6 +96,14 @@ def build_id_of(plan_parts: dict[str, Any]) -> str:
     """A build id from what defines a build: same parts, same id."""
     blob = json.dumps({"format": BUILD_FORMAT, **plan_parts}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def restricted_build_id(build_id: str, groups: tuple[str, ...]) -> str:
+    """The id of the build ``build_id`` closed to ``groups`` (itself when there are none): who may
+    read a build is part of what it is, so closing or opening an env makes a new build."""
+    if not groups:
+        return build_id
+    return build_id_of({"build": build_id, "groups": sorted(groups)})
 
 
 class Kind(ABC):

@@ -12,6 +12,8 @@ interpreter, a module env its Lmod modules::
     modules = ["R/4.2"]
     optional = true               # a machine without them leaves this env (and its kernels) out
 
+    groups = ["matlab-users"]     # any kind: the build is closed to all but these Unix groups
+
 It is a pydantic model that forbids unknown keys, so a typo is an error naming the key.
 """
 
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ...errors import SpecError
 from ...lmod import MODULE_NAME
 from ...site import Site, describe_validation_error
+from ...store.access import GROUP_NAME
 
 ENV_CONF = "env.toml"
 
@@ -33,6 +36,16 @@ ENV_CONF = "env.toml"
 def _module_name(v: str) -> str:
     if not MODULE_NAME.fullmatch(v):
         raise ValueError(f"{v!r} is not a module name like 'R/4.2'")
+    return v
+
+
+def check_group_names(v: list[str]) -> list[str]:
+    """Unix group names, each once (a ValueError naming the first that is not one)."""
+    for g in v:
+        if not isinstance(g, str) or not GROUP_NAME.match(g):
+            raise ValueError(f"{g!r} is not a Unix group name like 'matlab-users'")
+    if len(set(v)) != len(v):
+        raise ValueError("a group is named twice")
     return v
 
 
@@ -84,10 +97,21 @@ class EnvConf(_Model):
         "available (lock, build and publish go on with the other envs and kernels)",
     )
 
+    groups: list[str] = Field(
+        default_factory=list,
+        description="the Unix groups that may use it: its builds are closed to everybody else, and so are "
+        "its kernels unless they name groups of their own",
+    )
+
     @field_validator("modules")
     @classmethod
     def _modules(cls, v: list[str]) -> list[str]:
         return [_module_name(m) for m in v]
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        return check_group_names(v)
 
     @model_validator(mode="after")
     def _fits_kind(self) -> EnvConf:

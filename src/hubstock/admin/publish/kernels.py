@@ -6,7 +6,9 @@ files (logos) are copied along. ``metadata.hubstock.check`` may hold code the
 smoke test runs (for example ``import numpy``); ``metadata.hubstock.modules`` lists
 Lmod modules to load before the kernel starts (after those of its env: a module env's,
 a venv's interpreter module): the published argv runs ``module purge; module load ...``
-through Lmod's own shell function, then the kernel. Published names are the
+through Lmod's own shell function, then the kernel. ``metadata.hubstock.groups`` names the
+Unix groups the kernel is for (default: its env's ``groups``; everybody when neither names any):
+it is published closed to all others (:mod:`hubstock.store.access`). Published names are the
 directory names, stable across builds.
 """
 
@@ -21,6 +23,8 @@ from typing import Any
 from ...errors import PublishError, SiteError
 from ...lmod import MODULE_NAME, kernel_argv
 from ...site import Site
+from ...store.generations import Generation
+from ..lock.envconf import check_group_names
 from .smoke import Outcome, SmokeJob, run_smoke
 
 KERNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -54,6 +58,8 @@ class BuildRef:
     kind: str = "conda"
     #: the Lmod modules its kernels load first (a module env's, a venv's interpreter module)
     modules: tuple[str, ...] = ()
+    #: the Unix groups the build is closed to (its provenance's ``groups``)
+    groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,11 @@ class RenderedKernel:
     def check(self) -> str | None:
         hub = self.spec.get("metadata", {}).get("hubstock", {})
         return hub.get("check") or DEFAULT_CHECK.get(self.spec.get("language", "").lower())
+
+    @property
+    def groups(self) -> list[str]:
+        """The Unix groups it is for (everybody's when empty)."""
+        return list(self.spec.get("metadata", {}).get("hubstock", {}).get("groups", []))
 
 
 def load_kernel_templates(site: Site) -> list[KernelTemplate]:
@@ -142,16 +153,41 @@ def _validate(rel: str, spec: Any, envs: set[str]) -> None:
             f"{rel}: metadata.hubstock.env names {hub['env']!r}, which is not an environment in envs/ "
             f"(the site has: {', '.join(sorted(envs)) or 'none'})."
         )
-    unknown = set(hub) - {"env", "check", "modules"}
+    unknown = set(hub) - {"env", "check", "modules", "groups"}
     if unknown:
         raise SiteError(
-            f"{rel}: unknown key metadata.hubstock.{sorted(unknown)[0]}; use 'env', 'check' and 'modules'."
+            f"{rel}: unknown key metadata.hubstock.{sorted(unknown)[0]}; use 'env', 'check', 'modules' "
+            "and 'groups'."
         )
+    groups = hub.get("groups", [])
+    if not isinstance(groups, list) or not groups and "groups" in hub:
+        raise SiteError(f"{rel}: metadata.hubstock.groups must be a non-empty list of Unix group names.")
+    try:
+        check_group_names(groups)
+    except ValueError as e:
+        raise SiteError(f"{rel}: metadata.hubstock.groups: {e}.") from None
     if "check" in hub and not isinstance(hub["check"], str):
         raise SiteError(f"{rel}: metadata.hubstock.check must be code, as a string.")
     mods = hub.get("modules", [])
     if not isinstance(mods, list) or not all(isinstance(m, str) and MODULE_NAME.fullmatch(m) for m in mods):
         raise SiteError(f"{rel}: metadata.hubstock.modules must be a list of module names like 'R/4.2'.")
+
+
+def kernel_groups(spec: dict[str, Any], build: BuildRef, rel: str = "") -> list[str]:
+    """The groups a kernel is for: its template's own, else its build's. A kernel of a restricted
+    build may name only groups the build is open to (others would see it and could not run it)."""
+    own = list(spec.get("metadata", {}).get("hubstock", {}).get("groups", []))
+    if not own:
+        return list(build.groups)
+    outside = [g for g in own if build.groups and g not in build.groups]
+    if outside:
+        raise SiteError(
+            f"{rel or 'kernel ' + repr(spec.get('display_name'))}: metadata.hubstock.groups names "
+            f"{outside[0]!r}, but env {build.env!r} is for {', '.join(build.groups)} only: its members "
+            f"would see the kernel and could not run it; add {outside[0]!r} to envs/{build.env}/env.toml's "
+            "groups, or leave it out here."
+        )
+    return own
 
 
 def kernel_modules(spec: dict[str, Any], build: BuildRef) -> list[str]:
@@ -191,6 +227,9 @@ def render_kernelspec(spec: dict[str, Any], build: BuildRef, lmod: LmodRef | Non
         "build": build.build_id,
         "lock_hash": build.lock_hash,
     }
+    groups = kernel_groups(spec, build)
+    if groups:
+        out["metadata"]["hubstock"]["groups"] = groups
     return out
 
 
@@ -203,8 +242,9 @@ def render_template(t: KernelTemplate, build: BuildRef, lmod: LmodRef | None = N
     )
 
 
-def write_kernel(kernels_dir: Path, k: RenderedKernel) -> Path:
-    d = kernels_dir / k.name
+def write_kernel(gen: Generation, k: RenderedKernel) -> Path:
+    """Write ``k`` into the generation being staged (a restricted kernel under ``restricted/``)."""
+    d = gen.kernel_dir(k.name, restricted=bool(k.groups))
     d.mkdir(parents=True)
     for rel, data in k.resources.items():
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -216,11 +256,16 @@ def write_kernel(kernels_dir: Path, k: RenderedKernel) -> Path:
 # --- smoke tests (run by hubstock.admin.publish.smoke) --------------------------------------------
 
 
-def smoke_jobs(kernels: list[RenderedKernel]) -> list[SmokeJob]:
-    """What the smoke tests need of each kernel: its name, its build and its check."""
+def smoke_jobs(kernels: list[RenderedKernel], gen: Generation) -> list[SmokeJob]:
+    """What the smoke tests need of each kernel: its name, where it is, its build and its check."""
     return [
         SmokeJob(
-            k.name, str(k.build.prefix), _check(k), k.spec["argv"][0], exe_in_prefix=k.build.kind == "conda"
+            k.name,
+            str(k.build.prefix),
+            _check(k),
+            k.spec["argv"][0],
+            exe_in_prefix=k.build.kind == "conda",
+            kernels_dir=str(gen.kernel_dir(k.name, restricted=bool(k.groups)).parent),
         )
         for k in kernels
     ]
@@ -250,10 +295,10 @@ def raise_first_failure(kernels: list[RenderedKernel], outcomes: list[Outcome]) 
             )
 
 
-def smoke_test(kernels: list[RenderedKernel], kernels_dir: Path, timeout: float) -> None:
-    """Start every kernel from ``kernels_dir`` and run code in it, in this process; raise for the
-    first failure. A kernel passes when its process runs from the build it names and its check
+def smoke_test(kernels: list[RenderedKernel], gen: Generation, timeout: float) -> None:
+    """Start every kernel of the staged generation ``gen`` and run code in it, in this process;
+    raise for the first failure. A kernel passes when its process runs from the build it names and its check
     code (``metadata.hubstock.check``, else a default for its language) runs without error.
     (``hubstock publish`` runs the same tests in a :class:`~hubstock.admin.publish.smoke.SmokeWorker`.)
     """
-    raise_first_failure(kernels, run_smoke(smoke_jobs(kernels), kernels_dir, timeout))
+    raise_first_failure(kernels, run_smoke(smoke_jobs(kernels, gen), gen.kernels_dir, timeout))

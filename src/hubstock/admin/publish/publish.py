@@ -28,6 +28,7 @@ from pathlib import Path
 from ...errors import DiskFullError, PublishError, is_disk_full
 from ...progress import Progress
 from ...site import Site
+from ...store.access import close_to, group_ids
 from ...store.builds import current_build, damage, is_complete, read_provenance
 from ...store.fs import current_user, fsync_dir, make_read_only, now_iso, remove_tree
 from ...store.generations import (
@@ -50,6 +51,7 @@ from .kernels import (
     KernelTemplate,
     LmodRef,
     RenderedKernel,
+    kernel_groups,
     kernel_modules,
     load_kernel_templates,
     raise_first_failure,
@@ -93,6 +95,7 @@ def build_ref(site: Site, env: str) -> BuildRef:
         lock_hash=prov.lock_platform_hash or "",
         kind=prov.kind,
         modules=tuple(m.full_name for m in prov.modules),  # as locked, in Lmod's load order
+        groups=tuple(prov.groups),
     )
 
 
@@ -209,6 +212,10 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         default_kernel = templates[0].name
     envs = sorted({t.env for t in templates})
     builds = {env: build_ref(site, env) for env in envs}
+    if not site.settings.publish.default_kernel:  # the first kernel that is everybody's
+        default_kernel = next(
+            (t.name for t in templates if not kernel_groups(t.spec, builds[t.env])), default_kernel
+        )
     server = None
     if server_env in site.env_names():
         server = builds.get(server_env) or build_ref(site, server_env)
@@ -225,6 +232,7 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         prev = resolved.manifest() if resolved else None
         kernels = [render_template(t, builds[t.env], lmod) for t in templates]
         kernels += _pinned_kernels(root, cur, prev, kernels, site.settings.publish.keep_previous_builds)
+        _check_groups(kernels, default_kernel)
         all_names = [k.name for k in kernels]
         digest = _digest(kernels, ext, server, default_kernel)
         if resolved and prev and prev.digest == digest:
@@ -236,15 +244,21 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         stage = staging(root, gen, uuid.uuid4().hex[:8])
         make_dir(stage.path, ADMIN_DIR)  # nobody else may drop a kernel in while it is smoke-tested
         try:
+            stage.kernels_dir.mkdir(parents=True)
             for k in kernels:
-                write_kernel(stage.kernels_dir, k)
+                write_kernel(stage, k)
             server_config = render_server_config(all_names, default_kernel, str(final.lab_settings_dir))
             write_extensions(stage.path, ext, server_config)
             progress.step(f"smoke-testing {len(kernels)} kernel(s): {', '.join(all_names)}")
-            outcomes = smoke.run(smoke_jobs(kernels), stage.kernels_dir, site.settings.publish.smoke_timeout)
+            outcomes = smoke.run(
+                smoke_jobs(kernels, stage), stage.kernels_dir, site.settings.publish.smoke_timeout
+            )
             raise_first_failure(kernels, outcomes)
             stage.write_manifest(_manifest(gen, digest, kernels, builds, server, default_kernel))
             make_read_only(stage.path)
+            for k in kernels:  # the staging folder is still the admin's alone: never open to others
+                if k.groups:
+                    close_to(stage.restricted_dir(k.name), k.groups, _where(k))
             os.rename(stage.path, final.path)
             fsync_dir(root.generations)
         except BaseException as e:
@@ -254,15 +268,37 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
                 raise DiskFullError.at(root.generations, f"writing generation {gen}", needs) from None
             raise
         switch_current(root, gen)
+        restricted = {k.name: k.groups for k in kernels if k.groups}
         root.audit(
             "publish",
             generation=gen,
             previous=cur,
             kernels=all_names,
             builds={e: b.build_id for e, b in builds.items()},
+            **({"restricted": restricted} if restricted else {}),
         )
     progress.step(f"published generation {gen} ({len(kernels)} kernel(s))")
     return PublishResult(gen, True, tuple(all_names), tuple(stale))
+
+
+def _where(k: RenderedKernel) -> str:
+    """Who named a kernel's groups, for messages."""
+    base = k.spec["metadata"]["hubstock"].get("pinned_of") or k.name
+    return f"kernels/{base}/kernel.json (or envs/{k.build.env}/env.toml)"
+
+
+def _check_groups(kernels: list[RenderedKernel], default_kernel: str) -> None:
+    """Every group a kernel is for exists here; the default kernel is everybody's."""
+    for k in kernels:
+        if not k.groups:
+            continue
+        if k.name == default_kernel:
+            raise PublishError(
+                f"the default kernel {k.name!r} is for the groups {', '.join(k.groups)} only, and every user's "
+                "notebooks open in it; set [publish] default_kernel in hubstock.toml to a kernel for "
+                "everybody. Nothing was published."
+            )
+        group_ids(k.groups, _where(k))
 
 
 def _remove_stale_staging(root: Root) -> list[str]:
@@ -302,7 +338,7 @@ def _pinned_kernels(
             if not is_complete(prefix, entry.build):
                 continue
             seen.add(entry.build)
-            src = generation(root, cur).kernel_dir(entry.name)
+            src = generation(root, cur).entry_dir(entry)
             spec = json.loads((src / "kernel.json").read_text())
             name = f"{base}-{entry.build[:8]}"
             if not entry.pinned_of:
@@ -346,7 +382,9 @@ def _manifest(
     server: BuildRef | None,
     default_kernel: str,
 ) -> GenerationManifest:
+    restricted = any(k.groups for k in kernels)
     return GenerationManifest(
+        **({"schema": GenerationManifest.RESTRICTED_SCHEMA} if restricted else {}),
         generation=gen,
         digest=digest,
         created=now_iso(),
@@ -363,6 +401,7 @@ def _manifest(
                 build=k.build.build_id,
                 lock_hash=k.build.lock_hash,
                 pinned_of=k.spec["metadata"]["hubstock"].get("pinned_of"),
+                groups=k.groups,
             )
             for k in kernels
         ],

@@ -41,7 +41,8 @@ _WORKER_GRACE_S = 60.0
 
 @dataclass(frozen=True)
 class SmokeJob:
-    """One kernel to smoke-test: its kernelspec is ``<kernels_dir>/<name>/kernel.json``."""
+    """One kernel to smoke-test: its kernelspec is ``<kernels_dir>/<name>/kernel.json`` (its own
+    ``kernels_dir`` when set: a kernel for some groups only is published apart)."""
 
     name: str
     #: the build the kernel's process must run from
@@ -53,6 +54,7 @@ class SmokeJob:
     #: whether the kernel's executable must lie inside ``prefix`` (a conda build's own); a venv's
     #: python is its site interpreter, a module kernel's the module's: their check code says more
     exe_in_prefix: bool = True
+    kernels_dir: str | None = None
 
 
 def run_smoke(jobs: Sequence[SmokeJob], kernels_dir: Path, timeout: float) -> list[Outcome]:
@@ -171,6 +173,9 @@ async def _smoke_all(jobs: Sequence[SmokeJob], kernels_dir: Path, tmp: Path, tim
 
 async def _smoke_one(job: SmokeJob, kernels_dir: Path, tmp: Path, timeout: float) -> Outcome:
     import asyncio
+
+    if job.kernels_dir:
+        kernels_dir = Path(job.kernels_dir)
 
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager

@@ -25,14 +25,17 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import SiteError
 from ...site import Site
+from ...store.access import may_use, user_groups
+from ...store.builds import read_provenance
 from ...store.generations import Generation
 from ...store.hubinfo import installed_version, version_here
-from ...store.records import GenerationManifest
+from ...store.records import GenerationManifest, RecordError
 from ...store.root import Root
-from ..hooks import BASE_PATH
+from ..hooks import BASE_PATH, restricted_kernels
 from ..units import state_dir
 from .disk import check_space
 from .effective import check_spawner, spawner_commands
@@ -184,6 +187,36 @@ def run_doctor(
     return checks
 
 
+def probe_access(
+    root: Root, gen: Generation, manifest: GenerationManifest, builds: set[str], user: str
+) -> dict[str, Any]:
+    """What the probe job needs to check the kernels and builds for some groups only, as ``user``
+    (by the groups the hub node gives it): ``reachable``, the restricted kernels it may walk;
+    ``closed``, the folders that must refuse it; ``groups``, every group named, which must exist
+    on the node."""
+    member_of = user_groups(user)
+    reachable, closed, groups = [], [], []
+    for k in manifest.kernels:
+        if not k.groups:
+            continue
+        groups += k.groups
+        path = str(gen.restricted_dir(k.name))
+        if may_use(k.groups, member_of):
+            reachable.append(path)
+        else:
+            closed.append({"path": path, "groups": k.groups, "kernel": k.name})
+    for prefix in sorted(builds):
+        try:
+            prov = read_provenance(Path(prefix))
+        except RecordError:
+            continue
+        if prov is not None and prov.groups:
+            groups += prov.groups
+            if not may_use(prov.groups, member_of):
+                closed.append({"path": prefix, "groups": prov.groups, "build": f"{prov.env}/{prov.build_id}"})
+    return {"reachable": reachable, "closed": closed, "groups": sorted(set(groups))}
+
+
 def hub_api_url(site: Site) -> str:
     """Where a server on a compute node reaches the hub's API (JupyterHub's own default when
     ``hub_connect_ip`` is unset: ``hub_ip``, or this node's name for the wildcard)."""
@@ -233,6 +266,8 @@ def _plan(
     prefix = manifest.server.prefix
     builds = {b.prefix for b in manifest.builds.values()}
     builds |= {str(root.build(k.env, k.build)) for k in manifest.kernels}
+    access = probe_access(root, gen, manifest, builds, user)
+    builds -= {c["path"] for c in access["closed"]}
     sp, vp = site.settings.spawner, site.settings.virtual_packages
     opts_job = probe_options(sp, queue)
     probe_dir = home / f".hubstock-doctor-{secrets.token_hex(4)}"
@@ -247,6 +282,7 @@ def _plan(
         "cuda": opts_job.gpus > 0,
         "timeout": min(timeout, 120),
         **probe_args(envs, site.settings.modules.init, site.module_use()),
+        **access,
     }
     python = f"{prefix}/bin/python"
     files = {
@@ -258,7 +294,7 @@ def _plan(
     env.update(sp.environment)
     env.update(
         PATH=f"{prefix}/bin:{BASE_PATH}",
-        JUPYTER_PATH=str(gen.jupyter_path),
+        JUPYTER_PATH=gen.jupyter_paths(restricted_kernels(manifest, user)),
         JUPYTER_CONFIG_PATH=str(gen.config_path),
         HUBSTOCK_GENERATION=gen.name,
         USER=user,
@@ -293,5 +329,6 @@ def _plan(
         hub_running=hub_running,
         user=user,
         envs=envs,
+        groups=tuple(access["groups"]),
     )
     return plan, expect

@@ -158,7 +158,7 @@ def read_generation_envs(root: Root, gen: Generation, manifest: GenerationManife
     kernels: list[tuple[str, tuple[str, ...], LmodAt | None]] = []
     build_lmod: dict[tuple[str, str], LmodAt] = {}
     for k in manifest.kernels:
-        path = gen.kernel_dir(k.name) / "kernel.json"
+        path = gen.entry_dir(k) / "kernel.json"
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:

@@ -34,6 +34,8 @@ class NodeExpect:
     user: str
     #: the generation's venv interpreters and the module sets its kernels load
     envs: GenerationEnvs = field(default_factory=GenerationEnvs)
+    #: the groups the generation's restricted kernels and builds are for (none: no check)
+    groups: tuple[str, ...] = ()
 
 
 def version_tuple(text: str | None) -> tuple[int, ...]:
@@ -280,6 +282,43 @@ def modules_check(report: dict[str, Any], e: NodeExpect) -> list[Check]:
     return [ok(name, f"every kernel's modules load on {host}: {shown}")]
 
 
+def groups_check(report: dict[str, Any], e: NodeExpect) -> list[Check]:
+    """``node.groups``: the groups of the kernels for some groups only exist on the node, and what
+    is closed to the test account (not a member) refuses it there."""
+    if not e.groups:
+        return []
+    name, host = "node.groups", report.get("host", "the node")
+    if "probe_failed" in report:
+        return [warn(name, NOT_CHECKED)]
+    found = report.get("restricted")
+    if not isinstance(found, dict):
+        return [warn(name, f"the probe on {host} did not report the groups", "run hubstock doctor again.")]
+    missing = list(found.get("missing_groups") or [])
+    if missing:
+        return [
+            fail(
+                name,
+                f"the group(s) {', '.join(missing)}, which kernels are for, do not exist on {host}: their "
+                "members cannot use those kernels there",
+                "create the groups on the compute nodes (or in the directory service they use), with the "
+                "same members as on the hub node.",
+            )
+        ]
+    opened = list(found.get("opened") or [])
+    if opened:
+        return [
+            fail(
+                name,
+                f"{e.user}, in none of their groups, can read {', '.join(opened)} on {host}: a kernel or "
+                "build for some groups only was opened",
+                "run `hubstock verify --repair` on the admin machine, which closes it again.",
+            )
+        ]
+    return [
+        ok(name, f"the groups {', '.join(e.groups)} exist on {host}, and what is theirs is closed to others")
+    ]
+
+
 def node_checks(report: dict[str, Any], e: NodeExpect) -> list[Check]:
     """Every check of the node from the probe's report."""
     return [
@@ -289,4 +328,5 @@ def node_checks(report: dict[str, Any], e: NodeExpect) -> list[Check]:
         hub_api_check(report, e),
         *interpreter_check(report, e),
         *modules_check(report, e),
+        *groups_check(report, e),
     ]

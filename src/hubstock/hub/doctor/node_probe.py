@@ -56,9 +56,12 @@ LOAD_SCRIPT = (
 )
 
 
-def unreadable(dirs: list[str], trees: list[str], files: list[str]) -> tuple[bool, list[dict[str, str]]]:
+def unreadable(
+    dirs: list[str], trees: list[str], files: list[str], reachable: frozenset[str] = frozenset()
+) -> tuple[bool, list[dict[str, str]]]:
     """(root visible, up to MAX_PROBLEMS paths this user cannot read): ``dirs`` are listed,
-    ``trees`` walked whole (folders listed, not files opened), ``files`` opened."""
+    ``trees`` walked whole (folders listed, not files opened), ``files`` opened. The first tree
+    is the generation: of its ``restricted/`` kernels, only those in ``reachable`` are walked."""
     problems: list[dict[str, str]] = []
 
     def note(path: str, err: object) -> None:
@@ -75,9 +78,11 @@ def unreadable(dirs: list[str], trees: list[str], files: list[str]) -> tuple[boo
         if not os.path.isdir(top):
             note(top, "no such folder")
             continue
-        for _dirpath, _dirnames, _files in os.walk(top, onerror=lambda e: note(e.filename, e)):
+        for _dirpath, dirnames, _files in os.walk(top, onerror=lambda e: note(e.filename, e)):
             if len(problems) >= MAX_PROBLEMS:
                 break
+            if _dirpath == f"{trees[0]}/restricted":
+                dirnames[:] = [d for d in dirnames if f"{_dirpath}/{d}" in reachable]
     for f in files:
         try:
             with open(f, "rb") as fh:
@@ -85,6 +90,28 @@ def unreadable(dirs: list[str], trees: list[str], files: list[str]) -> tuple[boo
         except OSError as e:
             note(f, e)
     return visible, problems
+
+
+def restricted(closed: list[dict], groups: list[str]) -> dict[str, object]:
+    """The kernels and builds for some groups only, as this user sees them: ``closed`` are the
+    ones this user is not in a group of (each must refuse to be listed: else it was opened), and
+    ``groups`` the groups they name that do not exist here."""
+    import grp
+
+    opened = []
+    for item in closed:
+        try:
+            os.listdir(item["path"])
+        except OSError:
+            continue
+        opened.append(item["path"])
+    missing = []
+    for g in groups:
+        try:
+            grp.getgrnam(g)
+        except KeyError:
+            missing.append(g)
+    return {"opened": opened, "missing_groups": missing}
 
 
 def singleuser(prefix: str, timeout: float) -> dict[str, object]:
@@ -245,7 +272,9 @@ def main(argv: list[str]) -> int:
     with open(argv[1]) as f:
         args = json.load(f)
     started = float(argv[2]) if len(argv) > 2 else time.time()
-    visible, problems = unreadable(args["dirs"], args["trees"], args["files"])
+    visible, problems = unreadable(
+        args["dirs"], args["trees"], args["files"], frozenset(args.get("reachable") or ())
+    )
     timeout = float(args.get("timeout", 120))
     lmod = args.get("lmod") or {}
     report = {
@@ -262,6 +291,7 @@ def main(argv: list[str]) -> int:
         "hub_api": hub_api(args["hub_api"], 10) if args.get("hub_api") else None,
         "interpreters": interpreters(args.get("interpreters") or [], lmod, timeout),
         "modules": [module_set(m, lmod, timeout) for m in args.get("module_sets") or []],
+        "restricted": restricted(args.get("closed") or [], args.get("groups") or []),
         "finished": time.time(),
     }
     json.dump(report, sys.stdout)

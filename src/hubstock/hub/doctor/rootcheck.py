@@ -144,7 +144,7 @@ def check_generation(root: Root) -> tuple[Check, Generation | None, GenerationMa
     for k in manifest.kernels:
         if not is_complete(root.build(k.env, k.build), k.build):
             problems.append(f"kernel {k.name}'s build {k.env}/{k.build} is missing or incomplete")
-        elif not (gen.kernel_dir(k.name) / "kernel.json").is_file():
+        elif not (gen.entry_dir(k) / "kernel.json").is_file():
             problems.append(f"kernel {k.name} has no kernel.json")
     used = {(k.env, k.build) for k in manifest.kernels} | ({(server.env, server.build)} if server else set())
     for env, bid in sorted(used):
