@@ -23,7 +23,9 @@ site's own ``spawner/jupyterhub_config.py``:
   login with any name and the password the hub keeps in ``DIR/state/demo_password``.
 
 It prints the address and the credentials and runs until Ctrl-C (or SIGTERM), then
-stops the servers, the hub, the proxy and the Slurm rig, by PID.
+stops the servers, the hub, the proxy and the Slurm rig, by PID. Its parent's end is a SIGTERM
+too (``prctl(PR_SET_PDEATHSIG)``): SIGTERM sent to the ``nox`` process alone, which ends nox at
+once, still stops everything.
 A second run reuses the builds: the locks are fresh, the builds up to date and the
 generation unchanged, so it only starts things. ``--check`` brings everything up,
 logs in with the printed credentials, starts a server, checks that it lists
@@ -438,6 +440,19 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_with_parent() -> None:
+    """Have the kernel send this process SIGTERM when its parent (nox) ends: a SIGTERM sent to nox
+    alone ends nox without a word to its children. A parent gone already is a SIGTERM now."""
+    import ctypes
+
+    parent = os.getppid()
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _still_stopping(signum: int, frame: object) -> None:
     say("still stopping, please wait...")
 
@@ -497,6 +512,7 @@ def _check_user(name: str, homes: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     _signals(_interrupt)
+    _stop_with_parent()
     demo: Demo | None = None
     code = 0
     try:
