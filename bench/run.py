@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-COLUMNS = ("name", "value", "unit", "baseline", "baseline value", "ratio", "goal", "met?")
+COLUMNS = ("name", "value", "unit", "baseline", "baseline value", "ratio [min-max]", "goal", "met?")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="the smallest case of everything, one run each")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this benchmark (repeatable)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder (builds, hub logs)")
+    p.add_argument(
+        "--compare",
+        metavar="FILE",
+        help="then compare with an earlier results file: name every figure whose median ratio moved "
+        "beyond the spread of both runs (exit 1 if one did)",
+    )
     return p
 
 
@@ -55,6 +61,10 @@ def table(results: list[dict[str, Any]]) -> str:
             rows.append((r["name"], "-", r["unit"], r["baseline"], "-", "-", r["goal"], why))
             continue
         met = "-" if r["met"] is None else _fmt(r["met"])
+        ratio = _fmt(r["ratio"])
+        if r.get("ratio_spread") and len(r["ratio_spread"]) == 3 and r.get("runs", 1) > 1:
+            low, _, high = r["ratio_spread"]
+            ratio += f" [{_fmt(low)}-{_fmt(high)}]"
         rows.append(
             (
                 r["name"],
@@ -62,7 +72,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 r["unit"],
                 r["baseline"],
                 _fmt(r["baseline_value"]),
-                _fmt(r["ratio"]),
+                ratio,
                 r["goal"],
                 met,
             )
@@ -139,16 +149,32 @@ def main(argv: list[str] | None = None) -> int:
             results += entries
             say(f"{name} done in {time.perf_counter() - t0:.0f} s")
     finally:
+        # as the tests do: nothing the bench started may outlive it (a proxy reparented to init...)
+        left = cases.stop_left_behind(work, say)
         if args.keep:
             say(f"kept {work}")
         else:
             cases.remove_work(work)
+    if left:
+        results.append(
+            {
+                **cases.result("leftovers", None, "-", "-", None, "no process left"),
+                "error": f"{len(left)} process(es) the bench started were still running at its end "
+                f"(stopped now): {', '.join(c.split(' ', 1)[0] for _, c in left)}",
+                "left": [{"pid": pid, "cmdline": c} for pid, c in left],
+            }
+        )
     out = Path(args.out)
     write_json(out, results)
     print()
     print(table(results))
     print(f"\n{len(results)} figure(s) in {time.perf_counter() - started:.0f} s; written to {out}")
-    return 1 if any(r.get("error") for r in results) else 0
+    code = 1 if any(r.get("error") for r in results) else 0
+    if args.compare:
+        from bench.compare import compare_files
+
+        code = max(code, compare_files(Path(args.compare), out))
+    return code
 
 
 if __name__ == "__main__":

@@ -111,3 +111,74 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
     table = res.stdout[res.stdout.index("name ") :]
     assert "baseline value" in table and "met?" in table
     assert all(name in table for name in names)
+
+
+def test_what_the_bench_started_and_left_running_is_found_and_stopped(tmp_path):
+    """The bench's end check (issue 26): a process still running in its scratch folder (here a
+    stand-in for a proxy left behind, its folder already removed) is named and stopped, by PID."""
+    sys.path.insert(0, str(REPO))
+    from bench.cases.common import left_behind, stop_left_behind
+
+    work = tmp_path / "hubstock-bench-x"
+    (work / "hub").mkdir(parents=True)
+    proc = subprocess.Popen(["sleep", "300"], cwd=work / "hub")
+    try:
+        (work / "hub").rmdir()  # the scratch folder goes first; the process keeps its deleted cwd
+        assert [pid for pid, _ in left_behind(work)] == [proc.pid]
+        said: list[str] = []
+        assert [pid for pid, _ in stop_left_behind(work, said.append)] == [proc.pid]
+        assert proc.wait(15) == -15 and f"pid {proc.pid}: sleep 300" in said[0], said
+        assert left_behind(work) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _figure(name: str, samples: list[float], baseline: list[float]) -> dict:
+    sys.path.insert(0, str(REPO))
+    from bench.cases.common import median, result, timings
+
+    return result(
+        name, median(samples), "s", "b", median(baseline), "ratio <= 1.2", 1.2, **timings(samples, baseline)
+    )
+
+
+def test_a_figure_has_the_spread_of_its_pairs_and_is_met_on_their_median():
+    r = _figure("x", [1.0, 1.3, 1.1], [1.0, 1.0, 1.0])
+    assert r["ratio_spread"] == [1.0, 1.1, 1.3] and r["ratio"] == 1.1 and r["met"] is True
+    sys.path.insert(0, str(REPO))
+    from bench.run import table
+
+    assert "1.1 [1-1.3]" in table([r])
+
+
+def test_compare_names_exactly_the_figure_that_moved(tmp_path):
+    """``--compare``: two runs of the same work name nothing; a heavier workload in one figure
+    names that figure alone (faster or slower), with both spreads; exit 1 then."""
+    before = [_figure("a", [1.0, 1.1, 1.05], [1.0] * 3), _figure("b", [2.0, 2.2, 2.1], [1.0] * 3)]
+    same = [_figure("a", [1.08, 1.02, 1.06], [1.0] * 3), _figure("b", [2.1, 2.15, 2.05], [1.0] * 3)]
+    heavier = [_figure("a", [1.0, 1.04, 1.1], [1.0] * 3), _figure("b", [2.6, 2.8, 2.7], [1.0] * 3)]
+    files = {}
+    for label, run in (("before", before), ("same", same), ("heavier", heavier)):
+        files[label] = tmp_path / f"{label}.json"
+        files[label].write_text(json.dumps(run))
+
+    def compare(a: str, b: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bench.compare", str(files[a]), str(files[b])],
+            cwd=REPO, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    res = compare("before", "same")
+    assert res.returncode == 0 and "0 of 2 figure(s) moved" in res.stdout, res.stdout
+    res = compare("before", "heavier")
+    assert res.returncode == 1, res.stdout
+    assert [line.strip() for line in res.stdout.splitlines() if "MOVED" in line] == [
+        "MOVED b: slower: ratio 2.1 [2-2.2] -> 2.7 [2.6-2.8]"
+    ], res.stdout
+    res = compare("heavier", "before")
+    assert "MOVED b: faster" in res.stdout
+    (tmp_path / "bad.json").write_text("{")
+    files["bad"] = tmp_path / "bad.json"
+    res = compare("bad", "same")
+    assert res.returncode == 2 and "cannot be read as a results file" in res.stdout

@@ -34,7 +34,7 @@ from typing import Any
 
 from .builds import cold_build, disk_five_builds, noop_build, warm_build, warm_build_large
 from .cli import cli_overhead
-from .common import Bench, remove_work, result, skipped, world_tmp
+from .common import Bench, remove_work, result, skipped, stop_left_behind, world_tmp
 from .fallback import status_fallback
 from .hook import hook
 from .hub import spawn_to_ready, spawn_to_ready_pbs
@@ -43,7 +43,7 @@ from .netfs import netfs
 from .publish import kernel_start_readonly, publish
 from .rpcs import status_rpcs_per_interval
 
-__all__ = ["CASES", "Bench", "remove_work", "result", "skipped", "world_tmp"]
+__all__ = ["CASES", "Bench", "remove_work", "result", "skipped", "stop_left_behind", "world_tmp"]
 
 #: (benchmark, function) in the order they run
 CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [

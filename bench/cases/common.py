@@ -14,6 +14,7 @@ A benchmark that cannot run here (``spawn_to_ready`` without root) has
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -61,8 +62,15 @@ def result(
     met: bool | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One entry of results.json; ``met`` is ``ratio <= limit`` unless given."""
+    """One entry of results.json; ``met`` is ``ratio <= limit`` unless given.
+
+    With paired ``samples`` and ``baseline_samples`` (:func:`timings`: run i of each side taken
+    one after the other), ``ratio`` is the median of the pairs' ratios and ``ratio_spread`` their
+    ``[min, median, max]``: ``met`` is decided on that median."""
     ratio = value / baseline_value if value is not None and baseline_value else None
+    spread = ratio_spread(extra.get("samples"), extra.get("baseline_samples"))
+    if spread is not None and value is not None:
+        ratio = spread[1]
     if met is None and limit is not None and ratio is not None:
         met = ratio <= limit
     return {
@@ -75,8 +83,23 @@ def result(
         "goal": goal,
         "met": met,
         "benchmark": benchmark,
+        **(
+            {"ratio_spread": [rounded(x, 3) for x in spread]}
+            if spread is not None and value is not None
+            else {}
+        ),
         **extra,
     }
+
+
+def ratio_spread(samples: Any, baseline_samples: Any) -> tuple[float, float, float] | None:
+    """``(min, median, max)`` of ``samples[i] / baseline_samples[i]``; None unless they pair up."""
+    if not isinstance(samples, list) or not isinstance(baseline_samples, list):
+        return None
+    if not samples or len(samples) != len(baseline_samples) or not all(b for b in baseline_samples):
+        return None
+    ratios = [a / b for a, b in zip(samples, baseline_samples, strict=True)]
+    return min(ratios), statistics.median(ratios), max(ratios)
 
 
 def rounded(x: float | None, digits: int = 4) -> float | None:
@@ -294,3 +317,48 @@ def remove_work(work: Path) -> None:
     """Remove the scratch folder, read-only builds and generations included."""
     subprocess.run(["chmod", "-R", "u+w", str(work)], check=False)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def left_behind(work: Path) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of every process still running in, or from, the scratch folder
+    ``work`` (its working folder or its command line there, the folder removed or not): what the
+    bench started and did not stop (a proxy, a hub, a server, a rig's daemon). This process aside."""
+    left = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd").removesuffix(" (deleted)")
+            cmdline = (
+                Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            )
+        except OSError:
+            continue
+        if cwd == str(work) or cwd.startswith(f"{work}/") or str(work) in cmdline:
+            left.append((int(entry), cmdline.strip()))
+    return sorted(left)
+
+
+def stop_left_behind(work: Path, say: Say) -> list[tuple[int, str]]:
+    """Stop (by PID: SIGTERM, then SIGKILL after 10 s) what :func:`left_behind` finds; what it found."""
+    left = left_behind(work)
+    for pid, cmd in left:
+        say(f"still running after the bench: pid {pid}: {cmd[:200]}")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid, _ in left):
+        time.sleep(0.2)
+    for pid, _ in left:
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
