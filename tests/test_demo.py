@@ -78,7 +78,7 @@ def _sigterm_to_its_parent(demo_dir: Path, port: int, user: str, timeout: float 
         assert parent.stdout is not None
         for line in parent.stdout:  # to the end: every process that holds the pipe has ended
             lines.append(line)
-            if re.search(r"\bup in \d+ s", line):
+            if "Open http://" in line:  # up, and the address and credentials are printed
                 up.set()
 
     reader = threading.Thread(target=read, daemon=True)

@@ -177,6 +177,8 @@ def test_diff_reports_each_change_exactly(make_site, hubstock, channel_url, extr
         "packages": [],
         "packages_known": True,
         "interpreter": None,
+        "groups": [],  # everybody's (issue 23: a kernel for some groups only names them)
+        "groups_before": None,
     }
     assert d12["extensions"] == [
         {

@@ -3,7 +3,8 @@
 The hook resolves ``current`` without the root's lock, so a publish and a ``gc --keep 1``
 can run between its resolving and its session record. Each interleaving is played out
 step by step (the hook in a thread, held at its record, gc in the test), and then both run
-for real, side by side in two processes, many times.
+for real, side by side in two processes, many times: a generation a hook pinned is never
+missing from its place, not even for the moment gc takes to read the records again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hubstock.hub.hooks as hooks
 from hubstock.admin.publish.gc import gc
 from hubstock.progress import Progress
 from hubstock.site import Settings, Site
-from hubstock.store.generations import Generation, resolve_current, switch_current
+from hubstock.store.generations import GC_INTENT, Generation, doomed, resolve_current, switch_current
 from hubstock.store.root import Root
 from hubstock.store.sessions import live_sessions
 
@@ -100,9 +101,37 @@ def test_gc_between_the_hooks_resolve_and_its_record(tmp_path, monkeypatch):
     assert [s.generation for s in live_sessions(root, 1)] == ["0002"]
 
 
-def test_the_record_lands_after_gc_planned(tmp_path, monkeypatch):
-    """gc read the records before the hook wrote its own, and the hook checked before gc moved
-    anything: gc reads the records again and keeps the generation the hook pinned."""
+def test_the_record_lands_after_gc_planned_and_before_it_announced(tmp_path, monkeypatch):
+    """gc read the records before the hook wrote its own, and the hook checked before gc
+    announced what it removes: gc reads the records again and keeps the generation the hook
+    pinned, which never leaves its place, not even for a moment."""
+    root = Root(tmp_path / "root")
+    _publish(root, "0001")
+    hook = HeldHook(root, monkeypatch).start()
+    _publish(root, "0002")
+    real_announce, real_move = gc_module.announce_removal, gc_module.move_to_trash
+    state: dict = {"moved": []}
+
+    def announce(r, gens):
+        state["pinned"] = hook.finish()  # the hook writes its record and finds 0001 still there
+        return real_announce(r, gens)
+
+    def move(path, trash):
+        state["moved"].append(path.name)
+        return real_move(path, trash)
+
+    monkeypatch.setattr(gc_module, "announce_removal", announce)
+    monkeypatch.setattr(gc_module, "move_to_trash", move)
+    plan = gc(_site(root), 1, False, Progress(False))
+    assert state["pinned"] == "0001"
+    assert _pinned_exists(root, "0001") and plan.generations == [] and "0001" in plan.kept_generations
+    assert "0001" not in state["moved"]
+    assert not (root.generations / GC_INTENT).exists()  # withdrawn once gc ended
+
+
+def test_the_record_lands_after_gc_announced(tmp_path, monkeypatch):
+    """The hook wrote its record and checked once gc had announced the generation's removal
+    (before anything moved): it pins the current generation instead, and gc removes the old."""
     root = Root(tmp_path / "root")
     _publish(root, "0001")
     hook = HeldHook(root, monkeypatch).start()
@@ -112,14 +141,15 @@ def test_the_record_lands_after_gc_planned(tmp_path, monkeypatch):
 
     def move(path, trash):
         if state["moves"] == 0:
-            state["pinned"] = hook.finish()  # the hook writes its record and finds 0001 still there
+            assert doomed(root) == {"0001"}
+            state["pinned"] = hook.finish()
         state["moves"] += 1
         return real_move(path, trash)
 
     monkeypatch.setattr(gc_module, "move_to_trash", move)
     plan = gc(_site(root), 1, False, Progress(False))
-    assert state["pinned"] == "0001"
-    assert _pinned_exists(root, "0001") and plan.generations == [] and "0001" in plan.kept_generations
+    assert state["pinned"] == "0002" and _pinned_exists(root, "0002")
+    assert plan.generations == ["0001"] and not (root.generations / "0001").exists()
 
 
 def test_the_record_lands_after_gc_moved_the_generation_away(tmp_path, monkeypatch):
@@ -134,7 +164,7 @@ def test_the_record_lands_after_gc_moved_the_generation_away(tmp_path, monkeypat
 
     def live(r, hours):
         state["reads"] += 1
-        if state["reads"] == 2:  # gc's second reading, after the move
+        if state["reads"] == 3:  # gc's third reading: after planning, after announcing, after the move
             state["pinned"] = hook.finish()
         return real_live(r, hours)
 

@@ -76,7 +76,7 @@ def test_publish_then_a_kernel_runs_in_its_build(kernel_site, hubstock):
     bid = st["envs"]["py"]["current"]
     assert st["published"]["generation"] == "0001"
     assert st["published"]["kernels"] == [
-        {"name": "stock", "display_name": "Python (stock)", "env": "py", "build": bid}
+        {"name": "stock", "display_name": "Python (stock)", "env": "py", "build": bid, "groups": []}
     ]
     kdir = root.current / "share" / "jupyter" / "kernels" / "stock"
     spec = json.loads((kdir / "kernel.json").read_text())

@@ -28,7 +28,7 @@ from ..errors import SpawnError
 from ..store.access import may_use, user_groups
 from ..store.builds import is_complete
 from ..store.fs import now_iso
-from ..store.generations import Generation, current_name, resolve_current
+from ..store.generations import Generation, current_name, doomed, resolve_current
 from ..store.records import GenerationManifest, RecordError, SessionRecord
 from ..store.root import Root
 from ..store.rootmark import is_root
@@ -90,9 +90,10 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
     """Every disk step of the pre-spawn hook: resolve ``current``, register the session, audit it.
 
     The session's record is written (and fsynced) *before* the generation is checked once
-    more: ``hubstock gc`` (which reads the records again after moving what it removes out of
-    the way) then either sees the record and keeps the generation, or has removed it already,
-    and the hook sees that and pins the new current generation instead.
+    more, its presence and gc's announced removals: ``hubstock gc`` (which reads the records
+    again after announcing what it removes, and before it moves anything) then either sees the
+    record and keeps the generation, or announced it before the check, and the hook pins the new
+    current generation instead.
     """
     for attempt in range(3):
         was = current_name(root)
@@ -110,7 +111,7 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
             started=now_iso(),
         )
         register(root, session)
-        if _still_there(gen, manifest):
+        if _still_there(root, gen, manifest):
             break
     else:
         unregister(root, user, server)
@@ -194,10 +195,15 @@ def pre_spawn_hook(spawner: Any, root: str | os.PathLike[str]) -> SessionRecord:
     return pin.session
 
 
-def _still_there(gen: Generation, manifest: GenerationManifest) -> bool:
-    """Whether the generation (and its server build) is still on the root."""
+def _still_there(root: Root, gen: Generation, manifest: GenerationManifest) -> bool:
+    """Whether the generation (and its server build) is still on the root, and not about to be
+    removed by a running gc (:func:`~hubstock.store.generations.announce_removal`)."""
     server = manifest.server
-    return gen.manifest_path.is_file() and (server is None or is_complete(Path(server.prefix), server.build))
+    return (
+        gen.manifest_path.is_file()
+        and (server is None or is_complete(Path(server.prefix), server.build))
+        and gen.name not in doomed(root)
+    )
 
 
 def post_stop_hook(spawner: Any, root: str | os.PathLike[str]) -> None:

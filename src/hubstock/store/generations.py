@@ -13,6 +13,12 @@
 
 A reader resolves ``current`` once (:func:`resolve_current`) and reads everything
 from that one directory, so a publish or rollback in between never gives it a mix.
+
+``$ROOT/generations/.gc-intent.json`` names the generations a running ``hubstock gc`` is about
+to remove (:func:`announce_removal`): a spawn hook that pinned one of them (its session record
+already written) pins the current generation instead, and gc, which reads the session records
+once more after announcing, keeps any generation a record names. So a generation a hook pinned is
+never removed, and never out of its place for a moment either.
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fs import atomic_symlink, atomic_write, read_link
-from .records import GenerationManifest, KernelEntry
+from .fs import atomic_symlink, atomic_write, current_user, now_iso, read_link
+from .records import GcIntent, GenerationManifest, KernelEntry, RecordError
 from .root import MANIFEST, Root
 
 GEN_RE = re.compile(r"^\d{4,}$")
 STAGING_PREFIX = ".staging-"
+GC_INTENT = ".gc-intent.json"
 
 
 @dataclass(frozen=True)
@@ -156,3 +163,25 @@ def resolve_current(root: Root) -> Generation | None:
 def switch_current(root: Root, gen: str) -> None:
     """Make ``gen`` current with one atomic rename."""
     atomic_symlink(f"generations/{gen}", root.current)
+
+
+def announce_removal(root: Root, gens: list[str]) -> None:
+    """Say (durably) that ``gens`` are about to be removed; call with the root's lock held."""
+    intent = GcIntent(generations=sorted(gens), since=now_iso(), by=current_user())
+    atomic_write(root.generations / GC_INTENT, intent.to_json())
+
+
+def withdraw_removal(root: Root) -> None:
+    """The removal announced is over (done or given up)."""
+    (root.generations / GC_INTENT).unlink(missing_ok=True)
+
+
+def doomed(root: Root) -> set[str]:
+    """The generations a running gc announced it removes (none when no gc runs). An intent that
+    cannot be read dooms every generation but the current one: a hook then pins the current."""
+    try:
+        intent = GcIntent.read_optional(root.generations / GC_INTENT)
+    except RecordError:
+        cur = current_name(root)
+        return {g for g in generations(root) if g != cur}
+    return set(intent.generations) if intent else set()

@@ -257,6 +257,17 @@ class SessionRecord(Record):
     started: str | None = None
 
 
+class GcIntent(Record):
+    """The generations a running ``hubstock gc`` is about to remove (``store.generations``): a
+    pre-spawn hook that pinned one of them pins the current generation instead."""
+
+    WHAT: ClassVar[str] = "gc intent"
+
+    generations: list[str] = Field(default_factory=list)
+    since: str
+    by: str
+
+
 class HubVersions(Record):
     """What the hub node runs, as the hub said when it last started (``store.hubinfo``): so that
     ``hubstock publish``, on another machine, can refuse a server build the hub cannot talk to."""

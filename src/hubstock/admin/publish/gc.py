@@ -8,10 +8,14 @@ interrupted builds included, and so do package-cache entries no kept build uses.
 
 A spawn hook pins its generation without the root's lock, so gc never removes a generation
 a hook may have pinned: the hook writes its session record *before* it checks that its
-generation still exists (and starts over with the new current one if not), and gc first
-moves what it removes into the trash (gone at once for readers), then reads the session
-records again, brings back whatever one of them names, and only then deletes. Either
-gc sees the record, or the hook sees its generation gone.
+generation still exists and is not announced for removal (and starts over with the new current
+one if it is), and gc first announces the generations it removes
+(:func:`~hubstock.store.generations.announce_removal`), then reads the session records again and
+keeps whatever one of them names, and only then moves the rest into the trash (gone at once for
+readers) and deletes it. Either gc sees the record, or the hook sees the announcement: a pinned
+generation is never removed, nor out of its place for a moment. (After the move the records are
+read once more, and anything one names is brought back: a record written by a hook of an older
+hubstock, which does not read announcements.)
 
 ``--dry-run`` reads and creates nothing.
 """
@@ -27,7 +31,14 @@ from ...progress import Progress
 from ...site import Site
 from ...store.builds import build_ids, clear_damage, current_build, env_names, read_provenance
 from ...store.fs import empty_trash, move_to_trash, remove_tree
-from ...store.generations import current_name, generation, generations, unfinished
+from ...store.generations import (
+    announce_removal,
+    current_name,
+    generation,
+    generations,
+    unfinished,
+    withdraw_removal,
+)
 from ...store.records import RecordError
 from ...store.root import Root
 from ...store.sessions import live_sessions
@@ -133,8 +144,14 @@ def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
             cache.intact_entries(root, pkg_marks),
             wheels.intact_entries(root, wheel_marks),
         )
-        moved = {p: move_to_trash(p, root.trash) for p in plan.tree_paths(root)}
-        _bring_back_what_sessions_use(site, root, plan, moved)
+        if plan.generations:
+            announce_removal(root, plan.generations)
+        try:
+            _bring_back_what_sessions_use(site, root, plan, {})  # before anything moves
+            moved = {p: move_to_trash(p, root.trash) for p in plan.tree_paths(root)}
+            _bring_back_what_sessions_use(site, root, plan, moved)
+        finally:
+            withdraw_removal(root)
         plan.packages = _unused_packages(root, plan.kept_builds)
         for p in plan.package_paths(root):
             remove_tree(p, root.trash)
@@ -152,9 +169,10 @@ def gc(site: Site, keep: int, dry_run: bool, progress: Progress) -> GcPlan:
 def _bring_back_what_sessions_use(
     site: Site, root: Root, plan: GcPlan, moved: dict[Path, Path | None]
 ) -> None:
-    """Read the session records again, now that the doomed generations are gone from their
-    places: a hook that pinned one of them after :func:`plan_gc` read the records has written
-    its record by now, or will find its generation gone and pin the current one instead."""
+    """Read the session records again and keep what they name (bringing back, from ``moved``,
+    what was moved away already): once gc has announced what it removes, a hook that pinned one
+    of those after :func:`plan_gc` read the records has written its record by now, or will see
+    the announcement (or the generation gone) and pin the current one instead."""
     sessions = live_sessions(root, site.settings.gc.session_max_age_hours)
     gens = {s.generation for s in sessions} & set(plan.generations)
     builds = {b for s in sessions for b in s.builds} & set(plan.builds)
