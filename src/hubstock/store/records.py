@@ -8,6 +8,7 @@ hubstock knows is refused with :class:`RecordError`, never misread.
 - :class:`BuildProvenance`   ``$ROOT/envs/<env>/<build-id>/.hubstock-build.json``
 - :class:`GenerationManifest` ``$ROOT/generations/<gen>/manifest.json``
 - :class:`SessionRecord`     ``$ROOT/sessions/<user>.<server>.json``
+- :class:`GcIntent`          ``$ROOT/generations/.gc-intent.json`` (while a gc runs)
 - :class:`AuditLine`         one line of ``$ROOT/audit.log``
 """
 
