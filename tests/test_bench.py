@@ -80,7 +80,12 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
                 assert os.geteuid() != 0 and r["benchmark"] in NEEDS_ROOT, r
             continue
         assert r["value"] > 0 and r["baseline_value"] > 0, r
-        assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"], rel=1e-2), r
+        if "ratio_spread" in r:  # paired runs: the median of the pairs' ratios, inside their spread
+            low, mid, high = r["ratio_spread"]
+            assert r["ratio"] == mid and low <= mid <= high, r
+            assert len(r["samples"]) == len(r["baseline_samples"]) == r["runs"], r
+        else:
+            assert r["ratio"] == pytest.approx(r["value"] / r["baseline_value"], rel=1e-2), r
         assert r["runs"] >= 1 and r["goal"], r
     rpcs = next(r for r in results if r["name"] == "status_rpcs_per_interval")
     if not rpcs.get("skipped"):
