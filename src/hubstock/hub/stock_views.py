@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -92,6 +93,8 @@ class StockViews:
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.hub_prefix = hub_prefix
         self.catalog = Catalog(root)
+        #: user -> (the second it was looked up, their groups): a page asks once per generation
+        self._groups: dict[str, tuple[int, set[str]]] = {}
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(TEMPLATES)),
             autoescape=True,
@@ -129,11 +132,24 @@ class StockViews:
         kernels = contents.manifest.kernels
         if not any(k.groups for k in kernels):
             return contents
-        member_of = user_groups(user)
+        member_of = self._groups_of(user)
         shown = [k for k in kernels if may_use(k.groups, member_of)]
         if len(shown) == len(kernels):
             return contents
         return dataclasses.replace(contents, manifest=contents.manifest.model_copy(update={"kernels": shown}))
+
+    def _groups_of(self, user: str) -> set[str]:
+        """``user``'s groups as the system resolves them, looked up at most once a second: one
+        page or document reads them for every generation it shows."""
+        now = int(time.monotonic())
+        hit = self._groups.get(user)
+        if hit is not None and hit[0] == now:
+            return hit[1]
+        if len(self._groups) > 1000:
+            self._groups.clear()
+        groups = user_groups(user)
+        self._groups[user] = (now, groups)
+        return groups
 
     def hidden_kernels(self, contents: GenerationContents, user: str) -> list[dict[str, Any]]:
         """The restricted kernels ``user`` is not shown, as the note's lines (none without a note)."""
