@@ -126,13 +126,21 @@ def test_what_the_bench_started_and_left_running_is_found_and_stopped(tmp_path):
 
     work = tmp_path / "hubstock-bench-x"
     (work / "hub").mkdir(parents=True)
-    proc = subprocess.Popen(["sleep", "300"], cwd=work / "hub")
+    # the stand-in says it is up once its command line is in place (a process between vfork and
+    # the end of its exec shows an empty one)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(300)"],
+        cwd=work / "hub",
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        assert proc.stdout is not None and proc.stdout.readline() == "up\n"
         (work / "hub").rmdir()  # the scratch folder goes first; the process keeps its deleted cwd
         assert [pid for pid, _ in left_behind(work)] == [proc.pid]
         said: list[str] = []
         assert [pid for pid, _ in stop_left_behind(work, said.append)] == [proc.pid]
-        assert proc.wait(15) == -15 and f"pid {proc.pid}: sleep 300" in said[0], said
+        assert proc.wait(15) == -15 and f"pid {proc.pid}: {sys.executable} -c" in said[0], said
         assert left_behind(work) == []
     finally:
         proc.kill()

@@ -332,6 +332,8 @@ def left_behind(work: Path) -> list[tuple[int, str]]:
             cmdline = (
                 Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             )
+            if not cmdline.strip():  # in the middle of an exec, or a zombie: its name at least
+                cmdline = f"[{Path(f'/proc/{entry}/comm').read_text().strip()}]"
         except OSError:
             continue
         if cwd == str(work) or cwd.startswith(f"{work}/") or str(work) in cmdline:
