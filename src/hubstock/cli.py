@@ -10,6 +10,7 @@
                                        gc [--keep N] [--dry-run]
                                        doctor [--json] [--as-user USER] [--queue Q] [--no-job] [--timeout S]
                                        verify [ENV...] [--repair]
+                                       mine create|list|show|lock|verify|remove NAME ...
 
 ``HUBSTOCK_SITE``, ``HUBSTOCK_ROOT`` and ``HUBSTOCK_WAIT`` stand in for the flags (``--root`` and
 ``HUBSTOCK_ROOT`` are relative to the working directory; ``--wait SECONDS`` bounds the wait for the
@@ -139,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds the probe job may take (default: [doctor] timeout)",
     )
+
+    from .personal.commands import add_parser as add_mine
+
+    add_mine(sub)
 
     # each command's own --help opens with what the command list says of it
     for choice in sub._choices_actions:  # argparse keeps the commands' help texts there
@@ -286,6 +291,7 @@ ROOT_USE = {
     "verify": lambda a: a.repair,
     "status": lambda a: False,
     "diff": lambda a: False,
+    "mine": lambda a: False,  # read only: a user's builds go to their own folder
 }
 
 
@@ -521,6 +527,12 @@ def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_mine(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    from .personal.commands import cmd_mine as run_mine
+
+    return run_mine(site, args, progress)
+
+
 def cmd_doctor(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     """One line per check (ok, warn or FAIL with its fix), or ``--json``; exit 1 on any FAIL. The probe
     job is cancelled on Ctrl-C and SIGTERM before doctor exits."""
@@ -559,12 +571,18 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "init-root": cmd_init_root,
     "verify": cmd_verify,
+    "mine": cmd_mine,
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # `mine create NAME --from K PKG...`: packages after an option too (argparse stops at it)
+        if getattr(args, "mine_command", None) == "create" and not any(x.startswith("-") for x in extra):
+            args.packages += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.verbose and args.quiet:
         parser.error("-v (--verbose) and -q (--quiet) say opposite things; give one of them")
     logging.basicConfig(level=logging.WARNING, format="hubstock: %(message)s")

@@ -119,6 +119,10 @@ class SpawnRefused(HubstockError):
         self.jupyterhub_message = message
 
 
+class PersonalError(HubstockError):
+    """A user's own environment (``hubstock mine``) cannot be made, or its build failed."""
+
+
 class UsageError(HubstockError):
     """A command-line value that cannot be used (``gc --keep 0``, an unknown generation)."""
 

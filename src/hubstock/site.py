@@ -267,6 +267,60 @@ class ModulesSettings(_Model):
     )
 
 
+class PersonalSettings(_Model):
+    """Users' own environments (``hubstock mine``): a few packages on top of a stock environment,
+    locked and built as the user's batch job, into the user's own folder."""
+
+    enabled: bool = Field(True, description="whether users may make their own environments")
+    dir: str = Field(
+        "{home}/.hubstock/envs",
+        description="where a user's environments go, the same path on every node; '{home}' is the "
+        "user's home and '{user}' the user name, e.g. '/scratch/{user}/hubstock-envs'",
+    )
+    max_envs: int = Field(5, ge=1, le=100, description="how many environments a user may have")
+    max_size_mb: int = Field(
+        2048, ge=1, description="the largest a build may be (its own files, the stock's not counted)"
+    )
+    max_packages: int = Field(50, ge=1, le=500, description="how many requirements one environment may name")
+    allow: list[str] = Field(
+        default_factory=list,
+        description="when set, the only packages a user may ask for, e.g. ['tabulate', 'humanize']",
+    )
+    deny: list[str] = Field(
+        default_factory=list,
+        description="packages no personal environment may contain (beside [server] forbidden), e.g. ['tensorflow']",
+    )
+    index_url: str | None = Field(
+        None,
+        description="the package index the builds use, e.g. 'https://pypi.example.edu/simple'; unset: PyPI",
+    )
+    queue: str | None = Field(None, description="the build job's queue (default: the site's default queue)")
+    walltime_minutes: int = Field(30, ge=1, le=24 * 60, description="the build job's walltime at most")
+    tools: str | None = Field(
+        None,
+        description="the Python that runs hubstock (with its admin and hub extras) in the build job, at "
+        "the same path on the compute nodes, e.g. '/software/hubstock-tools/bin/python'; unset: the "
+        "Python that runs `hubstock mine`",
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, v: str) -> str:
+        if not v.startswith(("/", "{home}")):
+            raise ValueError("must be an absolute path or start with '{home}', e.g. '{home}/.hubstock/envs'")
+        if ".." in Path(v).parts:
+            raise ValueError("may not contain '..'")
+        try:
+            v.format(home="h", user="u")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError("may use only '{home}' and '{user}'") from None
+        return v
+
+    def dir_for(self, user: str, home: str) -> Path:
+        """The user's folder of personal environments."""
+        return Path(self.dir.format(home=home.rstrip("/") or "/", user=user))
+
+
 class Settings(_Model):
     """The schema of ``hubstock.toml``."""
 
@@ -290,6 +344,7 @@ class Settings(_Model):
     spawner: SpawnerSettings = Field(default_factory=SpawnerSettings)
     doctor: DoctorSettings = Field(default_factory=DoctorSettings)
     modules: ModulesSettings = Field(default_factory=ModulesSettings)
+    personal: PersonalSettings = Field(default_factory=PersonalSettings)
 
     @field_validator("root", mode="before")
     @classmethod

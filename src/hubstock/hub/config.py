@@ -234,7 +234,8 @@ def _note_versions(site: Site) -> None:
 
 def _apply_hooks(c: Any, site: Site) -> None:
     """hubstock's own hooks; a site adds its steps after ``apply_site`` (see ``chain_hooks``)."""
-    c.Spawner.pre_spawn_hook = PreSpawnHook(site.root)
+    personal = site.settings.personal
+    c.Spawner.pre_spawn_hook = PreSpawnHook(site.root, personal.dir if personal.enabled else None)
     c.Spawner.post_stop_hook = PostStopHook(site.root)
 
 

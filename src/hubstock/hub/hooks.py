@@ -84,9 +84,53 @@ class Pin:
     server_bindir: Path
     #: the kernels for some groups only that this user is in one of
     restricted: tuple[str, ...] = ()
+    #: ``JUPYTER_PATH`` entries of the user's own kernels (``hubstock mine``)
+    personal: tuple[str, ...] = ()
 
 
-def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> Pin:
+@dataclass(frozen=True)
+class PersonalKernels:
+    """A user's own kernels that can run: their ``JUPYTER_PATH`` entries and the stock builds they
+    layer on (which the session's record names, so gc keeps them while it runs)."""
+
+    paths: tuple[str, ...] = ()
+    bases: tuple[str, ...] = ()  # '<env>/<build>'
+
+
+def personal_kernels(personal_dir: str | None, user: str) -> PersonalKernels:
+    """The user's personal environments (``[personal] dir``) whose kernel is published, whose build
+    is complete and whose stock base is still on the root. A folder the hub cannot read (a home
+    on a root-squashed filesystem) gives none, and the spawn goes on."""
+    if not personal_dir:
+        return PersonalKernels()
+    import pwd
+
+    from ..personal.layout import Mine
+
+    try:
+        home = pwd.getpwnam(user).pw_dir
+    except KeyError:
+        return PersonalKernels()
+    mine = Mine(user, Path(personal_dir.format(home=home.rstrip("/") or "/", user=user)))
+    paths, bases = [], []
+    try:
+        for env in mine.envs():
+            try:
+                bid = env.kernel_build()
+                prov = env.provenance(bid) if bid and env.is_complete(bid) else None
+            except (OSError, RecordError):
+                continue
+            if prov is not None and is_complete(Path(prov.base_prefix), prov.base_build):
+                paths.append(str(env.jupyter_dir))
+                bases.append(f"{prov.base_env}/{prov.base_build}")
+    except OSError:
+        return PersonalKernels()
+    return PersonalKernels(tuple(paths), tuple(sorted(set(bases))))
+
+
+def pin_session(
+    root: Root, user: str, server: str, options: dict[str, Any], personal_dir: str | None = None
+) -> Pin:
     """Every disk step of the pre-spawn hook: resolve ``current``, register the session, audit it.
 
     The session's record is written (and fsynced) *before* the generation is checked once
@@ -95,6 +139,7 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
     record and keeps the generation, or announced it before the check, and the hook pins the new
     current generation instead.
     """
+    mine = personal_kernels(personal_dir, user)
     for attempt in range(3):
         was = current_name(root)
         try:
@@ -107,7 +152,7 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
             user=user,
             server=server,
             generation=gen.name,
-            builds=sorted(manifest.build_keys()),
+            builds=sorted(set(manifest.build_keys()) | set(mine.bases)),
             started=now_iso(),
         )
         register(root, session)
@@ -129,8 +174,9 @@ def pin_session(root: Root, user: str, server: str, options: dict[str, Any]) -> 
         server_build=manifest.server.build,
         options=options,
         **({"restricted": list(restricted)} if restricted else {}),
+        **({"personal": [Path(p).parent.name for p in mine.paths]} if mine.paths else {}),
     )
-    return Pin(root, session, gen, Path(manifest.server.prefix) / "bin", restricted)
+    return Pin(root, session, gen, Path(manifest.server.prefix) / "bin", restricted, mine.paths)
 
 
 def restricted_kernels(manifest: GenerationManifest, user: str) -> tuple[str, ...]:
@@ -151,7 +197,7 @@ def apply_pin(spawner: Any, pin: Pin) -> None:
     spawner.environment = {
         **spawner.environment,
         "PATH": f"{bindir}:{BASE_PATH}",
-        "JUPYTER_PATH": pin.generation.jupyter_paths(pin.restricted),
+        "JUPYTER_PATH": os.pathsep.join([pin.generation.jupyter_paths(pin.restricted), *pin.personal]),
         "JUPYTER_CONFIG_PATH": str(pin.generation.config_path),
         "HUBSTOCK_GENERATION": pin.generation.name,
     }
@@ -216,17 +262,19 @@ def post_stop_hook(spawner: Any, root: str | os.PathLike[str]) -> None:
 
 
 class PreSpawnHook:
-    """``Spawner.pre_spawn_hook`` for a root: pins the spawn to the current generation."""
+    """``Spawner.pre_spawn_hook`` for a root: pins the spawn to the current generation (and adds
+    the user's own kernels from ``personal_dir``, ``[personal] dir``, when set)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], personal_dir: str | None = None) -> None:
         self.root = Path(root)
+        self.personal_dir = personal_dir
 
     async def __call__(self, spawner: Any) -> None:
         """The disk work (reading the generation, the session record's fsync, the audit line) runs
         in a thread, so the hub's event loop never waits on the shared filesystem; the record is
         durable before this returns, so before the job is submitted."""
         user, server, options = spawner.user.name, spawner.name or "", dict(spawner.user_options or {})
-        pin = await asyncio.to_thread(pin_session, Root(self.root), user, server, options)
+        pin = await asyncio.to_thread(pin_session, Root(self.root), user, server, options, self.personal_dir)
         apply_pin(spawner, pin)
 
     def __repr__(self) -> str:

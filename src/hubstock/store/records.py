@@ -184,6 +184,74 @@ class BuildProvenance(_Restrictable, Record):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# users' own environments (hubstock.personal)
+
+
+class PersonalBase(BaseModel):
+    """The stock kernel a personal environment layers on, as it was published when it was asked for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    kernel: str
+    display_name: str
+    env: str
+    build: str
+    prefix: str
+    generation: str
+    #: the stock kernel's kernel.json, as published (argv, env...)
+    spec: dict[str, Any]
+    check: str = ""
+    #: the published kernel's folder (its logos and resources are copied beside the personal kernel)
+    kernel_dir: str = ""
+
+
+class PersonalSpec(Record):
+    """What a user asked for: written by ``hubstock mine create`` before the build job is submitted."""
+
+    SCHEMA: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "personal environment"
+
+    name: str
+    user: str
+    base: PersonalBase
+    requirements: list[str]
+    created: str
+
+
+class PersonalState(Record):
+    """Where a personal environment's build stands; written by the CLI and by the build job."""
+
+    SCHEMA: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "personal build state"
+
+    state: Literal["submitted", "running", "ready", "failed"]
+    step: str = ""  # what the job is doing ("locking", "installing 3 packages"...)
+    job_id: str | None = None
+    build: str | None = None  # the build the kernel uses (ready), or being made
+    message: str = ""  # a failure's one sentence
+    updated: str
+
+
+class PersonalBuild(Record):
+    """A personal build's provenance, beside its files; written before its completion marker."""
+
+    SCHEMA: ClassVar[int] = 1
+    WHAT: ClassVar[str] = "personal build provenance"
+
+    build_id: str
+    name: str
+    user: str
+    base_env: str
+    base_build: str
+    base_prefix: str
+    packages: list[LockedPackage]  # what the build installed itself (the stock's not repeated)
+    files: dict[str, str] = Field(default_factory=dict)  # relative path -> sha256 (symlinks: '-> target')
+    size: int = 0  # bytes of its own files
+    created: str
+    builder: str
+
+
+# ---------------------------------------------------------------------------------------------------------
 # generations
 
 

@@ -1,0 +1,188 @@
+"""Users' own environments (issue 24), the parts that need no scheduler: what a user may ask for,
+the personal kernel and batch script rendered by value, and what the pre-spawn hook offers.
+The whole path on the Slurm rig is in test_personal_slurm.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from pathlib import Path
+
+import pytest
+
+from hubstock.errors import PersonalError
+from hubstock.hub.hooks import personal_kernels
+from hubstock.personal.layout import MARKER, PROVENANCE, Mine
+from hubstock.personal.request import check_name, check_requirements, kernel_spec
+from hubstock.site import PersonalSettings, Settings
+from hubstock.store.records import LockedPackage, PersonalBase, PersonalBuild
+
+BASE = PersonalBase(
+    kernel="python-venv",
+    display_name="Python 3 (venv)",
+    env="venv",
+    build="b1",
+    prefix="/sw/envs/venv/b1",
+    generation="0003",
+    spec={
+        "argv": ["/sw/envs/venv/b1/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (venv)",
+        "language": "python",
+        "metadata": {"hubstock": {"env": "venv", "check": "import ipykernel"}},
+    },
+    check="import ipykernel",
+)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../x", "a/b", "", "Analysis", "-x", "x" * 33, "a b", "x" * 1000, ".hidden"],
+)
+def test_a_bad_name_is_one_sentence(name):
+    with pytest.raises(PersonalError) as e:
+        check_name(name)
+    msg = str(e.value)
+    assert "cannot name your environment" in msg and msg.count("\n") == 0 and len(msg) < 300
+
+
+def test_good_names_pass():
+    assert [check_name(n) for n in ("analysis", "a", "x_1-2")] == ["analysis", "a", "x_1-2"]
+
+
+@pytest.mark.parametrize(
+    ("reqs", "says"),
+    [
+        (["x" * 1000], "1000 characters long"),
+        (["tabulate @ https://example.org/t.whl"], "names a URL"),
+        (["--index-url=https://evil.example"], "is an option"),
+        (["-e ."], "is an option"),
+        (["not a requirement!"], "is not a package requirement"),
+        (["nbgrader"], "may not be installed"),  # [server] forbidden is inherited
+        (["tensorflow>=2"], "may not be installed"),  # [personal] deny
+        ([], "no package given"),
+        (["tabulate", "Tabulate>=0.9"], "named twice"),
+        ([f"p{i}" for i in range(4)], "more than the 3"),
+    ],
+)
+def test_bad_requirements_are_one_sentence(reqs, says):
+    settings = Settings.model_validate({"personal": {"deny": ["tensorflow"], "max_packages": 3}})
+    with pytest.raises(PersonalError) as e:
+        check_requirements(reqs, settings)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_allow_list_allows_only_its_packages():
+    settings = Settings.model_validate({"personal": {"allow": ["tabulate"]}})
+    assert check_requirements([" tabulate>=0.9 "], settings) == ["tabulate>=0.9"]
+    with pytest.raises(PersonalError, match="not among the packages this site allows"):
+        check_requirements(["humanize"], settings)
+
+
+@pytest.mark.parametrize("bad", ["relative/{user}", "{home}/../x", "/x/{nope}", "/x/{0}"])
+def test_the_personal_dir_setting_is_checked(bad):
+    with pytest.raises(ValueError):
+        PersonalSettings(dir=bad)
+
+
+def test_the_personal_dir_is_per_user():
+    assert PersonalSettings().dir_for("ann", "/home/ann") == Path("/home/ann/.hubstock/envs")
+    assert PersonalSettings(dir="/scratch/{user}/envs").dir_for("ann", "/home/ann") == Path(
+        "/scratch/ann/envs"
+    )
+
+
+def test_the_personal_kernel_is_the_stock_one_on_the_personal_build():
+    spec = kernel_spec(BASE, "analysis", Path("/home/ann/.hubstock/envs/analysis/builds/p1"))
+    assert spec == {
+        "argv": [
+            "/home/ann/.hubstock/envs/analysis/builds/p1/bin/python",
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": "Python 3 (venv) + mine: analysis",
+        "language": "python",
+        "env": {"PATH": "/home/ann/.hubstock/envs/analysis/builds/p1/bin:${PATH}"},
+        "metadata": {
+            "hubstock": {
+                "env": "venv",
+                "check": "import ipykernel",
+                "personal": "analysis",
+                "base_kernel": "python-venv",
+                "base_build": "venv/b1",
+            }
+        },
+    }
+    assert BASE.spec["argv"][0] == "/sw/envs/venv/b1/bin/python"  # the base's own is not changed
+
+
+def test_the_build_job_is_the_sites_batch_script_running_the_build(tmp_path):
+    from hubstock.personal.job import job_shell, render_build_job
+    from hubstock.personal.layout import MineEnv
+    from hubstock.site import load_site
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    (site_dir / "hubstock.toml").write_text(
+        'root = "/sw/root"\n[spawner]\nscheduler = "slurm"\nenvironment = { SLURM_CONF = "/etc/slurm/x.conf" }\n'
+        "[personal]\nwalltime_minutes = 20\n"
+    )
+    site = load_site(str(site_dir), None)
+    env = MineEnv("analysis", Path("/home/ann/.hubstock/envs/analysis"))
+    job = render_build_job(site, env, "ann", "/home/ann")
+    assert "#SBATCH --time=00:20:00" in job.script
+    assert "srun /bin/sh /home/ann/.hubstock/envs/analysis/job.sh" in job.script
+    assert job.env["SLURM_CONF"] == "/etc/slurm/x.conf" and job.env["HOME"] == "/home/ann"
+    assert f"--export={','.join(job.env)}" in job.script
+    sh = job_shell(site, env, "/sw/tools/bin/python")
+    assert (
+        f"exec /sw/tools/bin/python -m hubstock --site {site_dir} --root /sw/root mine build-job analysis "
+        "> /home/ann/.hubstock/envs/analysis/build.log 2>&1"
+    ) in sh
+
+
+def _fake_env(top: Path, name: str, base_prefix: Path, complete: bool = True) -> None:
+    env = top / name
+    build = env / "builds" / "p1"
+    (build / "bin").mkdir(parents=True)
+    (env / "spec.json").write_text("{}")
+    kdir = env / "jupyter" / "kernels" / f"mine-{name}"
+    kdir.mkdir(parents=True)
+    (kdir / "kernel.json").write_text(
+        json.dumps({"argv": [f"{build}/bin/python", "-m", "ipykernel_launcher"]})
+    )
+    prov = PersonalBuild(
+        build_id="p1",
+        name=name,
+        user="me",
+        base_env="venv",
+        base_build="b1",
+        base_prefix=str(base_prefix),
+        packages=[LockedPackage(manager="pip", name="tabulate", version="0.10.0", url="u", sha256="0" * 64)],
+        created="now",
+        builder="test",
+    )
+    (build / PROVENANCE).write_text(prov.to_json())
+    if complete:
+        (build / MARKER).write_text("p1\n")
+
+
+def test_the_hook_offers_the_users_complete_kernels_whose_base_is_there(tmp_path):
+    """The pre-spawn hook's part: complete builds on a base still on the root; a half-made build,
+    and one whose stock base was garbage-collected, are not offered (and the base of each offered
+    one goes into the session's record, so gc keeps it while the session runs)."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    base = tmp_path / "root" / "envs" / "venv" / "b1"
+    base.mkdir(parents=True)
+    (base / ".hubstock-complete").write_text("b1\n")
+    mine = tmp_path / "mine"
+    _fake_env(mine, "good", base)
+    _fake_env(mine, "half", base, complete=False)
+    _fake_env(mine, "orphan", tmp_path / "root" / "envs" / "venv" / "gone")
+    found = personal_kernels(f"{mine}", me)
+    assert found.paths == (str(mine / "good" / "jupyter"),) and found.bases == ("venv/b1",)
+    assert personal_kernels(None, me).paths == ()
+    assert personal_kernels(str(tmp_path / "nothing-here"), me).paths == ()
+    assert [e.name for e in Mine(me, mine).envs()] == ["good", "half", "orphan"]

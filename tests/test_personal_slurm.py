@@ -1,0 +1,277 @@
+"""Users' own environments on the Slurm rig (issue 24): ``hubstock mine create`` as a PAM user
+submits the build as that user's batch job; the job locks on the stock, installs only what the
+stock lacks, smoke-tests the kernel, then publishes it in the user's folder; the pre-spawn hook
+offers it; another user can read none of it; every bad input is one sentence and leaves nothing.
+
+One module-scoped site (a copy of ``hub_site`` set up for the rig's scheduler) serves every test;
+the builds are of the venv env (ipykernel on the rig's ``python/3.11`` module)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rigs.hubsite import VENV_DISPLAY_NAME, VENV_KERNEL
+from tests.helpers import kernel_script, until
+
+from hubstock.hub.hooks import personal_kernels
+from hubstock.personal.job import PASSED_ON
+from hubstock.store.root import Root
+
+pytestmark = [pytest.mark.hub, pytest.mark.integration]
+
+ANN, BOB = "hsmineann", "hsminebob"
+PKGS = ("tabulate", "humanize", "six")
+MINE_DIR = "{home}/.hubstock/envs"
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tools(hub_workdir: Path) -> Path:
+    """``[personal] tools``: a hubstock install (admin and hub extras) that users can run, in a venv
+    of the system's Python on the shared storage, as a site makes one (this test's own Python
+    may be in root's home)."""
+    from hubstock.admin.uv import uv_command
+
+    venv = hub_workdir / "hubstock-tools"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([*uv_command(), "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+        subprocess.run(
+            [*uv_command(), "pip", "install", "-q", "--python", str(py), f"{REPO}[admin,hub]"], check=True
+        )
+    return py
+
+
+@pytest.fixture(scope="module")
+def mine_site(hub_site: Path, slurm_rig, hub_workdir: Path, tools: Path):
+    """``(site, root)``: hub_site's envs and root, its jobs on the Slurm rig, two PAM users."""
+    from rigs.slurm_rig import create_user, remove_user
+
+    site = hub_workdir / "site-mine"
+    if not site.exists():
+        shutil.copytree(hub_site, site, symlinks=True)
+    text = (hub_site / "hubstock.toml").read_text()
+    text += (
+        f'\n[spawner]\nscheduler = "slurm"\nenvironment = {{ SLURM_CONF = "{slurm_rig.slurm_conf}" }}\n'
+        '\n[[spawner.queues]]\nname = "debug"\nmax_cpus = 2\nmax_memory = "2G"\nmax_walltime = "01:00:00"\n'
+        '\n[spawner.defaults]\nqueue = "debug"\nmemory = "1G"\nwalltime = "00:30:00"\n'
+        f'\n[personal]\ntools = "{tools}"\nmax_envs = 3\ndeny = ["tensorflow"]\n'
+    )
+    (site / "hubstock.toml").write_text(text)
+    homes = hub_workdir / "mine-homes"
+    for user in (ANN, BOB):
+        create_user(user, "not-a-secret-1", homes)
+    yield site, Root(hub_workdir / "root"), tools
+    for user in (ANN, BOB):
+        remove_user(user)
+
+
+def as_user(user: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` as ``user`` on a login node: its own environment, none of root's."""
+    pw = pwd.getpwnam(user)
+    env = {"HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env.update({k: os.environ[k] for k in PASSED_ON if k in os.environ})  # as a login session has them
+    cmd = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups"]
+    cmd += ["/bin/sh", "-c", 'exec "$@"', "sh", *argv]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, env=env, cwd=pw.pw_dir, check=False, timeout=900
+    )
+
+
+def mine(site: Path, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return as_user(
+        user,
+        str(site.parent / "hubstock-tools" / "bin" / "python"),
+        "-m",
+        "hubstock",
+        "--site",
+        str(site),
+        "mine",
+        *args,
+    )
+
+
+def envs_dir(user: str) -> Path:
+    return Path(pwd.getpwnam(user).pw_dir) / ".hubstock" / "envs"
+
+
+def one_sentence(res: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith("hubstock:")]
+    assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    return lines[0]
+
+
+def tree_size(path: Path) -> int:
+    seen, size = set(), 0
+    for dirpath, _d, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            if (st.st_dev, st.st_ino) not in seen and not os.path.islink(os.path.join(dirpath, f)):
+                seen.add((st.st_dev, st.st_ino))
+                size += st.st_size
+    return size
+
+
+@pytest.fixture(scope="module")
+def built(mine_site):
+    """Ann's environment 'analysis' (three small packages on the venv kernel), built once."""
+    site, _root, _tools = mine_site
+    res = mine(site, ANN, "create", "analysis", "--from", VENV_KERNEL, *PKGS, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_a_users_environment_is_built_as_their_job_and_its_kernel_runs_both_stock_and_added(mine_site, built):
+    site, root, tools = mine_site
+    assert built["state"] == "ready" and built["kernel"] == "mine-analysis", built
+    env = envs_dir(ANN) / "analysis"
+    ann = pwd.getpwnam(ANN)
+    # everything is Ann's, in her folder, closed to others; the build is read-only
+    for p in (envs_dir(ANN), env, env / "builds" / built["build"], env / "pylock.toml"):
+        assert p.stat().st_uid == ann.pw_uid, p
+    assert envs_dir(ANN).stat().st_mode & 0o077 == 0
+    assert not os.access(env / "builds" / built["build"] / "bin", os.W_OK) or os.geteuid() == 0
+    assert (env / "builds" / built["build"] / "bin").stat().st_mode & 0o222 == 0
+    # the job ran as Ann under Slurm (its log says which job) and left its output in build.log only
+    log = (env / "build.log").read_text()
+    assert "kernel 'mine-analysis' ready" in log, log
+    assert not list(Path(ann.pw_dir).glob("jupyterhub_slurmspawner_*.log")), os.listdir(ann.pw_dir)
+    # the lock: what was asked for and what it needs, each file with its sha256, on the stock build it names
+    lock = mine(site, ANN, "lock", "analysis")
+    assert lock.returncode == 0 and 'name = "tabulate"' in lock.stdout and "sha256 = " in lock.stdout
+    assert "(build venv/" in lock.stdout
+    # only what the stock lacks was installed: megabytes, under 5% of the stock build
+    manifest = json.loads((root.current / "manifest.json").read_text())
+    stock = Path(manifest["builds"]["venv"]["prefix"])
+    own, base = tree_size(env / "builds" / built["build"]), tree_size(stock)
+    assert own < 0.05 * base, (own, base)
+    print(
+        f"personal build {own / 1e6:.2f} MB, stock venv build {base / 1e6:.1f} MB ({100 * own / base:.1f}%)"
+    )
+    # the kernel, started as a server would from the hook's JUPYTER_PATH, imports both
+    found = personal_kernels(MINE_DIR, ANN)
+    assert found.paths == (str(env / "jupyter"),) and found.bases == (
+        f"venv/{manifest['builds']['venv']['build']}",
+    )
+    code = "import tabulate, humanize, ipykernel; print(tabulate.__file__, ipykernel.__file__)"
+    script = kernel_script(Path(found.paths[0]), "mine-analysis", code)
+    out = as_user(ANN, str(tools), "-c", script)
+    mine_file, stock_file = out.stdout.split()
+    assert mine_file.startswith(f"{env}/builds/{built['build']}/"), out
+    assert stock_file.startswith(f"{stock}/"), out
+    spec = json.loads((env / "jupyter" / "kernels" / "mine-analysis" / "kernel.json").read_text())
+    assert spec["display_name"] == f"{VENV_DISPLAY_NAME} + mine: analysis"
+    # list and verify
+    listed = json.loads(mine(site, ANN, "list", "--json").stdout)["envs"]
+    assert [(e["name"], e["state"], e["notes"]) for e in listed] == [("analysis", "ready", [])]
+    assert mine(site, ANN, "verify", "analysis").returncode == 0
+
+
+def test_another_user_sees_none_of_it(mine_site, built):
+    site, _root, _tools = mine_site
+    env = envs_dir(ANN) / "analysis"
+    for argv in (
+        ["ls", str(env)],
+        ["cat", str(env / "pylock.toml")],
+        [f"{env}/builds/{built['build']}/bin/python", "-c", "1"],
+    ):
+        res = as_user(BOB, *argv)
+        assert res.returncode != 0 and "Permission denied" in res.stderr, (argv, res)
+    assert personal_kernels(MINE_DIR, BOB).paths == ()
+    assert json.loads(mine(site, BOB, "list", "--json").stdout)["envs"] == []
+
+
+def test_creating_it_again_does_no_extra_work(mine_site, built):
+    site, _root, _tools = mine_site
+    res = mine(site, ANN, "create", "analysis", "--from", VENV_KERNEL, *PKGS, "--replace", "--json")
+    assert res.returncode == 0, res.stderr
+    again = json.loads(res.stdout)
+    assert again["build"] == built["build"]
+    assert "already complete" in (envs_dir(ANN) / "analysis" / "build.log").read_text()
+    assert os.listdir(envs_dir(ANN) / "analysis" / "builds") == [built["build"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["../x", "tabulate"], "cannot name your environment"),
+        (["bad", "x" * 1000], "1000 characters long"),
+        (["bad", "tensorflow"], "may not be installed"),
+        (["bad", "tabulate @ https://example.org/t.whl"], "names a URL"),
+        (["bad", "--from", "nothere", "tabulate"], "no stock kernel or environment 'nothere'"),
+    ],
+)
+def test_what_is_refused_before_a_job_is_one_sentence_and_leaves_nothing(mine_site, args, says):
+    site, _root, _tools = mine_site
+    res = mine(site, BOB, "create", *args)
+    assert says in one_sentence(res)
+    assert not (envs_dir(BOB) / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("pkgs", "says"),
+    [
+        (["hubstock-no-such-package-anywhere"], "not in the package index"),
+        (["traitlets==5.0.0"], "conflict with the stock environment 'venv'"),
+    ],
+)
+def test_what_the_job_refuses_is_one_sentence_and_no_kernel(mine_site, pkgs, says):
+    site, _root, _tools = mine_site
+    res = mine(site, BOB, "create", "broken", "--from", VENV_KERNEL, *pkgs)
+    assert says in one_sentence(res)
+    env = envs_dir(BOB) / "broken"
+    assert not (env / "jupyter").exists() and not list((env / "builds").glob("*")) if env.exists() else True
+    listed = json.loads(mine(site, BOB, "list", "--json").stdout)["envs"]
+    assert [(e["name"], e["state"]) for e in listed] == [("broken", "failed")] and says in listed[0][
+        "message"
+    ]
+    assert personal_kernels(MINE_DIR, BOB).paths == ()
+    assert mine(site, BOB, "remove", "broken").returncode == 0 and not env.exists()
+
+
+def test_a_killed_build_job_leaves_nothing_and_says_so(mine_site, slurm_rig):
+    site, _root, _tools = mine_site
+    res = mine(site, BOB, "create", "killed", "--from", VENV_KERNEL, "tabulate", "--no-wait", "--json")
+    assert res.returncode == 0, res.stderr
+    job = json.loads(res.stdout)["job"]
+    env = envs_dir(BOB) / "killed"
+
+    def running() -> bool:
+        try:
+            return json.loads((env / "state.json").read_text())["state"] == "running"
+        except (OSError, ValueError):
+            return False
+
+    until("the build job to start", running, timeout=120)
+    subprocess.run(
+        ["scancel", "--signal=KILL", "--full", job], env={**os.environ, **slurm_rig.env}, check=True
+    )
+    until("the job to leave Slurm", lambda: job not in subprocess.run(
+        ["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm_rig.env}, capture_output=True, text=True).stdout,
+        timeout=60)  # fmt: skip
+    listed = json.loads(mine(site, BOB, "list", "--json").stdout)["envs"]
+    [e] = [e for e in listed if e["name"] == "killed"]
+    assert e["state"] == "failed" and "ended before it finished" in e["message"], e
+    assert not (env / "jupyter").exists() and not any(
+        (env / "builds").glob("*") if (env / "builds").exists() else []
+    )
+    assert mine(site, BOB, "remove", "killed").returncode == 0
+
+
+def test_root_is_told_to_use_their_own_account(mine_site):
+    site, _root, _tools = mine_site
+    res = subprocess.run(
+        [sys.executable, "-m", "hubstock", "--site", str(site), "mine", "list"],
+        capture_output=True,
+        text=True,
+    )
+    assert "run it as your own account, not as root" in one_sentence(res)
