@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,18 @@ LICENSED_KERNEL = "python-licensed"
 LICENSED_DISPLAY_NAME = "Licensed Python (stock)"
 #: what the stock page tells the others of it (``[publish] restricted_note``)
 RESTRICTED_NOTE = "Licensed software: ask research computing for access."
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of the files under ``path``, each inode once, symlinks not counted (``du -b``'s sum)."""
+    seen, size = set(), 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            st = os.lstat(os.path.join(dirpath, f))
+            if (st.st_dev, st.st_ino) not in seen and not stat.S_ISLNK(st.st_mode):
+                seen.add((st.st_dev, st.st_ino))
+                size += st.st_size
+    return size
 
 
 def free_port(near: int = 0) -> int:

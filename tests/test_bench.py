@@ -40,10 +40,11 @@ BENCHMARKS = {
     "spawn_to_ready",
     "status_rpcs_per_interval",
     "status_fallback",
+    "personal_build",
     "netfs",
 }
 KEYS = {"name", "value", "unit", "baseline", "baseline_value", "ratio", "goal"}
-NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready", "status_rpcs_per_interval"}
+NEEDS_ROOT = {"kernel_start_readonly", "spawn_to_ready", "status_rpcs_per_interval", "personal_build"}
 #: skipped on a machine without what they start, with a reason that says (benchmark -> part of it)
 NEEDS_SOFTWARE = {
     "venv_build_cold": "/usr/bin/python3",
@@ -93,6 +94,9 @@ def test_the_tiny_benchmark_run_reports_every_figure(tmp_path):
         # asks once per server: at least twice as many
         assert rpcs["servers"] == 4 and rpcs["met"], rpcs
         assert rpcs["value"] * 2 <= rpcs["baseline_value"], rpcs
+    personal = next(r for r in results if r["name"] == "personal_build")
+    if not personal.get("skipped"):  # a user's three packages cost megabytes, not the stock's gigabytes
+        assert personal["size_ratio"] < 0.05, personal
     readonly = next(r for r in results if r["name"] == "kernel_start_readonly")
     if not readonly.get("skipped"):
         assert readonly["files_written"] == 0, readonly

@@ -1,6 +1,6 @@
 """Users' own environments (issue 24), the parts that need no scheduler: what a user may ask for,
 the personal kernel and batch script rendered by value, and what the pre-spawn hook offers.
-The whole path on the Slurm rig is in test_personal_slurm.py."""
+The whole path on the Slurm and OpenPBS rigs is in test_personal_jobs.py."""
 
 from __future__ import annotations
 
@@ -186,3 +186,76 @@ def test_the_hook_offers_the_users_complete_kernels_whose_base_is_there(tmp_path
     assert personal_kernels(None, me).paths == ()
     assert personal_kernels(str(tmp_path / "nothing-here"), me).paths == ()
     assert [e.name for e in Mine(me, mine).envs()] == ["good", "half", "orphan"]
+
+
+# --- the stock page's helper (hubstock.hub.mine_helper) ---------------------------------------------
+
+
+def _cmd():
+    from hubstock.hub.mine_helper import MineCommand
+
+    return MineCommand(
+        exec_prefix="sudo -E -u {username}",
+        tools="/sw/tools/bin/python",
+        site="/sw/site",
+        root="/sw/root",
+        environment={"SLURM_CONF": "/etc/slurm/x.conf"},
+    )
+
+
+@pytest.mark.parametrize(
+    "req",
+    [
+        None,
+        {"user": "nobody"},
+        {"user": "nobody", "args": ["build-job", "x"]},
+        {"user": "nobody", "args": ["create", "x" * 3000]},
+        {"user": "nobody", "args": ["create", "a\0b"]},
+        {"user": "root", "args": ["list"]},
+        {"user": "no-such-user-here", "args": ["list"]},
+        {"user": "nobody", "args": ["list"], "extra": 1},
+        {"user": "nobody", "args": []},
+    ],
+)
+def test_the_helper_refuses_what_the_page_may_not_ask(req):
+    from hubstock.hub.mine_helper import run_request
+
+    out = run_request(_cmd(), req)
+    assert out["code"] == 2 and out["stderr"].startswith("hubstock: refused:"), out
+
+
+def test_the_helper_runs_mine_as_the_user_with_a_clean_environment(monkeypatch):
+    from hubstock.hub.mine_helper import command_line, user_environment
+
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "secret-token")
+    monkeypatch.setenv("CONFIGPROXY_AUTH_TOKEN", "secret-proxy")
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca.pem")
+    line = command_line(_cmd(), "nobody", ["create", "--no-wait", "--", "analysis", "tabulate; rm -rf /"])
+    assert line == (
+        "sudo -E -u nobody /sw/tools/bin/python -m hubstock --site /sw/site --root /sw/root -q mine create "
+        "--json --no-wait -- analysis 'tabulate; rm -rf /'"
+    )
+    env = user_environment(_cmd(), "nobody")
+    assert "secret" not in json.dumps(env)
+    assert env["SLURM_CONF"] == "/etc/slurm/x.conf" and env["SSL_CERT_FILE"] == "/etc/ssl/certs/ca.pem"
+    assert env["USER"] == "nobody" and env["HOME"] == pwd.getpwnam("nobody").pw_dir
+
+
+def test_the_helper_answers_one_line_per_request_and_ends_with_the_page(tmp_path):
+    """A real fork and socket pair: an allowed request runs (here through an exec_prefix that only
+    prints what it would run), a refused one does not, and closing the page's side ends the helper."""
+    from hubstock.hub.mine_helper import MineCommand, MineHelper
+
+    cmd = MineCommand(exec_prefix="echo as {username}:", tools="py", site="s", root="r", environment={})
+    helper = MineHelper.start(cmd)
+    try:
+        ok = helper.ask("nobody", ["list"])
+        assert (
+            ok["code"] == 0
+            and ok["stdout"].strip() == "as nobody: py -m hubstock --site s --root r -q mine list --json"
+        )
+        assert helper.ask("root", ["list"])["code"] == 2
+    finally:
+        helper.stop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(helper.pid, 0)

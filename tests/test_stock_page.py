@@ -21,6 +21,7 @@ from traitlets.config import Config
 from hubstock.hub import stock_page, stock_views
 from hubstock.hub.config import apply_site
 from hubstock.hub.stock_views import NotFound, StockViews
+from hubstock.personal.job import PASSED_ON
 from hubstock.store.buildlock import LOCK_COPY, lock_copy_path, read_lock_copy, write_lock_copy
 from hubstock.store.builds import mark_complete, write_provenance
 from hubstock.store.diff import GenerationContents, diff_generations, diff_packages
@@ -470,7 +471,12 @@ def test_the_hub_serves_the_page_to_every_user_from_its_settings(tmp_path):
         "name": "stock-envs",
         "url": "http://127.0.0.1:18123",
         "command": [sys.executable, "-m", "hubstock.hub.stock_page"],
-        "environment": {"HUBSTOCK_ROOT": str(tmp_path / "root"), "HUBSTOCK_STOCK_PAGE_USER": "hubread"},
+        "environment": {
+            "HUBSTOCK_ROOT": str(tmp_path / "root"),
+            "HUBSTOCK_SITE": str(tmp_path / "site"),
+            "HUBSTOCK_STOCK_PAGE_USER": "hubread",
+            **{k: os.environ[k] for k in PASSED_ON if k in os.environ},  # the hub node's way out
+        },
         "display": True,
         "oauth_no_confirm": True,
         "oauth_client_allowed_scopes": [],

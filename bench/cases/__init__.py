@@ -24,6 +24,7 @@ The modules, by concern:
   ``spawn_to_ready_pbs``) and the helpers that run a hub;
 - :mod:`.rpcs`: ``status_rpcs_per_interval``;
 - :mod:`.fallback`: ``status_fallback`` (``status_fallback_calls``, ``status_loop_stall_N``);
+- :mod:`.personal`: users' own environments (``personal_build``);
 - :mod:`.netfs`: the root on GlusterFS (``warm_build_large_netfs``, ``publish_1_netfs``).
 """
 
@@ -40,6 +41,7 @@ from .hook import hook
 from .hub import spawn_to_ready, spawn_to_ready_pbs
 from .kinds import module_kernel_start, venv_build_cold, venv_build_warm
 from .netfs import netfs
+from .personal import personal_build
 from .publish import kernel_start_readonly, publish
 from .rpcs import status_rpcs_per_interval
 
@@ -63,5 +65,6 @@ CASES: list[tuple[str, Callable[[Bench], list[dict[str, Any]]]]] = [
     ("spawn_to_ready_pbs", spawn_to_ready_pbs),
     ("status_rpcs_per_interval", status_rpcs_per_interval),
     ("status_fallback", status_fallback),
+    ("personal_build", personal_build),
     ("netfs", netfs),
 ]

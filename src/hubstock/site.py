@@ -294,6 +294,15 @@ class PersonalSettings(_Model):
         None,
         description="the package index the builds use, e.g. 'https://pypi.example.edu/simple'; unset: PyPI",
     )
+    find_links: list[str] = Field(
+        default_factory=list,
+        description="folders of wheels (a site wheelhouse on the shared storage) the builds may use, "
+        "e.g. ['/software/wheelhouse']",
+    )
+    no_index: bool = Field(
+        False,
+        description="use the find_links folders only, never an index: for compute nodes without a way out",
+    )
     queue: str | None = Field(None, description="the build job's queue (default: the site's default queue)")
     walltime_minutes: int = Field(30, ge=1, le=24 * 60, description="the build job's walltime at most")
     tools: str | None = Field(

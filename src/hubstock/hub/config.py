@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import SiteError
 from ..limits import LimitsError, Scheduler
+from ..personal.job import PASSED_ON
 from ..site import SETTINGS_FILE, Site, load_site
 from ..store.cancels import cancels_path
 from ..store.fs import now_iso
@@ -254,7 +255,11 @@ def _apply_stock_page(c: Any, site: Site) -> None:
             "command": [sys.executable, "-m", "hubstock.hub.stock_page"],
             "environment": {
                 "HUBSTOCK_ROOT": str(site.root),
+                "HUBSTOCK_SITE": str(site.dir),  # "My environments": [spawner] and [personal]
                 "HUBSTOCK_STOCK_PAGE_USER": sp.user,
+                # and the hub node's way to the index (its proxies and certificate authorities),
+                # which the users' build jobs take: JupyterHub gives its services none of its own
+                **{k: os.environ[k] for k in PASSED_ON if k in os.environ},
                 **(
                     {"HUBSTOCK_RESTRICTED_NOTE": note}
                     if (note := site.settings.publish.restricted_note)

@@ -3,8 +3,9 @@
 A JupyterHub managed service (``apply_site`` sets it up from ``[hub.stock_page]``),
 behind the proxy at ``/services/<name>/`` and in the hub's Services menu. Any user
 logged in to the hub may read it (JupyterHub OAuth; everyone else is sent to log in).
-It is read-only and reads only the shared root, through :mod:`hubstock.store`: never
-the site repository. Run as::
+It reads only the shared root, through :mod:`hubstock.store`: never the site repository;
+the one thing it changes is a logged-in user's own environments ("My environments"), which
+its helper (:mod:`.mine_helper`, forked while the page was root) does as that user. Run as::
 
     HUBSTOCK_ROOT=/software/hubstock python -m hubstock.hub.stock_page
 
@@ -22,6 +23,10 @@ Under ``$JUPYTERHUB_SERVICE_PREFIX``:
     lock/<gen>/<kernel>/conda-lock.yml   the lock a kernel's build was made from (<gen>: or 'current'),
     lock/<gen>/<kernel>/pylock.toml      by its kind: a conda env's, a venv's (PEP 751), a module
     lock/<gen>/<kernel>/modules.lock.json  env's (the modules it loads; for reference)
+    mine                                 My environments: the user's own, and a form (POST, XSRF) to
+                                         create or remove one
+    api/mine                             the user's own environments (JSON)
+    api/users/<user>/mine                POST {name, packages, base}: create one; 403 for another user
     oauth_callback                       JupyterHub's OAuth
 
 Each request resolves ``current`` once, so a publish while someone reads never gives a
@@ -44,13 +49,14 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlencode, urlparse
 
 from ..store.buildlock import LOCK_NAMES
 from ..store.diff import GenerationContents, diff_generations
 from ..store.generations import generation, generations
 from ..store.records import GenerationManifest, KernelEntry, RecordError
 from ..store.root import Root
+from .mine_helper import MineHelper, from_site
 from .stock_views import NOTHING_PUBLISHED, NotFound, StockViews
 
 log = logging.getLogger("hubstock.stock_page")
@@ -60,8 +66,11 @@ log = logging.getLogger("hubstock.stock_page")
 # the web service
 
 
-def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None) -> Any:
-    """The tornado application (JupyterHub OAuth on every route but the callback)."""
+def make_app(
+    views: StockViews, prefix: str, cookie_secret: bytes | None = None, mine: MineHelper | None = None
+) -> Any:
+    """The tornado application (JupyterHub OAuth on every route but the callback); ``mine``: the
+    helper that runs ``hubstock mine`` as the logged-in user ("My environments"), if any."""
     from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
     from tornado import web
 
@@ -140,6 +149,112 @@ def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None)
             self.set_header("Content-Disposition", f'attachment; filename="{lock.name}"')
             self.finish(lock.data)
 
+    class Mine(Base):
+        """My environments: the user's own (``hubstock mine``, run as them by the helper)."""
+
+        async def ask(self, args: list[str]) -> dict[str, Any]:
+            if mine is None:
+                raise web.HTTPError(404, "personal environments are not offered on this hub")
+            return await asyncio.to_thread(mine.ask, self.user_name, args)
+
+        @web.authenticated
+        async def get(self) -> None:
+            res = await self.ask(["list"])
+            envs = json.loads(res["stdout"])["envs"] if res["code"] == 0 else []
+            shown = None
+            show = self.get_argument("show", "")[:40]
+            if show and any(e["name"] == show for e in envs):
+                one = await self.ask(["show", show])
+                shown = json.loads(one["stdout"]) if one["code"] == 0 else None
+            nonce = secrets.token_urlsafe(16)
+            self.set_header(
+                "Content-Security-Policy",
+                f"default-src 'none'; style-src 'nonce-{nonce}'; img-src 'self' data:; form-action 'self'; "
+                "frame-ancestors 'self'; base-uri 'none'",
+            )
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(
+                views.render_mine(
+                    self.user_name,
+                    nonce,
+                    envs,
+                    said=self.get_argument("said", "")[:600],
+                    error=None if res["code"] == 0 else said_of(res),
+                    shown=shown,
+                    xsrf=self.xsrf_form_html(),
+                )
+            )
+
+        @web.authenticated
+        async def post(self) -> None:
+            action = self.get_body_argument("action", "")
+            name = self.get_body_argument("name", "")[:100]
+            if action == "create":
+                said = await create(
+                    self, name, self.get_body_argument("base", ""), self.get_body_argument("packages", "")
+                )
+            elif action == "remove":
+                said = said_of(await self.ask(["remove", "--", name]))
+            else:
+                raise web.HTTPError(400, "unknown action")
+            self.redirect(f"{p}mine?{urlencode({'said': said[:600], 'show': name})}")
+
+    class MineApi(Api):
+        """``GET api/mine``: the user's environments; ``POST api/users/<name>/mine`` (JSON ``name``,
+        ``packages``, ``base``): create one, for oneself only (403 for anyone else)."""
+
+        def check_xsrf_cookie(self) -> None:
+            if not self.request.headers.get("Authorization"):  # a browser's cookie: the form's rule
+                super().check_xsrf_cookie()
+
+        async def get(self, owner: str | None = None) -> None:
+            if owner is not None and owner != self.user_name:
+                raise web.HTTPError(403, f"{self.user_name} may not see the environments of {owner[:40]!r}")
+            if mine is None:
+                raise web.HTTPError(404, "personal environments are not offered on this hub")
+            res = await asyncio.to_thread(mine.ask, self.user_name, ["list"])
+            if res["code"] != 0:
+                raise web.HTTPError(500, said_of(res))
+            self.send(json.loads(res["stdout"]))
+
+        async def post(self, owner: str) -> None:
+            if owner != self.user_name:
+                raise web.HTTPError(403, f"{self.user_name} may not create environments for {owner[:40]!r}")
+            if mine is None:
+                raise web.HTTPError(404, "personal environments are not offered on this hub")
+            try:
+                body = json.loads(self.request.body or b"{}")
+                packages = body.get("packages", [])
+                packages = " ".join(packages) if isinstance(packages, list) else str(packages)
+                name, base = str(body.get("name", "")), str(body.get("base", ""))
+            except (ValueError, AttributeError, TypeError):
+                raise web.HTTPError(400, "send JSON: {'name': ..., 'packages': [...], 'base': ...}") from None
+            res = await mine_create(self.user_name, name, base, packages)
+            if res["code"] != 0:
+                raise web.HTTPError(400, said_of(res))
+            self.send(json.loads(res["stdout"]))
+
+    async def mine_create(user: str, name: str, base: str, packages: str) -> dict[str, Any]:
+        assert mine is not None
+        pkgs = packages.replace(",", " ").split()
+        if len(packages) > 2000 or any(x.startswith("-") for x in pkgs):
+            return {
+                "code": 2,
+                "stdout": "",
+                "stderr": "hubstock: give package names (at most 2,000 characters), no options.",
+            }
+        args = ["create", "--no-wait", *(["--from", base] if base else []), "--", name, *pkgs]
+        return await asyncio.to_thread(mine.ask, user, args)
+
+    async def create(handler: Mine, name: str, base: str, packages: str) -> str:
+        if mine is None:
+            raise web.HTTPError(404, "personal environments are not offered on this hub")
+        res = await mine_create(handler.user_name, name, base, packages)
+        if res["code"] != 0:
+            return said_of(res)
+        job = json.loads(res["stdout"]).get("job")
+        return f"{name}: build job {job} submitted; this page follows it."
+
     p = prefix if prefix.endswith("/") else prefix + "/"
     name = r"([^/]+)"
     lock_name = "(" + "|".join(re.escape(n) for n in sorted(set(LOCK_NAMES.values()))) + ")"
@@ -153,9 +268,20 @@ def make_app(views: StockViews, prefix: str, cookie_secret: bytes | None = None)
             (p + "api/diff", Diff),
             (p + f"api/diff/{name}/{name}", Diff),
             (p + f"lock/{name}/{name}/{lock_name}", Lock),
+            (p + "mine", Mine),
+            (p + "api/mine", MineApi),
+            (p + f"api/users/{name}/mine", MineApi),
         ],
         cookie_secret=cookie_secret or secrets.token_bytes(32),
+        xsrf_cookies=True,
     )
+
+
+def said_of(res: dict[str, Any]) -> str:
+    """What a ``hubstock mine`` run said: its one sentence (without the ``hubstock:``), or its output."""
+    lines = [ln for ln in str(res.get("stderr", "")).splitlines() if ln.startswith("hubstock:")]
+    text = lines[-1].removeprefix("hubstock:").strip() if lines else str(res.get("stderr", "")).strip()
+    return text[-600:] or f"it failed (exit code {res.get('code')})"
 
 
 def _warm_up(views: StockViews) -> None:
@@ -252,7 +378,11 @@ def main() -> None:
     parent = os.getppid()
     note = os.environ.get("HUBSTOCK_RESTRICTED_NOTE") or None
     views = StockViews(Root(Path(root_dir)), prefix, base.rstrip("/") + "/hub/", note)
-    app = make_app(views, prefix)
+    # "My environments" needs the helper that acts as each user: only a page started as root has one
+    site_dir = os.environ.get("HUBSTOCK_SITE")
+    cmd = from_site(site_dir) if site_dir and os.geteuid() == 0 else None
+    mine = MineHelper.start(cmd) if cmd is not None else None
+    app = make_app(views, prefix, mine=mine)
     sockets = bind_sockets(url.port or 80, url.hostname or "127.0.0.1")
     _warm_up(views)
     drop_privileges(os.environ.get("HUBSTOCK_STOCK_PAGE_USER") or "nobody", restricted_gids(views.root))
@@ -279,6 +409,9 @@ def main() -> None:
         asyncio.run(serve())
     except KeyboardInterrupt:
         sys.exit(0)
+    finally:
+        if mine is not None:
+            mine.stop()
 
 
 if __name__ == "__main__":

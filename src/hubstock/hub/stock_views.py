@@ -105,6 +105,7 @@ class StockViews:
         )
         self.env.filters["when"] = _when
         self.page = self.env.get_template(PAGE_TEMPLATE)
+        self.mine_page = self.env.get_template("mine.html")
 
     def snapshot(self) -> Snapshot:
         return Snapshot(current=resolve_current(self.root), names=self.catalog.generation_names())
@@ -327,6 +328,47 @@ class StockViews:
                 continue
             out.append({"generation": name, "current": name == cur, "diff": d})
         return out
+
+    def mine_bases(self, user: str) -> list[KernelEntry]:
+        """The stock Python kernels ``user`` may build an environment of their own on."""
+        snap = self.snapshot()
+        if snap.current is None:
+            return []
+        try:
+            manifest = snap.current.manifest()
+        except RecordError:
+            return []
+        member_of = self._groups_of(user)
+        return [
+            k
+            for k in manifest.kernels
+            if k.language == "python" and not k.pinned_of and may_use(k.groups, member_of)
+        ]
+
+    def render_mine(
+        self,
+        user: str,
+        nonce: str,
+        envs: list[dict[str, Any]],
+        *,
+        said: str = "",
+        error: str | None = None,
+        shown: dict[str, Any] | None = None,
+        xsrf: str = "",
+    ) -> str:
+        """The "My environments" page (its data from ``hubstock mine list --json`` as the user)."""
+        return self.mine_page.render(
+            user=user,
+            nonce=nonce,
+            prefix=self.prefix,
+            envs=envs,
+            bases=self.mine_bases(user),
+            said=said,
+            error=error,
+            shown=shown,
+            xsrf=xsrf,
+            busy=any(e.get("state") in ("submitted", "running") for e in envs),
+        )
 
     def render_page(self, user: str, nonce: str = "", query: str = "") -> str:
         snap = self.snapshot()

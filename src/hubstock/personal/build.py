@@ -75,7 +75,8 @@ def build_in_job(site: Site, mine: Mine, name: str, say=print) -> str:
         bid = _build(site, mine, env, spec, say)
     except BaseException as e:
         message = str(e) if isinstance(e, HubstockError) else _unexpected(e)
-        set_state(env, "failed", step="", message=message)
+        with contextlib.suppress(OSError, HubstockError):  # a full disk: `mine list` notices the job is gone
+            set_state(env, "failed", step="", message=message)
         raise
     set_state(env, "ready", step="", build=bid, message="")
     return bid
@@ -170,12 +171,22 @@ def uv_user_env(mine: Mine) -> dict[str, str]:
 def _uv(mine: Mine, *args: str, what: str, env: dict[str, str] | None = None) -> str:
     from ..admin.uv import uv_command
 
-    out = run(
-        [*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]],
-        what=what,
-        env={**(env or {}), **uv_user_env(mine)},
-        umask=0o077,
-    )
+    try:
+        out = run(
+            [*uv_command(), *args[:2], "--no-config", "--quiet", *args[2:]],
+            what=what,
+            env={**(env or {}), **uv_user_env(mine)},
+            umask=0o077,
+        )
+    except CommandError as e:
+        low = e.output.lower()
+        if "no space left on device" in low or "disk quota exceeded" in low:
+            raise PersonalError(
+                f"your disk quota (or the disk) under {mine.path} is full; free some space (`hubstock mine "
+                "remove` an environment you no longer use) and create it again.",
+                detail=e.output,
+            ) from None
+        raise
     return out.stdout
 
 
@@ -188,7 +199,11 @@ def _lock(site: Site, mine: Mine, spec: PersonalSpec, version: str, stock: dict[
         req, cons, out = Path(tmp, "requirements.in"), Path(tmp, "constraints.txt"), Path(tmp, "pylock.toml")
         req.write_text("".join(f"{r}\n" for r in spec.requirements))
         cons.write_text("".join(f"{n}=={v}\n" for n, v in sorted(stock.items())))
-        index = ["--index-url", site.settings.personal.index_url] if site.settings.personal.index_url else []
+        personal = site.settings.personal
+        index = ["--index-url", personal.index_url] if personal.index_url else []
+        index += ["--no-index"] if personal.no_index else []
+        for d in personal.find_links:
+            index += ["--find-links", d]
         try:
             _uv(
                 mine,
@@ -219,7 +234,9 @@ def _lock(site: Site, mine: Mine, spec: PersonalSpec, version: str, stock: dict[
 
 def _lock_failure(spec: PersonalSpec, output: str, summary: str) -> str:
     low = output.lower()
-    if "not found in the package registry" in low or "no versions of" in low and "available" not in low:
+    if any(
+        x in low for x in ("not found in the package registry", "not found in the provided package locations")
+    ):
         return (
             f"a package you asked for is not in the package index ({summary}); check its name on the index "
             "and create the environment again."
@@ -316,12 +333,6 @@ def _install(
                 env=environ,
             )
         except CommandError as e:
-            if "no space left" in e.output.lower() or "quota exceeded" in e.output.lower():
-                raise PersonalError(
-                    f"your disk quota (or the disk) under {mine.path} is full; free some space (`hubstock mine "
-                    "remove` an environment you no longer use) and create it again.",
-                    detail=e.output,
-                ) from None
             from ..admin.uv import uv_error_summary
 
             raise PersonalError(

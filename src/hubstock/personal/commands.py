@@ -70,6 +70,7 @@ def add_parser(sub: Any) -> None:
         "remove", help="remove an environment, its builds and its kernel (cancels its build job)"
     )
     rm.add_argument("name")
+    rm.add_argument("--json", action="store_true", help="machine-readable output")
     bj = ms.add_parser("build-job", help="(run by the build job) lock, build and test an environment")
     bj.add_argument("name")
     for p in ms.choices.values():
@@ -99,11 +100,12 @@ def cmd_mine(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
         env = mine.env(check_name(args.name))
         job = os.environ.get("SLURM_JOB_ID") or os.environ.get("PBS_JOBID")
-        if job:
+        st = env.state()
+        if job and (st is None or not st.job_id):  # started before `create` wrote the job's id
             from .build import set_state
 
             set_state(env, "running", job_id=job, step="started")
-        build_in_job(site, mine, env.name, say=lambda line: print(line, flush=True))
+        build_in_job(site, mine, env.name, say=_say)
         return 0
     if action == "create":
         return _create(site, args, progress, mine, user, home)
@@ -123,8 +125,14 @@ def cmd_mine(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     if action == "verify":
         return _verify(env)
     if action == "remove":
-        return _remove(site, env, progress)
+        return _remove(site, args, env, progress)
     raise AssertionError(action)
+
+
+def _say(line: str) -> None:
+    """A line of the job's log (a log on a full disk loses it; the build goes on to say why it failed)."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def _existing(mine: Mine, name: str) -> MineEnv:
@@ -396,7 +404,7 @@ def _verify(env: MineEnv) -> int:
     return 0
 
 
-def _remove(site: Site, env: MineEnv, progress: Progress) -> int:
+def _remove(site: Site, args: argparse.Namespace, env: MineEnv, progress: Progress) -> int:
     from .build import remove_tree
     from .job import cancel
 
@@ -405,5 +413,7 @@ def _remove(site: Site, env: MineEnv, progress: Progress) -> int:
         progress.step(f"[{env.name}] cancelling its build job {st.job_id}")
         cancel(site, st.job_id)
     remove_tree(env.path)
-    print(f"{env.name}: removed (its kernel leaves your next server)")
+    _out(
+        args, {"name": env.name, "removed": True}, f"{env.name}: removed (its kernel leaves your next server)"
+    )
     return 0

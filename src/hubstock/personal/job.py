@@ -159,7 +159,7 @@ def wait(site: Site, env: MineEnv, job: str, say: Callable[[str], None], timeout
     gone_at: float | None = None
     while True:
         st = env.state()
-        if st is not None and st.job_id == job:
+        if st is not None and same_job(st.job_id, job):
             if st.state in ("ready", "failed"):
                 return st.state
             line = st.step or st.state
@@ -191,7 +191,7 @@ def lost(env: MineEnv, job: str) -> None:
     from .build import remove_tree, set_state
 
     st = env.state()
-    if st is None or st.job_id != job or st.state in ("ready", "failed"):
+    if st is None or not same_job(st.job_id, job) or st.state in ("ready", "failed"):
         return
     for name in os.listdir(env.builds) if env.builds.is_dir() else []:
         if not env.is_complete(name):
@@ -203,6 +203,12 @@ def lost(env: MineEnv, job: str) -> None:
         message=f"the build job {job} ended before it finished (cancelled, killed or out of time); nothing "
         f"new was published. Create the environment again.",
     )
+
+
+def same_job(a: str | None, b: str | None) -> bool:
+    """Whether two spellings name one job: PBS gives '12.server' to qsub and '12.server.domain'
+    to the job, say."""
+    return bool(a and b) and a.split(".")[0] == b.split(".")[0]  # type: ignore[union-attr]
 
 
 def tools_python(site: Site) -> str:

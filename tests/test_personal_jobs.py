@@ -8,6 +8,7 @@ the builds are of the venv env (ipykernel on the rig's ``python/3.11`` module)."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rigs.hubsite import VENV_DISPLAY_NAME, VENV_KERNEL
+from rigs.hubsite import VENV_DISPLAY_NAME, VENV_KERNEL, base_settings, tree_bytes
 from tests.helpers import kernel_script, until
 
 from hubstock.hub.hooks import personal_kernels
@@ -52,14 +53,15 @@ def tools(hub_workdir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mine_site(hub_site: Path, slurm_rig, hub_workdir: Path, tools: Path):
+def mine_site(hub_site: Path, slurm_rig, hub_workdir: Path, tools: Path, channel: Path):
     """``(site, root)``: hub_site's envs and root, its jobs on the Slurm rig, two PAM users."""
     from rigs.slurm_rig import create_user, remove_user
 
     site = hub_workdir / "site-mine"
     if not site.exists():
         shutil.copytree(hub_site, site, symlinks=True)
-    text = (hub_site / "hubstock.toml").read_text()
+    # hub_site's own settings: other modules' hubs rewrite its hubstock.toml with sections of theirs
+    text = base_settings(hub_workdir / "root", channel)
     text += (
         f'\n[spawner]\nscheduler = "slurm"\nenvironment = {{ SLURM_CONF = "{slurm_rig.slurm_conf}" }}\n'
         '\n[[spawner.queues]]\nname = "debug"\nmax_cpus = 2\nmax_memory = "2G"\nmax_walltime = "01:00:00"\n'
@@ -110,17 +112,6 @@ def one_sentence(res: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-def tree_size(path: Path) -> int:
-    seen, size = set(), 0
-    for dirpath, _d, files in os.walk(path):
-        for f in files:
-            st = os.lstat(os.path.join(dirpath, f))
-            if (st.st_dev, st.st_ino) not in seen and not os.path.islink(os.path.join(dirpath, f)):
-                seen.add((st.st_dev, st.st_ino))
-                size += st.st_size
-    return size
-
-
 @pytest.fixture(scope="module")
 def built(mine_site):
     """Ann's environment 'analysis' (three small packages on the venv kernel), built once."""
@@ -152,7 +143,7 @@ def test_a_users_environment_is_built_as_their_job_and_its_kernel_runs_both_stoc
     # only what the stock lacks was installed: megabytes, under 5% of the stock build
     manifest = json.loads((root.current / "manifest.json").read_text())
     stock = Path(manifest["builds"]["venv"]["prefix"])
-    own, base = tree_size(env / "builds" / built["build"]), tree_size(stock)
+    own, base = tree_bytes(env / "builds" / built["build"]), tree_bytes(stock)
     assert own < 0.05 * base, (own, base)
     print(
         f"personal build {own / 1e6:.2f} MB, stock venv build {base / 1e6:.1f} MB ({100 * own / base:.1f}%)"
@@ -275,3 +266,180 @@ def test_root_is_told_to_use_their_own_account(mine_site):
         text=True,
     )
     assert "run it as your own account, not as root" in one_sentence(res)
+
+
+def test_gc_of_the_stock_build_under_a_personal_one_is_told_and_its_kernel_withdrawn(
+    mine_site, slurm_rig, hub_workdir
+):
+    """The documented behaviour: a republished stock leaves a personal build working ("base
+    changed: rebuild"); gc does not look into users' folders, and once it removed that stock
+    build, `mine list` says "base removed" and the hook no longer offers the kernel. A site and a
+    root of this test's own, so that the shared hub site is not republished."""
+    from rigs.hubsite import cli
+
+    _site, _root, tools = mine_site
+    site = hub_workdir / "site-mine-gc"
+    env = site / "envs" / "py"
+    env.mkdir(parents=True, exist_ok=True)
+    (env / "env.toml").write_text('kind = "venv"\n\n[python]\npath = "/usr/bin/python3"\n')
+    (env / "requirements.in").write_text("ipykernel\nsix==1.16.0\n")
+    kdir = site / "kernels" / "py"
+    kdir.mkdir(parents=True, exist_ok=True)
+    (kdir / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["{env_prefix}/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "Python (gc)",
+                "language": "python",
+                "metadata": {"hubstock": {"env": "py", "check": "import six"}},
+            }
+        )
+    )
+    server = site / "envs" / "server"
+    server.mkdir(parents=True, exist_ok=True)
+    (server / "environment.yml").write_text((_site / "envs" / "server" / "environment.yml").read_text())
+    text = (_site / "hubstock.toml").read_text().replace(str(_root.path), str(hub_workdir / "root-gc"))
+    text = text.replace("[personal]\n", '[personal]\ndir = "{home}/.hubstock/gc-envs"\n')
+    # no pinned kernel of the previous build: gc may then remove it once no generation has it
+    (site / "hubstock.toml").write_text(text + "\n[gc]\nkeep = 1\n\n[publish]\nkeep_previous_builds = 0\n")
+    cli(site, "init-root")
+    for step in ("lock", "build", "publish"):
+        cli(site, step)
+    root = Root(hub_workdir / "root-gc")
+    old = json.loads((root.current / "manifest.json").read_text())["builds"]["py"]["build"]
+    res = mine(site, ANN, "create", "layered", "tabulate", "--json")
+    assert res.returncode == 0, res.stderr
+    template = "{home}/.hubstock/gc-envs"
+    assert len(personal_kernels(template, ANN).paths) == 1
+
+    (env / "requirements.in").write_text("ipykernel\nsix==1.17.0\n")
+    for step in ("lock", "build", "publish"):
+        cli(site, step)
+    [e] = json.loads(mine(site, ANN, "list", "--json").stdout)["envs"]
+    assert e["state"] == "ready" and [n.split(":")[0] for n in e["notes"]] == ["base changed"], e
+    assert personal_kernels(template, ANN).bases == (f"py/{old}",)  # still offered, on its old base
+
+    gc = json.loads(cli(site, "gc", "--json"))
+    assert f"py/{old}" in json.dumps(gc), gc
+    assert not (root.path / "envs" / "py" / old).exists()
+    [e] = json.loads(mine(site, ANN, "list", "--json").stdout)["envs"]
+    assert [n.split(":")[0] for n in e["notes"]] == ["base removed"] and "--replace tabulate" in e["notes"][
+        0
+    ], e
+    assert personal_kernels(template, ANN).paths == ()
+    # rebuilt on today's stock, it is offered again
+    res = mine(site, ANN, "create", "layered", "tabulate", "--replace", "--json")
+    assert res.returncode == 0, res.stderr
+    new = json.loads((root.current / "manifest.json").read_text())["builds"]["py"]["build"]
+    assert personal_kernels(template, ANN).bases == (f"py/{new}",)
+
+
+CAROL = "hsminecarol"
+TABULATE_WHEEL = (
+    "https://files.pythonhosted.org/packages/99/55/db07de81b5c630da5cbf5c7df646580ca26dfaefa593667fc6f2fe016d2e/"
+    "tabulate-0.10.0-py3-none-any.whl"
+)
+TABULATE_SHA256 = "f0b0622e567335c8fabaaa659f1b33bcb6ddfe2e496071b743aa113f8774f2d3"
+
+
+@pytest.mark.pbs
+def test_on_openpbs_the_build_is_the_users_job_from_the_sites_wheelhouse(mine_site, openpbs_rig, hub_workdir):
+    """The same build on OpenPBS, whose node has no way out (the rig's network namespace), as on
+    a cluster whose compute nodes reach no index: the site's wheelhouse (``[personal] find_links``,
+    ``no_index``) is all the job has. The user runs ``mine create`` inside the rig's namespace."""
+    import urllib.request
+
+    from rigs.slurm_rig import create_user, remove_user
+
+    site0, _root, tools = mine_site
+    rig = openpbs_rig
+    wheelhouse = hub_workdir / "wheelhouse"
+    wheelhouse.mkdir(exist_ok=True)
+    wheel = wheelhouse / "tabulate-0.10.0-py3-none-any.whl"
+    if not wheel.exists():
+        urllib.request.urlretrieve(TABULATE_WHEEL, wheel)
+    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == TABULATE_SHA256
+    site = hub_workdir / "site-mine-pbs"
+    if not site.exists():
+        shutil.copytree(site0, site, symlinks=True)
+    base = (site0 / "hubstock.toml").read_text().split("\n[spawner]\n")[0]
+    bin_dir = Path(rig.exec_dir) / "bin"
+    (site / "hubstock.toml").write_text(
+        base
+        + f'\n[spawner]\nscheduler = "pbs"\nsubmit_cmd = "{bin_dir}/qsub -f"\n'
+        + f'environment = {{ PBS_CONF_FILE = "{rig.conf}" }}\n'
+        + '\n[[spawner.queues]]\nname = "debug"\nmax_cpus = 2\nmax_memory = "2G"\nmax_walltime = "01:00:00"\n'
+        + '\n[spawner.defaults]\nqueue = "debug"\nmemory = "1G"\nwalltime = "00:30:00"\n'
+        + f'\n[personal]\ntools = "{tools}"\nfind_links = ["{wheelhouse}"]\nno_index = true\n'
+    )
+    create_user(CAROL, "not-a-secret-1", hub_workdir / "mine-homes")
+    try:
+        pw = pwd.getpwnam(CAROL)
+        env = {"HOME": pw.pw_dir, "USER": CAROL, "LOGNAME": CAROL, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
+        argv = [
+            str(tools),
+            "-m",
+            "hubstock",
+            "--site",
+            str(site),
+            "mine",
+            "create",
+            "tab",
+            "--from",
+            VENV_KERNEL,
+        ]
+        res = rig.run([*argv, "tabulate", "--json"], user=CAROL, env=env, timeout=600, check=False)
+        assert res.returncode == 0, res.stderr
+        done = json.loads(res.stdout)
+        assert done["state"] == "ready", done
+        mine_env = envs_dir(CAROL) / "tab"
+        assert "file://" in (mine_env / "pylock.toml").read_text()  # from the wheelhouse, with its sha256
+        found = personal_kernels(MINE_DIR, CAROL)
+        assert found.paths == (str(mine_env / "jupyter"),)
+        script = kernel_script(
+            Path(found.paths[0]), "mine-tab", "import tabulate, ipykernel; print(tabulate.__file__)"
+        )
+        out = as_user(CAROL, str(tools), "-c", script)
+        assert out.stdout.strip().startswith(f"{mine_env}/builds/{done['build']}/"), out
+        # a package the wheelhouse lacks: one sentence, no kernel
+        res = rig.run(
+            [*argv[:-3], "nope", "--from", VENV_KERNEL, "humanize"],
+            user=CAROL,
+            env=env,
+            timeout=600,
+            check=False,
+        )
+        assert "not in the package index" in one_sentence(res)
+        assert not (envs_dir(CAROL) / "nope" / "jupyter").exists()
+    finally:
+        remove_user(CAROL)
+
+
+def test_a_full_quota_is_one_sentence_and_leaves_no_kernel(mine_site, hub_workdir):
+    """The user's folder on a filesystem with room for little more than the records (a tmpfs of
+    256 KiB, as a quota would be): the job fails on the space, says so, and no kernel appears."""
+    site0, _root, _tools = mine_site
+    tiny = hub_workdir / "tiny"
+    tiny.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", str(tiny)], check=True)
+    try:
+        bob = pwd.getpwnam(BOB)
+        mine_dir = tiny / BOB
+        mine_dir.mkdir()
+        os.chown(mine_dir, bob.pw_uid, bob.pw_gid)
+        site = hub_workdir / "site-mine-tiny"
+        if not site.exists():
+            shutil.copytree(site0, site, symlinks=True)
+        text = (
+            (site0 / "hubstock.toml")
+            .read_text()
+            .replace("[personal]\n", f'[personal]\ndir = "{tiny}/{{user}}"\n')
+        )
+        (site / "hubstock.toml").write_text(text)
+        res = mine(site, BOB, "create", "big", "--from", VENV_KERNEL, "humanize", "tabulate")
+        assert "is full" in one_sentence(res), res.stderr
+        env = mine_dir / "big"
+        assert not (env / "jupyter").exists()
+        assert not (env / "builds").exists() or not any((env / "builds").iterdir())
+    finally:
+        subprocess.run(["umount", "-l", str(tiny)], check=False)

@@ -1,0 +1,115 @@
+"""\"My environments\" on the stock page (issue 24): a user creates an environment of their own in
+Debian's Chromium; the page's root helper runs ``hubstock mine`` as that user, whose build is
+that user's Slurm job; the page follows it to the kernel. Its API creates for oneself only (403
+for anyone else), and bad input is one sentence on the page. Screenshots go to
+``test-artifacts/browser/``.
+
+The hub runs the site's own configuration on the Slurm rig, on ``test_personal_jobs``'s site."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+import requests
+from rigs.hubsite import VENV_KERNEL, free_port, hub_settings, start_hub
+from tests.helpers import kernel_script
+from tests.test_browser import artifacts, chromium, page, showing_the_page  # noqa: F401 - fixtures
+from tests.test_personal_jobs import ANN, BOB, MINE_DIR, as_user, envs_dir, mine_site, tools  # noqa: F401
+from tests.test_stock_page_browser import _log_in_and_open_the_page
+
+from hubstock.hub.hooks import personal_kernels
+
+pytestmark = [pytest.mark.browser, pytest.mark.hub]
+
+PASSWORD = "not-a-secret-1"  # test_personal_jobs's users'
+
+
+@pytest.fixture(scope="module")
+def hub(mine_site, hub_workdir, channel, slurm_rig):  # noqa: F811
+    site0, root, tools_py = mine_site
+    site = hub_workdir / "site-mine-hub"
+    if not site.exists():
+        shutil.copytree(site0, site, symlinks=True)
+    ports = [free_port() for _ in range(3)]
+    settings = hub_settings(
+        root.path, channel, hub_workdir / "state-mine", "slurm", ports, slurm_rig.slurm_conf
+    )
+    (site / "hubstock.toml").write_text(settings + f'\n[personal]\ntools = "{tools_py}"\n')
+    h = start_hub(site, ports[0], hub_workdir / "hub-mine.log", extra_env=slurm_rig.env)
+    yield h
+    h.stop()
+
+
+def test_the_api_creates_for_oneself_only_and_says_what_is_wrong(hub):
+    status, token = hub.token_for(ANN, PASSWORD)
+    assert status == 201 and token, hub.log_tail()
+    auth = {"Authorization": f"token {token}"}
+    api = f"{hub.url}/services/stock/api"
+    r = requests.post(
+        f"{api}/users/{BOB}/mine", json={"name": "x", "packages": ["six"]}, headers=auth, timeout=60
+    )
+    assert r.status_code == 403 and ANN in r.json()["message"], r.text
+    assert not (envs_dir(BOB) / "x").exists()
+    for body, says in (
+        ({"name": "../x", "packages": ["six"]}, "cannot name your environment"),
+        ({"name": "x", "packages": ["x" * 1000]}, "1000 characters long"),
+        ({"name": "x", "packages": ["--index-url=http://elsewhere"]}, "no options"),
+    ):
+        r = requests.post(f"{api}/users/{ANN}/mine", json=body, headers=auth, timeout=60)
+        assert r.status_code == 400 and says in r.json()["message"], (body, r.text)
+    r = requests.get(f"{api}/mine", timeout=30)  # no token, no cookie
+    assert r.status_code == 403
+
+
+def test_a_user_creates_an_environment_on_the_page_and_gets_its_kernel(page, hub, artifacts, tools):  # noqa: F811
+    from playwright.sync_api import expect
+
+    with showing_the_page(page, artifacts, "mine-login", hub):
+        _log_in_and_open_the_page(page, hub, ANN, PASSWORD)
+        page.get_by_role("link", name="My environments").click()
+        expect(page.get_by_role("heading", name="My environments")).to_be_visible()
+
+    with showing_the_page(page, artifacts, "mine-create", hub):
+        page.get_by_label("Name").fill("frompage")
+        page.get_by_label("On the stock kernel").select_option(VENV_KERNEL)
+        page.get_by_label("Packages").fill("tabulate humanize")
+        page.screenshot(path=str(artifacts / "mine-form.png"), full_page=True)
+        page.get_by_role("button", name="Build it as my batch job").click()
+        expect(page.locator("#said")).to_contain_text("build job")
+        env = page.locator("article#env-frompage")
+        expect(env).to_be_visible()
+        page.screenshot(path=str(artifacts / "mine-building.png"), full_page=True)
+        # the page refreshes itself while the job runs
+        expect(env).to_have_attribute("data-state", "ready", timeout=300_000)
+        env.get_by_role("link", name="log").click()
+        expect(page.locator("#log")).to_contain_text("kernel 'mine-frompage' ready")
+        page.screenshot(path=str(artifacts / "mine-ready.png"), full_page=True)
+
+    with showing_the_page(page, artifacts, "mine-bad-input", hub):
+        page.get_by_label("Name").fill("bad")
+        page.get_by_label("Packages").fill("hubstock-no-such-package-anywhere")
+        page.get_by_role("button", name="Build it as my batch job").click()
+        bad = page.locator("article#env-bad")
+        expect(bad).to_have_attribute("data-state", "failed", timeout=300_000)
+        expect(bad).to_contain_text("not in the package index")
+        page.screenshot(path=str(artifacts / "mine-failed.png"), full_page=True)
+        bad.get_by_role("button", name="Remove").click()
+        expect(page.locator("article#env-bad")).to_have_count(0)
+
+    # the build was Ann's own job, and its kernel is hers alone, running stock and added packages
+    found = personal_kernels(MINE_DIR, ANN)
+    mine_env = envs_dir(ANN) / "frompage"
+    assert str(mine_env / "jupyter") in found.paths
+    code = "import tabulate, humanize, ipykernel; print(tabulate.__name__)"
+    out = as_user(ANN, str(tools), "-c", kernel_script(mine_env / "jupyter", "mine-frompage", code))
+    assert out.stdout.strip() == "tabulate", out
+    assert mine_env.stat().st_uid != 0
+    spec = json.loads((mine_env / "spec.json").read_text())
+    assert spec["user"] == ANN
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (mine_env / "pylock.toml").exists():
+        time.sleep(0.1)
+    assert (mine_env / "pylock.toml").exists()
