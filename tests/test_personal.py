@@ -17,7 +17,9 @@ from hubstock.personal.layout import MARKER, PROVENANCE, Mine
 from hubstock.personal.request import check_name, check_requirements, kernel_spec
 from hubstock.site import PersonalSettings, Settings
 from hubstock.store.records import LockedPackage, PersonalBase, PersonalBuild
+from hubstock.store.root import Root
 
+BID = "0123456789abcdef"
 BASE = PersonalBase(
     kernel="python-venv",
     display_name="Python 3 (venv)",
@@ -143,7 +145,7 @@ def test_the_build_job_is_the_sites_batch_script_running_the_build(tmp_path):
     ) in sh
 
 
-def _fake_env(top: Path, name: str, base_prefix: Path, complete: bool = True) -> None:
+def _fake_env(top: Path, name: str, base_prefix: Path, complete: bool = True, bid: str = BID) -> None:
     env = top / name
     build = env / "builds" / "p1"
     (build / "bin").mkdir(parents=True)
@@ -158,7 +160,7 @@ def _fake_env(top: Path, name: str, base_prefix: Path, complete: bool = True) ->
         name=name,
         user="me",
         base_env="venv",
-        base_build="b1",
+        base_build=bid,
         base_prefix=str(base_prefix),
         packages=[LockedPackage(manager="pip", name="tabulate", version="0.10.0", url="u", sha256="0" * 64)],
         created="now",
@@ -174,18 +176,27 @@ def test_the_hook_offers_the_users_complete_kernels_whose_base_is_there(tmp_path
     and one whose stock base was garbage-collected, are not offered (and the base of each offered
     one goes into the session's record, so gc keeps it while the session runs)."""
     me = pwd.getpwuid(os.getuid()).pw_name
-    base = tmp_path / "root" / "envs" / "venv" / "b1"
+    root = Root(tmp_path / "root")
+    base = root.build("venv", BID)
     base.mkdir(parents=True)
-    (base / ".hubstock-complete").write_text("b1\n")
+    (base / ".hubstock-complete").write_text(f"{BID}\n")
     mine = tmp_path / "mine"
     _fake_env(mine, "good", base)
     _fake_env(mine, "half", base, complete=False)
-    _fake_env(mine, "orphan", tmp_path / "root" / "envs" / "venv" / "gone")
-    found = personal_kernels(f"{mine}", me)
-    assert found.paths == (str(mine / "good" / "jupyter"),) and found.bases == ("venv/b1",)
-    assert personal_kernels(None, me).paths == ()
-    assert personal_kernels(str(tmp_path / "nothing-here"), me).paths == ()
-    assert [e.name for e in Mine(me, mine).envs()] == ["good", "half", "orphan"]
+    _fake_env(mine, "orphan", base, bid="fedcba9876543210")  # its base was garbage-collected
+    _fake_env(
+        mine, "elsewhere", tmp_path / "other-root" / "envs" / "venv" / BID
+    )  # its record names another root: the base is looked for on this one
+    fifo = mine / "fifo"
+    _fake_env(mine, "fifo", base)
+    (fifo / "jupyter" / "kernels" / "mine-fifo" / "kernel.json").unlink()
+    os.mkfifo(fifo / "jupyter" / "kernels" / "mine-fifo" / "kernel.json")  # would block a reader: skipped
+    found = personal_kernels(f"{mine}", me, root)
+    assert found.paths == (str(mine / "elsewhere" / "jupyter"), str(mine / "good" / "jupyter")), found
+    assert found.bases == (f"venv/{BID}",)
+    assert personal_kernels(None, me, root).paths == ()
+    assert personal_kernels(str(tmp_path / "nothing-here"), me, root).paths == ()
+    assert [e.name for e in Mine(me, mine).envs()] == ["elsewhere", "fifo", "good", "half", "orphan"]
 
 
 # --- the stock page's helper (hubstock.hub.mine_helper) ---------------------------------------------

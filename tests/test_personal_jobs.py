@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rigs.hubsite import VENV_DISPLAY_NAME, VENV_KERNEL, base_settings, tree_bytes
+from rigs.hubsite import VENV_KERNEL, base_settings, tree_bytes
 from tests.helpers import kernel_script, until
 
 from hubstock.hub.hooks import personal_kernels
@@ -149,7 +149,7 @@ def test_a_users_environment_is_built_as_their_job_and_its_kernel_runs_both_stoc
         f"personal build {own / 1e6:.2f} MB, stock venv build {base / 1e6:.1f} MB ({100 * own / base:.1f}%)"
     )
     # the kernel, started as a server would from the hook's JUPYTER_PATH, imports both
-    found = personal_kernels(MINE_DIR, ANN)
+    found = personal_kernels(MINE_DIR, ANN, mine_site[1])
     assert found.paths == (str(env / "jupyter"),) and found.bases == (
         f"venv/{manifest['builds']['venv']['build']}",
     )
@@ -160,7 +160,8 @@ def test_a_users_environment_is_built_as_their_job_and_its_kernel_runs_both_stoc
     assert mine_file.startswith(f"{env}/builds/{built['build']}/"), out
     assert stock_file.startswith(f"{stock}/"), out
     spec = json.loads((env / "jupyter" / "kernels" / "mine-analysis" / "kernel.json").read_text())
-    assert spec["display_name"] == f"{VENV_DISPLAY_NAME} + mine: analysis"
+    [stock_kernel] = [k for k in manifest["kernels"] if k["name"] == VENV_KERNEL]
+    assert spec["display_name"] == f"{stock_kernel['display_name']} + mine: analysis"  # other tests rename it
     # list and verify
     listed = json.loads(mine(site, ANN, "list", "--json").stdout)["envs"]
     assert [(e["name"], e["state"], e["notes"]) for e in listed] == [("analysis", "ready", [])]
@@ -177,7 +178,7 @@ def test_another_user_sees_none_of_it(mine_site, built):
     ):
         res = as_user(BOB, *argv)
         assert res.returncode != 0 and "Permission denied" in res.stderr, (argv, res)
-    assert personal_kernels(MINE_DIR, BOB).paths == ()
+    assert personal_kernels(MINE_DIR, BOB, mine_site[1]).paths == ()
     assert json.loads(mine(site, BOB, "list", "--json").stdout)["envs"] == []
 
 
@@ -225,7 +226,7 @@ def test_what_the_job_refuses_is_one_sentence_and_no_kernel(mine_site, pkgs, say
     assert [(e["name"], e["state"]) for e in listed] == [("broken", "failed")] and says in listed[0][
         "message"
     ]
-    assert personal_kernels(MINE_DIR, BOB).paths == ()
+    assert personal_kernels(MINE_DIR, BOB, mine_site[1]).paths == ()
     assert mine(site, BOB, "remove", "broken").returncode == 0 and not env.exists()
 
 
@@ -310,14 +311,14 @@ def test_gc_of_the_stock_build_under_a_personal_one_is_told_and_its_kernel_withd
     res = mine(site, ANN, "create", "layered", "tabulate", "--json")
     assert res.returncode == 0, res.stderr
     template = "{home}/.hubstock/gc-envs"
-    assert len(personal_kernels(template, ANN).paths) == 1
+    assert len(personal_kernels(template, ANN, root).paths) == 1
 
     (env / "requirements.in").write_text("ipykernel\nsix==1.17.0\n")
     for step in ("lock", "build", "publish"):
         cli(site, step)
     [e] = json.loads(mine(site, ANN, "list", "--json").stdout)["envs"]
     assert e["state"] == "ready" and [n.split(":")[0] for n in e["notes"]] == ["base changed"], e
-    assert personal_kernels(template, ANN).bases == (f"py/{old}",)  # still offered, on its old base
+    assert personal_kernels(template, ANN, root).bases == (f"py/{old}",)  # still offered, on its old base
 
     gc = json.loads(cli(site, "gc", "--json"))
     assert f"py/{old}" in json.dumps(gc), gc
@@ -326,12 +327,12 @@ def test_gc_of_the_stock_build_under_a_personal_one_is_told_and_its_kernel_withd
     assert [n.split(":")[0] for n in e["notes"]] == ["base removed"] and "--replace tabulate" in e["notes"][
         0
     ], e
-    assert personal_kernels(template, ANN).paths == ()
+    assert personal_kernels(template, ANN, root).paths == ()
     # rebuilt on today's stock, it is offered again
     res = mine(site, ANN, "create", "layered", "tabulate", "--replace", "--json")
     assert res.returncode == 0, res.stderr
     new = json.loads((root.current / "manifest.json").read_text())["builds"]["py"]["build"]
-    assert personal_kernels(template, ANN).bases == (f"py/{new}",)
+    assert personal_kernels(template, ANN, root).bases == (f"py/{new}",)
 
 
 CAROL = "hsminecarol"
@@ -394,7 +395,7 @@ def test_on_openpbs_the_build_is_the_users_job_from_the_sites_wheelhouse(mine_si
         assert done["state"] == "ready", done
         mine_env = envs_dir(CAROL) / "tab"
         assert "file://" in (mine_env / "pylock.toml").read_text()  # from the wheelhouse, with its sha256
-        found = personal_kernels(MINE_DIR, CAROL)
+        found = personal_kernels(MINE_DIR, CAROL, mine_site[1])
         assert found.paths == (str(mine_env / "jupyter"),)
         script = kernel_script(
             Path(found.paths[0]), "mine-tab", "import tabulate, ipykernel; print(tabulate.__file__)"

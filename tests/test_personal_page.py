@@ -4,16 +4,20 @@ that user's Slurm job; the page follows it to the kernel. Its API creates for on
 for anyone else), and bad input is one sentence on the page. Screenshots go to
 ``test-artifacts/browser/``.
 
-The hub runs the site's own configuration on the Slurm rig, on ``test_personal_jobs``'s site."""
+Then her next server, a Slurm job started through the hub's pre-spawn hook, lists the kernel and
+runs it. The hub runs the site's own configuration on the Slurm rig, on ``test_personal_jobs``'s
+site."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
+from rigs.hub_rig import run_code
 from rigs.hubsite import VENV_KERNEL, free_port, hub_settings, start_hub
 from tests.helpers import kernel_script
 from tests.test_browser import artifacts, chromium, page, showing_the_page  # noqa: F401 - fixtures
@@ -64,7 +68,13 @@ def test_the_api_creates_for_oneself_only_and_says_what_is_wrong(hub):
     assert r.status_code == 403
 
 
-def test_a_user_creates_an_environment_on_the_page_and_gets_its_kernel(page, hub, artifacts, tools):  # noqa: F811
+def test_a_user_creates_an_environment_on_the_page_and_gets_its_kernel(
+    page,  # noqa: F811
+    hub,
+    artifacts,  # noqa: F811
+    tools,  # noqa: F811
+    mine_site,  # noqa: F811
+):
     from playwright.sync_api import expect
 
     with showing_the_page(page, artifacts, "mine-login", hub):
@@ -100,9 +110,27 @@ def test_a_user_creates_an_environment_on_the_page_and_gets_its_kernel(page, hub
         expect(page.locator("article#env-bad")).to_have_count(0)
 
     # the build was Ann's own job, and its kernel is hers alone, running stock and added packages
-    found = personal_kernels(MINE_DIR, ANN)
+    found = personal_kernels(MINE_DIR, ANN, mine_site[1])
     mine_env = envs_dir(ANN) / "frompage"
     assert str(mine_env / "jupyter") in found.paths
+    # her next server (a Slurm job, through the hub's pre-spawn hook) has the kernel, and runs it
+    status, token = hub.token_for(ANN, PASSWORD)
+    assert status == 201 and token
+    status, _ = hub.request("POST", f"/hub/api/users/{ANN}/server", token=token, body={})
+    assert status in (201, 202), hub.log_tail()
+    try:
+        hub.wait_for_server(ANN, token)
+        status, specs = hub.request("GET", f"/user/{ANN}/api/kernelspecs", token=token)
+        assert status == 200 and "mine-frompage" in specs["kernelspecs"], specs
+        shown = specs["kernelspecs"]["mine-frompage"]["spec"]
+        assert shown["display_name"].endswith(" + mine: frompage"), shown  # on the stock's own name
+        code = "import tabulate, humanize, ipykernel, os; print(os.environ['USER'], tabulate.__file__)"
+        with ThreadPoolExecutor(1) as pool:  # its own event loop: Playwright's runs in this thread
+            who, where = pool.submit(run_code, hub, ANN, token, "mine-frompage", code).result().split()
+        assert who == ANN and where.startswith(f"{mine_env}/builds/"), (who, where)
+    finally:
+        hub.request("DELETE", f"/hub/api/users/{ANN}/server", token=token)
+        hub.wait_stopped(ANN, token, timeout=120)
     code = "import tabulate, humanize, ipykernel; print(tabulate.__name__)"
     out = as_user(ANN, str(tools), "-c", kernel_script(mine_env / "jupyter", "mine-frompage", code))
     assert out.stdout.strip() == "tabulate", out

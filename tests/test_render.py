@@ -57,8 +57,14 @@ def test_the_server_config_shows_stock_and_user_kernels_only(tmp_path, monkeypat
     (user_kernels / "mine" / "kernel.json").write_text("{}")
     (user_kernels / "empty").mkdir()
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    personal = tmp_path / "home" / ".hubstock" / "envs" / "analysis" / "jupyter"  # hubstock mine's
+    (personal / "kernels" / "mine-analysis").mkdir(parents=True)
+    (personal / "kernels" / "mine-analysis" / "kernel.json").write_text("{}")
+    (personal / "kernels" / "sneaky").mkdir()  # not a personal kernel's name: not allowed from there
+    (personal / "kernels" / "sneaky" / "kernel.json").write_text("{}")
+    monkeypatch.setenv("JUPYTER_PATH", f"/sw/generations/0001/share/jupyter:{personal}:/nowhere")
     cfg = PyFileConfigLoader(cfg_file.name, path=str(tmp_path)).load_config()
-    assert cfg.KernelSpecManager.allowed_kernelspecs == {"stock", "r", "mine"}
+    assert cfg.KernelSpecManager.allowed_kernelspecs == {"stock", "r", "mine", "mine-analysis"}
     assert cfg.KernelSpecManager.ensure_native_kernel is False
     assert cfg.MappingKernelManager.default_kernel_name == "stock"
     assert cfg.LabApp.app_settings_dir == "/sw/generations/0001/share/jupyter/lab/settings"

@@ -19,12 +19,15 @@ import asyncio
 import functools
 import inspect
 import os
+import re
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpawnError
+from ..site import ENV_NAME_RE
 from ..store.access import may_use, user_groups
 from ..store.builds import is_complete
 from ..store.fs import now_iso
@@ -35,6 +38,8 @@ from ..store.rootmark import is_root
 from ..store.sessions import read_session, register, unregister
 
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
+#: a build id as hubstock makes them (a user's record naming anything else is not followed)
+BUILD_ID_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
 def published_generation(root: Root) -> tuple[Generation, GenerationManifest]:
@@ -97,10 +102,14 @@ class PersonalKernels:
     bases: tuple[str, ...] = ()  # '<env>/<build>'
 
 
-def personal_kernels(personal_dir: str | None, user: str) -> PersonalKernels:
+def personal_kernels(personal_dir: str | None, user: str, root: Root) -> PersonalKernels:
     """The user's personal environments (``[personal] dir``) whose kernel is published, whose build
-    is complete and whose stock base is still on the root. A folder the hub cannot read (a home
-    on a root-squashed filesystem) gives none, and the spawn goes on."""
+    is complete and whose stock base is still on ``root``. A folder the hub cannot read (a home
+    on a root-squashed filesystem) gives none, and the spawn goes on.
+
+    The hub reads this folder as root, and it is the user's: only folders the user owns count
+    (not another user's, linked there), records are read as regular files only (never a FIFO),
+    and the stock base is looked for where this root keeps it, whatever the record says."""
     if not personal_dir:
         return PersonalKernels()
     import pwd
@@ -114,13 +123,23 @@ def personal_kernels(personal_dir: str | None, user: str) -> PersonalKernels:
     mine = Mine(user, Path(personal_dir.format(home=home.rstrip("/") or "/", user=user)))
     paths, bases = [], []
     try:
+        uid = pwd.getpwnam(user).pw_uid
+        if os.stat(mine.path).st_uid != uid:
+            return PersonalKernels()
         for env in mine.envs():
             try:
+                st = os.lstat(env.path)
+                if st.st_uid != uid or not stat.S_ISDIR(st.st_mode):
+                    continue
                 bid = env.kernel_build()
                 prov = env.provenance(bid) if bid and env.is_complete(bid) else None
             except (OSError, RecordError):
                 continue
-            if prov is not None and is_complete(Path(prov.base_prefix), prov.base_build):
+            if prov is None or not (
+                ENV_NAME_RE.fullmatch(prov.base_env) and BUILD_ID_RE.fullmatch(prov.base_build)
+            ):
+                continue
+            if is_complete(root.build(prov.base_env, prov.base_build), prov.base_build):
                 paths.append(str(env.jupyter_dir))
                 bases.append(f"{prov.base_env}/{prov.base_build}")
     except OSError:
@@ -139,7 +158,7 @@ def pin_session(
     record and keeps the generation, or announced it before the check, and the hook pins the new
     current generation instead.
     """
-    mine = personal_kernels(personal_dir, user)
+    mine = personal_kernels(personal_dir, user, root)
     for attempt in range(3):
         was = current_name(root)
         try:

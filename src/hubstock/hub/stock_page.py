@@ -243,7 +243,7 @@ def make_app(
                 "stdout": "",
                 "stderr": "hubstock: give package names (at most 2,000 characters), no options.",
             }
-        args = ["create", "--no-wait", *(["--from", base] if base else []), "--", name, *pkgs]
+        args = ["create", "--no-wait", *([f"--from={base}"] if base else []), "--", name, *pkgs]
         return await asyncio.to_thread(mine.ask, user, args)
 
     async def create(handler: Mine, name: str, base: str, packages: str) -> str:

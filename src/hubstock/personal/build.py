@@ -101,7 +101,10 @@ def _build(site: Site, mine: Mine, env: MineEnv, spec: PersonalSpec, say) -> str
     python = f"{base.prefix}/bin/python"
     environ = _interpreter_env(site, Path(base.prefix))
     step(env, say, f"reading the stock build {base.env}/{base.build}")
-    info = json.loads(run([python, "-I", "-c", _PROBE], what="reading the stock build", env=environ).stdout)
+    out = run([python, "-I", "-c", _PROBE], what="reading the stock build", env=environ).stdout
+    info = json.loads(
+        (out.strip().splitlines() or ["{}"])[-1]
+    )  # its answer is the last line (warnings before)
     stock: dict[str, str] = {canonicalize_name(n): str(v) for n, v in info["dists"].items()}
     stock_sites = [p for p in info["site"] if p.startswith(base.prefix + "/") and os.path.isdir(p)]
 

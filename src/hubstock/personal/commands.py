@@ -224,11 +224,19 @@ def _create(
         set_state(env, "submitted", step="", message="", job_id=None)
         job = render_build_job(site, env, user, home)
         job_id = submit(site, job)
-    except BaseException:
-        if fresh:
-            from .build import remove_tree
+    except BaseException as e:
+        from .build import remove_tree
 
+        if fresh:
             remove_tree(env.path)
+        else:  # its previous build and kernel stay; what was asked last did not start
+            with contextlib.suppress(OSError, HubstockError):
+                set_state(
+                    env,
+                    "failed",
+                    step="",
+                    message=str(e) if isinstance(e, HubstockError) else "not submitted",
+                )
         raise
     st = env.state()
     if st is not None and st.job_id is None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..site import PersonalSettings
+from ..store.fs import read_regular
 from ..store.records import PersonalBuild, PersonalSpec, PersonalState
 
 SPEC = "spec.json"
@@ -34,6 +35,8 @@ JOB_SCRIPT = "job.sh"
 MARKER = ".hubstock-personal-complete"
 PROVENANCE = ".hubstock-personal.json"
 KERNEL_PREFIX = "mine-"
+#: the most of a record of a user's folder that is read
+LIMIT = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,15 @@ class MineEnv:
         return PersonalState.read_optional(self.state_path)
 
     def provenance(self, bid: str) -> PersonalBuild | None:
-        return PersonalBuild.read_optional(self.build(bid) / PROVENANCE)
+        data = read_regular(self.build(bid) / PROVENANCE, LIMIT)
+        return None if data is None else PersonalBuild.from_text(data, str(self.build(bid) / PROVENANCE))
 
     def kernel_build(self) -> str | None:
-        """The build the published kernel runs (its argv names ``builds/<id>/bin/python``), if any."""
+        """The build the published kernel runs (its argv names ``builds/<id>/bin/python``), if any.
+        (Files of a user's folder are read as regular files only: the hub reads them as root.)"""
         try:
-            argv = json.loads((self.kernel_dir / "kernel.json").read_text())["argv"]
-        except (OSError, ValueError, KeyError, TypeError):
+            argv = json.loads(read_regular(self.kernel_dir / "kernel.json", LIMIT) or b"")["argv"]
+        except (ValueError, KeyError, TypeError):
             return None
         for arg in argv if isinstance(argv, list) else []:
             exe = Path(str(arg))
@@ -105,10 +110,8 @@ class MineEnv:
         return None
 
     def is_complete(self, bid: str) -> bool:
-        try:
-            return (self.build(bid) / MARKER).read_text().strip() == bid
-        except OSError:
-            return False
+        data = read_regular(self.build(bid) / MARKER, 256)
+        return data is not None and data.decode(errors="replace").strip() == bid
 
 
 @dataclass(frozen=True)
