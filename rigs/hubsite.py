@@ -59,6 +59,21 @@ LICENSED_DISPLAY_NAME = "Licensed Python (stock)"
 RESTRICTED_NOTE = "Licensed software: ask research computing for access."
 
 
+def tools_python(venv: Path) -> Path:
+    """``[personal] tools``: a hubstock install (admin and hub extras) that users can run, made once
+    in ``venv`` from the system's Python, as a site puts one on its shared storage (the tests' and
+    the bench's own Python may be in root's home)."""
+    from hubstock.admin.uv import uv_command
+
+    py = venv / "bin" / "python"
+    if not py.exists():
+        subprocess.run([*uv_command(), "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
+        subprocess.run(
+            [*uv_command(), "pip", "install", "-q", "--python", str(py), f"{REPO}[admin,hub]"], check=True
+        )
+    return py
+
+
 def tree_bytes(path: Path) -> int:
     """The bytes of the files under ``path``, each inode once, symlinks not counted (``du -b``'s sum)."""
     seen, size = set(), 0

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rigs.hubsite import VENV_KERNEL, base_settings, tree_bytes
+from rigs.hubsite import VENV_KERNEL, base_settings, tools_python, tree_bytes
 from tests.helpers import kernel_script, until
 
 from hubstock.hub.hooks import personal_kernels
@@ -37,19 +37,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tools(hub_workdir: Path) -> Path:
-    """``[personal] tools``: a hubstock install (admin and hub extras) that users can run, in a venv
-    of the system's Python on the shared storage, as a site makes one (this test's own Python
-    may be in root's home)."""
-    from hubstock.admin.uv import uv_command
-
-    venv = hub_workdir / "hubstock-tools"
-    py = venv / "bin" / "python"
-    if not py.exists():
-        subprocess.run([*uv_command(), "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
-        subprocess.run(
-            [*uv_command(), "pip", "install", "-q", "--python", str(py), f"{REPO}[admin,hub]"], check=True
-        )
-    return py
+    """``[personal] tools`` (``rigs.hubsite.tools_python``) on the shared storage."""
+    return tools_python(hub_workdir / "hubstock-tools")
 
 
 @pytest.fixture(scope="module")

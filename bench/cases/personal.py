@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rigs.channel import cached_channel
-from rigs.hubsite import base_settings, tree_bytes
+from rigs.hubsite import base_settings, tools_python, tree_bytes
 from rigs.slurm_rig import SlurmRig, create_user, remove_user, require_binaries
 
 from hubstock.store.root import Root
@@ -25,22 +25,6 @@ from .common import Bench, median, result, rounded, skipped, timings
 PKGS = ("tabulate", "humanize", "six")
 #: how often the baseline's completion is looked for: as often as `mine create` looks at its job
 POLL = 0.5
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _tools(b: Bench) -> Path:
-    """A hubstock install users can run (``[personal] tools``), in a venv of the system's Python."""
-    from hubstock.admin.uv import uv_command
-
-    py = b.work / "hubstock-tools" / "bin" / "python"
-    if not py.exists():
-        subprocess.run(
-            [*uv_command(), "venv", "-q", "--python", "/usr/bin/python3", str(py.parent.parent)], check=True
-        )
-        subprocess.run(
-            [*uv_command(), "pip", "install", "-q", "--python", str(py), f"{REPO}[admin,hub]"], check=True
-        )
-    return py
 
 
 def _as_user(
@@ -85,7 +69,7 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
         ]
     require_binaries()
     hub_site = b.hub_site()
-    tools = _tools(b)
+    tools = tools_python(b.work / "hubstock-tools")
     user = f"hsbench{secrets.token_hex(2)}m"
     rig = SlurmRig(hub_site.parent / "slurm-mine").start()
     try:

@@ -125,11 +125,11 @@ def _build(site: Site, mine: Mine, env: MineEnv, spec: PersonalSpec, say) -> str
         step(env, say, f"build {bid} is already complete and its kernel published; nothing to do")
         return bid
     if not env.is_complete(bid):
-        _remove(prefix)
+        remove_tree(prefix)
         try:
             _install(site, mine, env, spec, bid, prefix, python, environ, stock_sites, extra, say)
         except BaseException:
-            _remove(prefix)
+            remove_tree(prefix)
             raise
     step(env, say, "starting the kernel and importing the stock's and the added packages")
     kspec = kernel_spec(base, env.name, prefix)
@@ -475,10 +475,10 @@ def _prune(env: MineEnv, keep: set[str]) -> None:
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(env.builds):
             if name not in keep:
-                _remove(env.build(name))
+                remove_tree(env.build(name))
 
 
-def _remove(path: Path) -> None:
+def remove_tree(path: Path) -> None:
     """Remove a (read-only) build or folder of the user's."""
     if not os.path.lexists(path):
         return
@@ -489,6 +489,3 @@ def _remove(path: Path) -> None:
     with contextlib.suppress(OSError):
         os.chmod(path, 0o700)
     shutil.rmtree(path, ignore_errors=True)
-
-
-remove_tree = _remove
