@@ -18,20 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from hubstock.hub.doctor import node_probe
-from hubstock.hub.doctor.envs import GenerationEnvs, InterpreterUse, ModuleSet
-from hubstock.hub.doctor.job import ProbeJob, ProbePlan
-from hubstock.hub.doctor.jobscript import (
+from hubstock.batchjob import (
     JobCommands,
     job_commands,
     job_logs,
     job_state,
     output_file,
     parse_job_id,
-    probe_options,
-    probe_shell,
     render_probe_script,
 )
+from hubstock.hub.doctor import node_probe
+from hubstock.hub.doctor.envs import GenerationEnvs, InterpreterUse, ModuleSet
+from hubstock.hub.doctor.job import ProbeJob, ProbePlan
+from hubstock.hub.doctor.jobscript import probe_options, probe_shell
 from hubstock.hub.doctor.model import Check, format_check
 from hubstock.hub.doctor.node import NodeExpect, node_checks, version_tuple
 from hubstock.hub.doctor.node_probe import main as probe_main

@@ -325,30 +325,47 @@ def test_gc_of_the_stock_build_under_a_personal_one_is_told_and_its_kernel_withd
 
 
 CAROL = "hsminecarol"
-TABULATE_WHEEL = (
-    "https://files.pythonhosted.org/packages/99/55/db07de81b5c630da5cbf5c7df646580ca26dfaefa593667fc6f2fe016d2e/"
-    "tabulate-0.10.0-py3-none-any.whl"
-)
-TABULATE_SHA256 = "f0b0622e567335c8fabaaa659f1b33bcb6ddfe2e496071b743aa113f8774f2d3"
+#: the site's wheelhouse for compute nodes with no way out (the OpenPBS rig's): PyPI's files, by sha256
+WHEELS = {
+    "tabulate-0.10.0-py3-none-any.whl": (
+        "https://files.pythonhosted.org/packages/99/55/db07de81b5c630da5cbf5c7df646580ca26dfaefa593667fc6f2fe016d2e/",
+        "f0b0622e567335c8fabaaa659f1b33bcb6ddfe2e496071b743aa113f8774f2d3",
+    ),
+    "humanize-4.17.0-py3-none-any.whl": (
+        "https://files.pythonhosted.org/packages/0c/74/bb970f876202aa0e8c4a1e9904f0b3482e73c752512962b7e957091d5acf/",
+        "02d0899527760efe18011944f882df4970943b4cdff7b5a0ba7fed43a576ef98",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(hub_workdir: Path) -> Path:
+    """A folder of wheels (``WHEELS``, each checked against its sha256): ``[personal] find_links``
+    of a site whose compute nodes reach no index."""
+    import urllib.request
+
+    d = hub_workdir / "wheelhouse"
+    d.mkdir(exist_ok=True)
+    for name, (base, sha) in WHEELS.items():
+        wheel = d / name
+        if not wheel.exists():
+            urllib.request.urlretrieve(base + name, d / f".{name}.part")
+            os.replace(d / f".{name}.part", wheel)
+        assert hashlib.sha256(wheel.read_bytes()).hexdigest() == sha, name
+    return d
 
 
 @pytest.mark.pbs
-def test_on_openpbs_the_build_is_the_users_job_from_the_sites_wheelhouse(mine_site, openpbs_rig, hub_workdir):
+def test_on_openpbs_the_build_is_the_users_job_from_the_sites_wheelhouse(
+    mine_site, openpbs_rig, hub_workdir, wheelhouse
+):
     """The same build on OpenPBS, whose node has no way out (the rig's network namespace), as on
     a cluster whose compute nodes reach no index: the site's wheelhouse (``[personal] find_links``,
     ``no_index``) is all the job has. The user runs ``mine create`` inside the rig's namespace."""
-    import urllib.request
-
     from rigs.slurm_rig import create_user, remove_user
 
     site0, _root, tools = mine_site
     rig = openpbs_rig
-    wheelhouse = hub_workdir / "wheelhouse"
-    wheelhouse.mkdir(exist_ok=True)
-    wheel = wheelhouse / "tabulate-0.10.0-py3-none-any.whl"
-    if not wheel.exists():
-        urllib.request.urlretrieve(TABULATE_WHEEL, wheel)
-    assert hashlib.sha256(wheel.read_bytes()).hexdigest() == TABULATE_SHA256
     site = hub_workdir / "site-mine-pbs"
     if not site.exists():
         shutil.copytree(site0, site, symlinks=True)
@@ -393,7 +410,7 @@ def test_on_openpbs_the_build_is_the_users_job_from_the_sites_wheelhouse(mine_si
         assert out.stdout.strip().startswith(f"{mine_env}/builds/{done['build']}/"), out
         # a package the wheelhouse lacks: one sentence, no kernel
         res = rig.run(
-            [*argv[:-3], "nope", "--from", VENV_KERNEL, "humanize"],
+            [*argv[:-3], "nope", "--from", VENV_KERNEL, "tqdm"],
             user=CAROL,
             env=env,
             timeout=600,

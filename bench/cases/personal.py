@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,6 +24,12 @@ from hubstock.store.root import Root
 from .common import Bench, median, result, rounded, skipped, timings
 
 PKGS = ("tabulate", "humanize", "six")
+#: Slurm's batch_sched_delay (22.05's default): a submitted batch job starts at the scheduler's
+#: next pass, up to this many seconds later. Run k of each kind (ours, by hand) submits at the same
+#: point of that cycle, (k + 1/2) / runs of it after the rig went idle: the runs see every part
+#: of the cycle alike, instead of the phase the loop happens to fall into (which once made every
+#: run of one kind wait 1.5 s longer than the other's)
+SCHED_CYCLE = 3.0
 #: how often the baseline's completion is looked for: as often as `mine create` looks at its job
 POLL = 0.5
 
@@ -91,10 +98,12 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
         mine_dir = home / ".hubstock" / "envs"
         n = {"ours": 0, "hand": 0}
         sizes: list[int] = []
+        steps: list[dict[str, float]] = []
 
         def ours() -> float:
             n["ours"] += 1
             name = f"b{n['ours']}"
+            _idle(rig, phase(n["ours"] - 1, b.repeat))
             t0 = time.perf_counter()
             res = _as_user(
                 user, str(tools), "-m", "hubstock", "--site", str(site), "-q", "mine", "create", name, *PKGS
@@ -108,6 +117,7 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
                 ).stdout
             )["build"]
             sizes.append(tree_bytes(mine_dir / name / "builds" / bid))
+            steps.append(job_steps((mine_dir / name / "build.log").read_text()))
             _as_user(user, str(tools), "-m", "hubstock", "--site", str(site), "-q", "mine", "remove", name)
             return took
 
@@ -121,6 +131,7 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
                 f"{uv} venv -q --python {stock}/bin/python {d} && "
                 f"{uv} pip install -q --python {d}/bin/python {' '.join(PKGS)} && touch {done}\n"
             )
+            _idle(rig, phase(n["hand"] - 1, b.repeat))
             return _submit_and_wait(user, script, done, time.perf_counter(), rig, d)
 
         from hubstock.admin.uv import uv_command
@@ -147,9 +158,43 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
             size_ratio=rounded(median([float(s) for s in sizes]) / stock_size, 4)
             if sizes and stock_size
             else None,
+            job_steps={k: rounded(median([s[k] for s in steps if k in s]), 3) for k in steps[-1]}
+            if steps
+            else None,
             **timings(samples, baselines),
         )
     ]
+
+
+#: a line of the build job's log: seconds since its build began, then what it does
+_STEP = re.compile(r"^\[\s*([\d.]+)s\] (\w+)")
+
+
+def job_steps(log: str) -> dict[str, float]:
+    """Seconds of each step of a build job (named by the first word of its log line: reading,
+    locking, making, installing, starting), and ``job total`` (from the build's start to the
+    kernel ready); the rest of submit-to-ready is the command, the scheduler and the polling."""
+    marks = [(float(m[1]), m[2]) for m in map(_STEP.match, log.splitlines()) if m]
+    out = {word: round(t2 - t, 3) for (t, word), (t2, _) in zip(marks, marks[1:], strict=False)}
+    if marks:
+        out["job total"] = marks[-1][0]
+    return out
+
+
+def phase(k: int, runs: int) -> float:
+    """Where in the scheduler's cycle run ``k`` (0-based) of ``runs`` submits (see SCHED_CYCLE)."""
+    return (k % max(runs, 1) + 0.5) / max(runs, 1) * SCHED_CYCLE
+
+
+def _idle(rig: SlurmRig, then: float, timeout: float = 120) -> None:
+    """Wait until the rig runs no job (the last run's job may still be ending after it said it was
+    done), then ``then`` seconds more: each run starts on an idle cluster, the same for both."""
+    deadline = time.monotonic() + timeout
+    while rig.jobs(active_only=True):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the rig's jobs did not end in {timeout:.0f} s")
+        time.sleep(0.2)
+    time.sleep(then)
 
 
 def _submit_and_wait(user: str, script: str, done: Path, t0: float, rig: SlurmRig, d: Path) -> float:

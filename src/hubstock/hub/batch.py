@@ -16,8 +16,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from batchspawner.batchspawner import format_template
-
 from ..limits import JobExtras, Limits, LimitsError, Options, Scheduler, check_mib, format_walltime_for
 
 #: each scheduler's directive prefix
@@ -93,8 +91,19 @@ def batch_vars(opts: Options, scheduler: Scheduler, limits: Limits) -> dict[str,
 
 
 def render_batch_script(template: str, subvars: dict[str, Any]) -> str:
-    """The batch script for ``subvars`` (jinja2 or str.format, as batchspawner does)."""
-    return str(format_template(template, **subvars))
+    """The batch script for ``subvars``."""
+    return format_template(template, **subvars)
+
+
+def format_template(template: str, **subvars: Any) -> str:
+    """A command or script template filled in: jinja2 for one with ``{{`` or ``{%``, else
+    ``str.format``, as batchspawner's ``format_template`` does (without importing batchspawner,
+    which imports JupyterHub; tests/test_batchjob.py checks that they agree)."""
+    if "{{" in template or "{%" in template:
+        from jinja2 import Template
+
+        return str(Template(template).render(**subvars))
+    return template.format(**subvars)
 
 
 #: what PBS Pro's ``qsub -v`` cannot pass in a value: it turns ``"`` into ``\`` and doubles ``\``,

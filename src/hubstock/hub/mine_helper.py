@@ -70,7 +70,7 @@ def check_request(req: Any) -> tuple[str, list[str]]:
 def command_line(cmd: MineCommand, user: str, args: list[str]) -> str:
     """The shell command that runs ``hubstock mine ARGS --json`` as ``user`` (every part quoted but
     the site's exec_prefix, which is the spawner's)."""
-    from batchspawner.batchspawner import format_template
+    from .batch import format_template
 
     prefix = str(format_template(cmd.exec_prefix, username=user))
     argv = [

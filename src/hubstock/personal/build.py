@@ -29,12 +29,13 @@ import stat
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from packaging.utils import canonicalize_name
 
 from .. import __version__
 from ..admin.build.cache import sha256_file
-from ..errors import CommandError, HubstockError, PersonalError, is_disk_full
+from ..errors import CommandError, HubstockError, PersonalError, PublishError, is_disk_full
 from ..proc import run
 from ..site import Site
 from ..store.builds import is_complete, read_provenance
@@ -42,6 +43,9 @@ from ..store.fs import atomic_write, current_user, link_target, make_read_only, 
 from ..store.records import LockedPackage, PersonalBuild, PersonalSpec, PersonalState
 from .layout import MARKER, PROVENANCE, Mine, MineEnv
 from .request import denied, kernel_spec
+
+if TYPE_CHECKING:
+    from ..admin.publish.smoke import SmokeWorker
 
 PTH = "_hubstock_stock.pth"
 
@@ -91,6 +95,14 @@ def _unexpected(e: BaseException) -> str:
 
 
 def _build(site: Site, mine: Mine, env: MineEnv, spec: PersonalSpec, say) -> str:
+    from ..admin.publish.smoke import SmokeWorker
+
+    # the smoke test's worker imports jupyter_client while the build locks and installs
+    with SmokeWorker.start() as worker:
+        return _build_with(site, mine, env, spec, say, worker)
+
+
+def _build_with(site: Site, mine: Mine, env: MineEnv, spec: PersonalSpec, say, worker: SmokeWorker) -> str:
     base = spec.base
     if not is_complete(Path(base.prefix), base.build):
         raise PersonalError(
@@ -133,7 +145,7 @@ def _build(site: Site, mine: Mine, env: MineEnv, spec: PersonalSpec, say) -> str
             raise
     step(env, say, "starting the kernel and importing the stock's and the added packages")
     kspec = kernel_spec(base, env.name, prefix)
-    _smoke(site, env, kspec, prefix, base.kernel_dir, base.check, extra)
+    _smoke(site, env, kspec, prefix, base.kernel_dir, base.check, extra, worker)
     atomic_write(env.lock_path, _lock_header(spec) + lock_text, mode=0o600)
     before = _kernel_build(env)
     env.kernel_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -424,9 +436,16 @@ def top_level(prefix: Path, pkg: LockedPackage) -> list[str]:
 
 
 def _smoke(
-    site: Site, env: MineEnv, kspec: dict, prefix: Path, base_dir: str, check: str, extra: list[LockedPackage]
+    site: Site,
+    env: MineEnv,
+    kspec: dict,
+    prefix: Path,
+    base_dir: str,
+    check: str,
+    extra: list[LockedPackage],
+    worker: SmokeWorker,
 ) -> None:
-    from ..admin.publish.smoke import SmokeJob, run_smoke
+    from ..admin.publish.smoke import SmokeJob
 
     imports = sorted({n for p in extra for n in top_level(prefix, p)})
     code = "\n".join(x for x in (check, *(f"import {n}" for n in imports)) if x)
@@ -438,7 +457,14 @@ def _smoke(
         job = SmokeJob(
             name=env.kernel_name, prefix=str(prefix), check=code, argv0=kspec["argv"][0], exe_in_prefix=False
         )
-        outcome = run_smoke([job], kdir.parent, site.settings.publish.smoke_timeout)[0]
+        try:
+            outcome = worker.run([job], kdir.parent, site.settings.publish.smoke_timeout)[0]
+        except PublishError as e:
+            raise PersonalError(
+                f"the kernel of {env.name!r} could not be tested ({e.args[0].split(';')[0]}); nothing was "
+                "published. Tell the site's administrators.",
+                detail=e.detail,
+            ) from None
     if outcome is not None:
         reason, log = outcome
         raise PersonalError(

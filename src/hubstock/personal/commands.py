@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import os
 import pwd
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def cmd_mine(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             from .build import set_state
 
             set_state(env, "running", job_id=job, step="started")
-        build_in_job(site, mine, env.name, say=_say)
+        t0 = time.monotonic()
+        build_in_job(site, mine, env.name, say=lambda line: _say(f"[{time.monotonic() - t0:6.2f}s] {line}"))
         return 0
     if action == "create":
         return _create(site, args, progress, mine, user, home)
@@ -130,7 +132,8 @@ def cmd_mine(site: Site, args: argparse.Namespace, progress: Progress) -> int:
 
 
 def _say(line: str) -> None:
-    """A line of the job's log (a log on a full disk loses it; the build goes on to say why it failed)."""
+    """A line of the job's log, after the seconds since the job's build began (a log on a full disk
+    loses it; the build goes on to say why it failed)."""
     with contextlib.suppress(OSError):
         print(line, flush=True)
 
@@ -273,7 +276,7 @@ def job_options_timeout(site: Site) -> float:
 
 def _tidy_job_output(script: str, job: str, home: Path) -> None:
     """The scheduler's own output file of a build job that succeeded (its output is in build.log)."""
-    from ..hub.doctor.jobscript import job_logs
+    from ..batchjob import job_logs
 
     for path in job_logs(script, job, home):
         with contextlib.suppress(OSError):

@@ -80,10 +80,14 @@ def job_shell(site: Site, env: MineEnv, tools: str) -> str:
 
 
 def render_build_job(site: Site, env: MineEnv, user: str, home: str) -> BuildJob:
-    """The batch script and the submission's environment (pure: nothing is written)."""
-    from ..hub.doctor.jobscript import job_commands, render_probe_script
+    """The batch script and the submission's environment (pure: nothing is written). The site's
+    template as the hub renders it, but the build runs in the batch step itself: no ``srun`` (a
+    job step of its own would only add its launch to the user's wait)."""
+    import dataclasses
 
-    cmds = job_commands(site)
+    from ..batchjob import job_commands, render_probe_script
+
+    cmds = dataclasses.replace(job_commands(site), srun="")
     sp = site.settings.spawner
     opts = job_options(site)
     jenv = {k: os.environ[k] for k in PASSED_ON if k in os.environ}
@@ -108,14 +112,14 @@ def _shell(
 
 
 def _cmd(template: str, job: str = "") -> str:
-    from batchspawner.batchspawner import format_template
+    from ..hub.batch import format_template
 
     return str(format_template(template, job_id=job, username=os.environ.get("USER", "")))
 
 
 def submit(site: Site, job: BuildJob) -> str:
     """Submit the build job as this user; its id."""
-    from ..hub.doctor.jobscript import job_commands, parse_job_id
+    from ..batchjob import job_commands, parse_job_id
 
     cmds = job_commands(site)
     cmd = _cmd(cmds.submit)
@@ -133,8 +137,8 @@ def submit(site: Site, job: BuildJob) -> str:
 
 def job_state(site: Site, job: str) -> str:
     """'pending', 'running', 'ending', 'gone' or 'unknown', as the scheduler says now."""
-    from ..hub.doctor.jobscript import job_commands
-    from ..hub.doctor.jobscript import job_state as parse_state
+    from ..batchjob import job_commands
+    from ..batchjob import job_state as parse_state
 
     cmds = job_commands(site)
     env = {**os.environ, **site.settings.spawner.environment}
@@ -143,7 +147,7 @@ def job_state(site: Site, job: str) -> str:
 
 
 def cancel(site: Site, job: str) -> None:
-    from ..hub.doctor.jobscript import job_commands
+    from ..batchjob import job_commands
 
     env = {**os.environ, **site.settings.spawner.environment}
     _shell(_cmd(job_commands(site).cancel, job), env, timeout=30)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...batchjob import JobCommands, job_commands, render_probe_script
 from ...errors import SiteError
 from ...site import Site
 from ...store.access import may_use, user_groups
@@ -57,7 +58,7 @@ from .hubcheck import (
     url_host,
 )
 from .job import ProbeJob, ProbePlan
-from .jobscript import JobCommands, job_commands, probe_options, probe_shell, render_probe_script
+from .jobscript import probe_options, probe_shell
 from .model import Check, exit_code, fail, format_check, ok, warn
 from .node import NodeExpect, node_checks
 from .rootcheck import (

@@ -17,9 +17,9 @@ from typing import Any
 from traitlets.config import Config, PyFileConfigLoader
 from traitlets.utils.importstring import import_item
 
+from ...batchjob import JobCommands
 from ...errors import SiteError
 from ...site import Site
-from .jobscript import JobCommands
 from .model import Check, fail, ok
 
 CONFIG_FILE = ("spawner", "jupyterhub_config.py")

@@ -23,7 +23,8 @@ from typing import Any
 
 from batchspawner.batchspawner import format_template
 
-from .jobscript import REPORT, JobCommands, job_logs, job_state, output_file, parse_job_id
+from ...batchjob import JobCommands, job_logs, job_state, output_file, parse_job_id
+from .jobscript import REPORT
 from .model import Check, fail, ok
 
 POLL = 0.5
