@@ -135,7 +135,8 @@ def test_the_build_job_is_the_sites_batch_script_running_the_build(tmp_path):
     env = MineEnv("analysis", Path("/home/ann/.hubstock/envs/analysis"))
     job = render_build_job(site, env, "ann", "/home/ann")
     assert "#SBATCH --time=00:20:00" in job.script
-    assert "srun /bin/sh /home/ann/.hubstock/envs/analysis/job.sh" in job.script
+    # the build runs in the batch step itself (no srun step: its launch would add to the wait)
+    assert "\n/bin/sh /home/ann/.hubstock/envs/analysis/job.sh\n" in job.script
     assert job.env["SLURM_CONF"] == "/etc/slurm/x.conf" and job.env["HOME"] == "/home/ann"
     assert f"--export={','.join(job.env)}" in job.script
     sh = job_shell(site, env, "/sw/tools/bin/python")
