@@ -112,6 +112,29 @@ def _parser() -> argparse.ArgumentParser:
     vf.add_argument("--repair", action="store_true", help="remove damaged cache entries, rebuild builds")
     vf.add_argument("--json", action="store_true", help="machine-readable output")
 
+    rp = sub.add_parser(
+        "reproduce",
+        help="build a build again from its kept lock and compare it with the original, file by file",
+    )
+    rp.add_argument(
+        "what",
+        metavar="BUILD|GEN",
+        help="ENV/BUILD, a build id, or a generation (each of its builds; 'current')",
+    )
+    rp.add_argument("--into", type=Path, metavar="DIR", help="keep the rebuild in DIR/<env>-<build>")
+    rp.add_argument(
+        "--restore", action="store_true", help="put an identical rebuild of a build gc removed back in place"
+    )
+    rp.add_argument(
+        "--publish",
+        action="store_true",
+        help="and publish kernels of that build beside today's (NAME-<build>), restored first if it was gone",
+    )
+    rp.add_argument(
+        "--unpublish", action="store_true", help="withdraw the kernels --publish gave it (no rebuild)"
+    )
+    rp.add_argument("--json", action="store_true", help="machine-readable output")
+
     un = sub.add_parser("units", help="render the hub's and the proxy's systemd units from hubstock.toml")
     un.add_argument("--out", metavar="DIR", help="write the unit files into DIR (default: print them)")
     un.add_argument("--jupyterhub", metavar="PATH", help="the jupyterhub command (default: found on PATH)")
@@ -289,6 +312,7 @@ ROOT_USE = {
     "rollback": lambda a: True,
     "gc": lambda a: not a.dry_run,
     "verify": lambda a: a.repair,
+    "reproduce": lambda a: True,  # the rebuild uses the root's caches, as a build does
     "status": lambda a: False,
     "diff": lambda a: False,
     "mine": lambda a: False,  # read only: a user's builds go to their own folder
@@ -489,6 +513,28 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_reproduce(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("reproduce")
+    from .admin.build.reproduce import describe, reproduce, unpublish
+
+    if args.unpublish:
+        done = unpublish(site, args.what, progress)
+    else:
+        done = reproduce(
+            site, args.what, progress, into=args.into, restore=args.restore, publish=args.publish
+        )
+    if args.json:
+        _print_json({"builds": [r.to_json() for r in done]})
+    else:
+        for r in done:
+            print(
+                f"{r.env}/{r.build_id}: its kernels withdrawn in generation {r.generation}"
+                if args.unpublish
+                else describe(r)
+            )
+    return 0 if all(r.identical for r in done) else 1
+
+
 def cmd_verify(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     _admin_extra("verify")
     from .admin.build.repair import verify_and_repair
@@ -571,6 +617,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "init-root": cmd_init_root,
     "verify": cmd_verify,
+    "reproduce": cmd_reproduce,
     "mine": cmd_mine,
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .fs import atomic_write, read_link
-from .records import BuildDamage, BuildFiles, BuildProvenance, RecordError
+from .records import BuildDamage, BuildFiles, BuildProvenance, BuildRecord, RecordError
 from .root import BUILD_FILES, MARKER, PROVENANCE, Root
 
 
@@ -78,6 +78,54 @@ def read_build_files(prefix: Path) -> BuildFiles | None:
 
 #: files of its own that a build holds besides what its packages install
 OWN_FILES = (MARKER, PROVENANCE, BUILD_FILES)
+
+
+def record_path(root: Root, env: str, bid: str) -> Path:
+    """Where the build's :class:`BuildRecord` is kept: beside the build, in its env's folder."""
+    return root.env(env) / f".record-{bid}.json"
+
+
+def write_build_record(root: Root, record: BuildRecord) -> None:
+    atomic_write(record_path(root, record.env, record.build_id), record.to_json(), mode=0o644)
+
+
+def read_build_record(root: Root, env: str, bid: str) -> BuildRecord | None:
+    """The build's record (None for a build made before records were kept)."""
+    return BuildRecord.read_optional(record_path(root, env, bid))
+
+
+def recorded_builds(root: Root) -> dict[str, str]:
+    """``build id -> env`` of every build with a record (gone or not)."""
+    out = {}
+    for env in env_names(root):
+        for p in root.env(env).glob(".record-*.json"):
+            out[p.name[len(".record-") : -len(".json")]] = env
+    return out
+
+
+def pin_path(root: Root, env: str, bid: str) -> Path:
+    """While it exists, publish gives the build kernels of its own (``hubstock reproduce --publish``)."""
+    return root.env(env) / f".pinned-{bid}"
+
+
+def pin(root: Root, env: str, bid: str) -> None:
+    atomic_write(pin_path(root, env, bid), f"{env}/{bid}\n", mode=0o644)
+
+
+def unpin(root: Root, env: str, bid: str) -> bool:
+    """Whether the build was pinned."""
+    try:
+        pin_path(root, env, bid).unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def pinned_builds(root: Root) -> list[tuple[str, str]]:
+    """``(env, build id)`` of every pinned build, in order."""
+    return sorted(
+        (env, p.name[len(".pinned-") :]) for env in env_names(root) for p in root.env(env).glob(".pinned-*")
+    )
 
 
 def _damage_path(root: Root, env: str, bid: str) -> Path:

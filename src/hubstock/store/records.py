@@ -465,6 +465,24 @@ class BuildFiles(Record):
     files: dict[str, str] = Field(default_factory=dict)
 
 
+class BuildRecord(Record):
+    """What reproduces a build once it is gone, kept beside it on the root (gc leaves it): the lock
+    it was made from, and what every file of it was, written when the build completed. ``files``:
+    ``rel -> sha256`` of a regular file, ``link:<target>`` for a symbolic link (the build's own
+    records, provenance, file list and marker, left out)."""
+
+    WHAT: ClassVar[str] = "build record"
+
+    build_id: str
+    env: str
+    kind: str
+    platform: str
+    lock_name: str
+    lock: str
+    files: dict[str, str] = Field(default_factory=dict)
+    created: str
+
+
 class BuildDamage(Record):
     """What the last ``hubstock verify`` found wrong with a build: it no longer counts as
     complete for ``status``, and the next ``build`` of its env replaces it."""

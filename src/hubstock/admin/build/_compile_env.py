@@ -2,7 +2,10 @@
 
 Run by the *build's own* interpreter (``<prefix>/bin/python -I _compile_env.py DIR...``, or
 ``--list FILE`` for the ``.py`` files named in FILE, one a line), so it must stay plain
-standard-library Python that any Python 3.8+ can run.
+standard-library Python that any Python 3.8+ can run. ``--strip DIR`` first: the byte-code
+names each source by its path below DIR (the wheel cache's staging folder, whose name is
+random), so that the same wheel always gives the same byte-code; Python's import names a
+module's code by where it found its source anyway.
 ``compileall`` rewrites every checked-hash pyc it meets (it only recognises
 timestamp pycs as current); this script compiles only what is missing or stale.
 
@@ -39,10 +42,13 @@ def needs_compile(src):
         return True
 
 
-def compile_one(src):
+def compile_one(src, strip=None):
     """None when compiled; ("skip", line) for a source that cannot compile; ("error", line) else."""
+    dfile = src[len(strip) + 1 :] if strip and src.startswith(strip + "/") else None
     try:
-        py_compile.compile(src, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+        py_compile.compile(
+            src, dfile=dfile, doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH
+        )
         return None
     except py_compile.PyCompileError as e:  # it keeps the exception, not its type (exc_type_name)
         if isinstance(e.exc_value, NOT_COMPILABLE):
@@ -66,6 +72,9 @@ def _error_line(src, errno, reason):
 
 def main(args):
     todo = []
+    strip = None
+    if args[:1] == ["--strip"]:
+        strip, args = args[1].rstrip("/"), args[2:]
     if args[:1] == ["--list"]:
         with open(args[1], encoding="utf-8", errors="surrogateescape") as f:
             todo = [line.rstrip("\n") for line in f if line.strip()]
@@ -77,9 +86,9 @@ def main(args):
     todo = [s for s in todo if needs_compile(s)]
     if len(todo) > 200:
         with ProcessPoolExecutor() as pool:
-            results = [r for r in pool.map(compile_one, todo, chunksize=64) if r]
+            results = [r for r in pool.map(compile_one, todo, [strip] * len(todo), chunksize=64) if r]
     else:
-        results = [r for r in map(compile_one, todo) if r]
+        results = [r for r in (compile_one(src, strip) for src in todo) if r]
     skipped = [line for kind, line in results if kind == "skip"]
     errors = [line for kind, line in results if kind == "error"]
     if errors:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +32,18 @@ from ...store.builds import (
     is_complete,
     mark_complete,
     write_build_files,
+    write_build_record,
     write_provenance,
 )
 from ...store.fs import atomic_symlink, empty_trash, make_read_only, move_to_trash, now_iso, remove_tree
 from ...store.perms import ADMIN_DIR, PUBLIC_DIR, make_dir
-from ...store.records import BuildProvenance
+from ...store.records import BuildProvenance, BuildRecord
 from ...store.root import Root
 from ...store.swap import exchange
 from ..kinds import kind_of
 from ..kinds.base import BuildPlan, Env, restricted_build_id
 from .policy import check_server_packages
-from .verify import build_file_list
+from .verify import build_file_list, file_map
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,14 @@ def plan_build(site: Site, env: Env, platform: str) -> BuildPlan:
     return plan
 
 
+def plan_lock(site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPlan:
+    """:func:`plan_build` of a kept lock (:meth:`~..kinds.base.Kind.plan_lock`)."""
+    plan = kind_of(env).plan_lock(site, env, platform, lock_bytes)
+    if env.groups:
+        plan.build_id = restricted_build_id(plan.build_id, env.groups)
+    return plan
+
+
 def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
     """Make sure the build of ``env``'s fresh lock exists and is complete."""
     platform = host_platform()
@@ -106,7 +116,7 @@ def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
             if os.path.lexists(prefix):
                 progress.step(f"[{env.name}] removing the interrupted build {bid}")
                 remove_tree(prefix, root.trash)
-            build_into(site, root, env, plan, prefix, progress)
+            write_build_record(root, build_into(site, root, env, plan, prefix, progress))
             clear_damage(root, env.name, bid)
             root.audit("build", env=env.name, build=bid)
             built = True
@@ -138,6 +148,32 @@ def staging_of(root: Root, env: str, bid: str) -> Path:
     return root.env(env) / f".replacing-{bid}"
 
 
+def run_staged(
+    site: Site, env: str, bid: str, staging: Path, progress: Progress, what: str, lock: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run :mod:`.staged`: the build ``env/bid`` made in ``staging``, seen at the build's own path
+    (of the env's lock, or of the kept ``lock``)."""
+    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "hubstock.admin.build.staged"]
+    argv += ["--site", site.dir, "--root", site.root, "--env", env, "--build", bid, "--staging", staging]
+    argv += ["--lock", lock] if lock else []
+    return run(
+        [*argv, *(["--progress"] if progress.enabled else [])],
+        what=what,
+        check=False,
+        stderr_to_terminal=True,
+    )
+
+
+def staged_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """What a failed :mod:`.staged` child said (its last line: ``{"error": ...}``)."""
+    lines = proc.stdout.strip().splitlines()
+    try:
+        told = json.loads(lines[-1])["error"] if lines else ""
+    except (ValueError, KeyError, TypeError):
+        told = lines[-1] if lines else ""
+    return told or f"status {proc.returncode}"
+
+
 def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
     """Replace the damaged build at ``prefix`` with a new build of the same lock, never leaving
     ``prefix`` missing: the new build is installed by a child process that sees ``prefix`` as
@@ -148,13 +184,8 @@ def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, pr
     remove_tree(staging, root.trash)  # what a killed repair left
     make_dir(staging, ADMIN_DIR)
     progress.step(f"[{env.name}] building a replacement beside the damaged build {bid}")
-    argv: list[str | os.PathLike[str]] = [sys.executable, "-m", "hubstock.admin.build.staged"]
-    argv += ["--site", site.dir, "--root", site.root, "--env", env.name, "--build", bid, "--staging", staging]
-    proc = run(
-        [*argv, *(["--progress"] if progress.enabled else [])],
-        what=f"building the replacement of {env.name}/{bid}",
-        check=False,
-        stderr_to_terminal=True,
+    proc = run_staged(
+        site, env.name, bid, staging, progress, what=f"building the replacement of {env.name}/{bid}"
     )
     if proc.returncode == NO_NAMESPACE:
         progress.warn(
@@ -166,15 +197,10 @@ def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, pr
         build_into(site, root, env, plan, prefix, progress)
     else:
         if proc.returncode != 0 or not is_complete(staging, bid):
-            lines = proc.stdout.strip().splitlines()
-            try:
-                told = json.loads(lines[-1])["error"] if lines else ""
-            except (ValueError, KeyError, TypeError):
-                told = lines[-1] if lines else ""
             remove_tree(staging, root.trash)
             raise BuildError(
                 f"the replacement of the damaged build {env.name}/{bid} could not be built "
-                f"({told or f'status {proc.returncode}'}); the damaged build stays in place."
+                f"({staged_error(proc)}); the damaged build stays in place."
             )
         if not exchange(staging, prefix):  # a filesystem without RENAME_EXCHANGE: two renames
             move_to_trash(prefix, root.trash)
@@ -186,7 +212,11 @@ def _replace(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, pr
     root.audit("build", env=env.name, build=bid, replaced="damaged")
 
 
-def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress) -> None:
+def build_into(
+    site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress
+) -> BuildRecord:
+    """Make the build of ``plan`` in the empty ``prefix``; what reproduces it (the caller keeps it
+    on the root with :func:`~hubstock.store.builds.write_build_record`)."""
     make_dir(root.env(env.name), PUBLIC_DIR)
     make_dir(prefix, ADMIN_DIR)  # nobody else may reach into a build before it is read-only
     where = f"envs/{env.name}/env.toml"
@@ -223,8 +253,21 @@ def build_into(site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, 
         tree=tree,
     )
     write_build_files(prefix, files)  # what hubstock verify checks the rest against
+    record = BuildRecord(
+        build_id=plan.build_id,
+        env=env.name,
+        kind=env.kind,
+        platform=plan.platform,
+        lock_name=env.lock_name,
+        lock=plan.lock_bytes.decode("utf-8", errors="surrogateescape"),
+        files=file_map(
+            prefix, recorded=files
+        ),  # walked again: the tree above leaves out the links of the caches
+        created=provenance.created,
+    )
     mark_complete(prefix, plan.build_id)  # last: from now on the build counts
     if env.groups:  # a restricted build is never open to others, not even while it is made
         close_to(prefix, list(env.groups), where)
     else:
         os.chmod(prefix, 0o555)
+    return record

@@ -26,13 +26,17 @@ from ...proc import run
 SCRIPT = Path(__file__).with_name("_compile_env.py")
 
 
-def compile_files(env: str, python: Path, files: Iterable[str], where: Path) -> str:
+def compile_files(
+    env: str, python: Path, files: Iterable[str], where: Path, strip: Path | None = None
+) -> str:
     """Compile ``files`` (absolute paths of ``.py`` files) with ``python``; its summary line.
 
     ``where`` names the place for a full disk's message (the build, or the wheel cache). A
     source that cannot compile (py2 test data) is reported, not fatal; a pyc that cannot be
-    written (a full disk) fails with one sentence.
+    written (a full disk) fails with one sentence. ``strip``: the byte-code names each source
+    by its path below that folder (a staging folder whose name must not show in it).
     """
+    opts = ["--strip", str(strip)] if strip else []
     todo = list(files)
     if not todo:
         return "compiled 0 file(s), 0 not compilable"
@@ -41,10 +45,10 @@ def compile_files(env: str, python: Path, files: Iterable[str], where: Path) -> 
         with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write("\n".join(todo) + "\n")
         if len(todo) <= IN_PROCESS_MAX and same_byte_code(python):
-            return _compile_here(env, where, listing)
+            return _compile_here(env, where, [*opts, "--list", listing])
         try:
             proc = run(
-                [str(python), "-I", str(SCRIPT), "--list", listing],
+                [str(python), "-I", str(SCRIPT), *opts, "--list", listing],
                 what=f"byte-compiling env {env!r}",
                 env={"PYTHONDONTWRITEBYTECODE": ""},
             )
@@ -72,13 +76,13 @@ def same_byte_code(python: Path) -> bool:
         return False
 
 
-def _compile_here(env: str, where: Path, listing: str) -> str:
+def _compile_here(env: str, where: Path, args: list[str]) -> str:
     """``_compile_env.py`` run in this process (one interpreter start less)."""
     from . import _compile_env
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = _compile_env.main(["--list", listing])
+        code = _compile_env.main(args)
     if code != 0:
         text = out.getvalue()
         err = CommandError(

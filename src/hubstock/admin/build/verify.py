@@ -248,6 +248,39 @@ def build_file_list(
     return BuildFiles(build_id=build_id, files={**files, **links})
 
 
+def file_map(
+    prefix: Path,
+    tree: Iterable[tuple[str, os.stat_result]] | None = None,
+    recorded: BuildFiles | None = None,
+) -> dict[str, str]:
+    """What every file of a build is: ``rel -> sha256``, ``link:<target>`` for a symbolic link;
+    the build's own records left out. With ``recorded`` (a complete build's file list), a file
+    it or a package of the build declares is taken at its word (the build checked them when it
+    was made); without it, every file is read and hashed (a build to compare with another)."""
+    declared: dict[str, str] = {}
+    if recorded is not None:
+        for rel, (_label, entry) in declared_files(prefix).items():
+            if entry.get("path_type") == "hardlink" and entry.get("sha256"):
+                declared[rel] = entry["sha256"]
+        declared.update(recorded.files)
+    base = os.fspath(prefix)
+    cut = len(base) + 1
+    out: dict[str, str] = {}
+    regular = []
+    for path, st in tree if tree is not None else _walk(base):
+        rel = path[cut:]
+        if stat.S_ISDIR(st.st_mode) or rel in OWN_FILES:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = "link:" + link_target(path)
+        elif rel in declared and not declared[rel].startswith("link:"):
+            out[rel] = declared[rel]
+        else:
+            regular.append(path)
+    out.update({p[cut:]: h or "" for p, h in hash_many(regular).items()})
+    return out
+
+
 def _walk(base: str) -> Iterator[tuple[str, os.stat_result]]:
     for dirpath, dirnames, filenames in os.walk(base):
         for name in (*dirnames, *filenames):

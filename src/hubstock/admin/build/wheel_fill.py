@@ -108,7 +108,9 @@ def populate(
             if rel.endswith(".py") and rel.startswith("lib/")
         ]
         say(f"[{env}] byte-compiling {len(sources)} file(s)")
-        compile_files(env, prefix / "bin" / "python", sources, root.wheels)  # only what was checked
+        # only what was checked; named by its path below the staging folder: the same wheel gives
+        # the same byte-code whatever the folder was called (a reproduced build's is the same)
+        compile_files(env, prefix / "bin" / "python", sources, root.wheels, strip=staging)
         say(f"[{env}] sealing {len(files)} wheel cache entries")
         for staged in files:
             _make_entry(root, staging, staged, python, prefix)

@@ -131,6 +131,11 @@ class Kind(ABC):
         """The build of the env's fresh lock on ``platform``; refuses a missing or stale lock."""
 
     @abstractmethod
+    def plan_lock(self, site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPlan:
+        """The build of the lock ``lock_bytes`` (a kept one: whether it is still the env's lock is
+        not asked), as :meth:`plan` makes it of a fresh lock."""
+
+    @abstractmethod
     def install(
         self, site: Site, root: Root, env: Env, plan: BuildPlan, prefix: Path, progress: Progress
     ) -> Installed:

@@ -35,9 +35,28 @@ class CondaKind(Kind):
         lock_env(site, env.spec, progress)
 
     def plan(self, site: Site, env: Env, platform: str) -> BuildPlan:
-        from ..lock.lockfile import build_id, packages_for, require_fresh_lock
+        from ..lock.lockfile import require_fresh_lock
 
         lock = require_fresh_lock(site, env.spec)
+        platform_hash = lock.metadata.content_hash.get(platform)
+        return self._plan(lock, platform, _lock_bytes(env, platform_hash))
+
+    def plan_lock(self, site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPlan:
+        import yaml
+
+        from ..lock.condalock import YAML_LOADER, lock_from_data
+
+        try:
+            data = yaml.load(lock_bytes.decode("utf-8"), Loader=YAML_LOADER)
+        except (UnicodeDecodeError, yaml.YAMLError):
+            raise BuildError(
+                f"the kept lock of env {env.name!r} is not a readable conda-lock file."
+            ) from None
+        return self._plan(lock_from_data(data, f"the kept lock of env {env.name!r}"), platform, lock_bytes)
+
+    def _plan(self, lock, platform: str, lock_bytes: bytes) -> BuildPlan:  # noqa: ANN001 - a condalock.Lockfile
+        from ..lock.lockfile import build_id, packages_for
+
         bid = build_id(lock, platform)  # refuses a lock without packages for the platform
         entries = packages_for(lock, platform)
         packages = [
@@ -56,7 +75,7 @@ class CondaKind(Kind):
             build_id=bid,
             platform=platform,
             packages=packages,
-            lock_bytes=_lock_bytes(env, platform_hash),
+            lock_bytes=lock_bytes,
             lock_content_hash=dict(lock.metadata.content_hash),
             lock_platform_hash=platform_hash,
             state=entries,

@@ -90,8 +90,14 @@ class ModuleKind(Kind):
                 f"{env.lock_rel} is stale: the modules in envs/{env.name}/env.toml or [modules] in "
                 f"hubstock.toml changed since it was locked; run `hubstock lock {env.name}` and commit it."
             )
-        data = env.lock_path.read_bytes()
-        doc = json.loads(data)
+        return self.plan_lock(site, env, platform, env.lock_path.read_bytes())
+
+    def plan_lock(self, site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPlan:
+        data = lock_bytes
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            raise LockError(f"the kept lock of env {env.name!r} is not valid JSON.") from None
         try:
             locked = [ModuleRef.model_validate(m) for m in doc.get("modules", [])]
         except ValueError:

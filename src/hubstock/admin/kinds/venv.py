@@ -148,13 +148,15 @@ class VenvKind(Kind):
     # --- the build -----------------------------------------------------------------------------
 
     def plan(self, site: Site, env: Env, platform: str) -> BuildPlan:
-        from ..lock.condalock import HashModel, LockedDependency
-        from ..lock.wheeltags import pick_artifact, target_tags
-
         state = self.lock_state(site, env)
         if state != "fresh":
             raise LockError(_lock_problem(env, state))
-        lock_bytes = env.lock_path.read_bytes()
+        return self.plan_lock(site, env, platform, env.lock_path.read_bytes())
+
+    def plan_lock(self, site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPlan:
+        from ..lock.condalock import HashModel, LockedDependency
+        from ..lock.wheeltags import pick_artifact, target_tags
+
         doc = _parse_lock(env, lock_bytes)
         interp = site_interpreter(site, env)
         locked_for = str(_tool(doc).get("python", ""))

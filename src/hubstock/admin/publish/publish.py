@@ -29,7 +29,7 @@ from ...errors import DiskFullError, PublishError, is_disk_full
 from ...progress import Progress
 from ...site import Site
 from ...store.access import close_to, group_ids
-from ...store.builds import current_build, damage, is_complete, read_provenance
+from ...store.builds import current_build, damage, is_complete, pinned_builds, read_provenance
 from ...store.fs import current_user, fsync_dir, make_read_only, now_iso, remove_tree
 from ...store.generations import (
     STAGING_PREFIX,
@@ -70,10 +70,11 @@ class PublishResult:
     removed_staging: tuple[str, ...] = ()
 
 
-def build_ref(site: Site, env: str) -> BuildRef:
-    """The current complete build of ``env``, as ``hubstock build`` left it (``envs/<env>/current``)."""
+def build_ref(site: Site, env: str, bid: str | None = None) -> BuildRef:
+    """The current complete build of ``env``, as ``hubstock build`` left it (``envs/<env>/current``),
+    or its build ``bid``."""
     root = Root(site.root)
-    bid = current_build(root, env)
+    bid = bid or current_build(root, env)
     prefix = root.build(env, bid) if bid else None
     prov = read_provenance(prefix) if prefix else None
     if bid is None or prefix is None or prov is None:
@@ -232,6 +233,7 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         prev = resolved.manifest() if resolved else None
         kernels = [render_template(t, builds[t.env], lmod) for t in templates]
         kernels += _pinned_kernels(root, cur, prev, kernels, site.settings.publish.keep_previous_builds)
+        kernels += _reproduced_kernels(site, root, templates, kernels, lmod)
         _check_groups(kernels, default_kernel)
         all_names = [k.name for k in kernels]
         digest = _digest(kernels, ext, server, default_kernel)
@@ -353,6 +355,37 @@ def _pinned_kernels(
             kind = prov.kind if prov else "conda"
             ref = BuildRef(entry.env, entry.build, prefix, entry.lock_hash, kind=kind)
             out.append(RenderedKernel(name=name, spec=spec, build=ref, resources=resources))
+    return out
+
+
+def _reproduced_kernels(
+    site: Site,
+    root: Root,
+    templates: list[KernelTemplate],
+    kernels: list[RenderedKernel],
+    lmod: LmodRef | None,
+) -> list[RenderedKernel]:
+    """A kernel of each earlier build ``hubstock reproduce --publish`` brought back, for as long as
+    it stays pinned: each of its env's kernels, as ``<name>-<build[:8]>`` on that build (the site's
+    template of today, since the generation that had it may be gone)."""
+    out = []
+    taken = {k.name for k in kernels}
+    for env, bid in pinned_builds(root):
+        if not is_complete(root.build(env, bid), bid) or damage(root, env, bid) is not None:
+            continue
+        for t in templates:
+            name = f"{t.name}-{bid[:8]}"
+            if t.env != env or name in taken:
+                continue
+            k = render_template(t, build_ref(site, env, bid), lmod)
+            spec = dict(k.spec)
+            spec["display_name"] = f"{spec['display_name']} (build {bid[:8]}, reproduced)"
+            spec["metadata"] = {
+                **spec["metadata"],
+                "hubstock": {**spec["metadata"]["hubstock"], "pinned_of": t.name},
+            }
+            out.append(RenderedKernel(name=name, spec=spec, build=k.build, resources=k.resources))
+            taken.add(name)
     return out
 
 
