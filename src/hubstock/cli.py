@@ -135,6 +135,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.add_argument("--json", action="store_true", help="machine-readable output")
 
+    ex = sub.add_parser(
+        "export", help="write a generation, its kernels, defaults and build locks as one archive"
+    )
+    ex.add_argument("generation", metavar="GEN", help="the generation ('current': the published one)")
+    ex.add_argument(
+        "-o",
+        dest="output",
+        type=Path,
+        metavar="FILE",
+        help="the archive (default: hubstock-generation-GEN.tar)",
+    )
+    ex.add_argument("--json", action="store_true", help="machine-readable output")
+
+    im = sub.add_parser(
+        "import",
+        help="check an archive of `hubstock export`, build its locks and publish its generation here",
+    )
+    im.add_argument("archive", type=Path, metavar="ARCHIVE", help="the archive `hubstock export` wrote")
+    im.add_argument("--json", action="store_true", help="machine-readable output")
+
     un = sub.add_parser("units", help="render the hub's and the proxy's systemd units from hubstock.toml")
     un.add_argument("--out", metavar="DIR", help="write the unit files into DIR (default: print them)")
     un.add_argument("--jupyterhub", metavar="PATH", help="the jupyterhub command (default: found on PATH)")
@@ -313,6 +333,8 @@ ROOT_USE = {
     "gc": lambda a: not a.dry_run,
     "verify": lambda a: a.repair,
     "reproduce": lambda a: True,  # the rebuild uses the root's caches, as a build does
+    "export": lambda a: True,  # a build without a record gets one
+    "import": lambda a: True,
     "status": lambda a: False,
     "diff": lambda a: False,
     "mine": lambda a: False,  # read only: a user's builds go to their own folder
@@ -513,6 +535,48 @@ def cmd_diff(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_export(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("export")
+    from .admin.publish.transfer import export
+
+    done = export(site, args.generation, args.output, progress)
+    if args.json:
+        _print_json(
+            {
+                "generation": done.generation,
+                "archive": str(done.archive),
+                "builds": list(done.builds),
+                "files": done.files,
+            }
+        )
+    else:
+        print(
+            f"generation {done.generation}: {len(done.builds)} build(s), {done.files} file(s) in {done.archive}"
+        )
+    return 0
+
+
+def cmd_import(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("import")
+    from .admin.publish.transfer import import_archive
+
+    done = import_archive(site, args.archive, progress)
+    if args.json:
+        _print_json(
+            {
+                "generation": done.generation,
+                "published": done.published,
+                "built": list(done.built),
+                "kernels": list(done.kernels),
+            }
+        )
+    elif done.published:
+        print(f"published generation {done.generation} from {args.archive}: {', '.join(done.kernels)}")
+    else:
+        print(f"generation {done.generation} has all of {args.archive} already: nothing to do")
+    return 0
+
+
 def cmd_reproduce(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     _admin_extra("reproduce")
     from .admin.build.reproduce import describe, reproduce, unpublish
@@ -618,6 +682,8 @@ COMMANDS = {
     "init-root": cmd_init_root,
     "verify": cmd_verify,
     "reproduce": cmd_reproduce,
+    "export": cmd_export,
+    "import": cmd_import,
     "mine": cmd_mine,
 }
 

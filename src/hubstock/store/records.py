@@ -483,6 +483,21 @@ class BuildRecord(Record):
     created: str
 
 
+class ExportManifest(Record):
+    """What ``hubstock export`` put in an archive: the generation it carries, where it came from,
+    and the sha256 of every other member (``hubstock import`` refuses an archive whose members
+    differ from it). The archive also holds this record's own sha256 beside it."""
+
+    WHAT: ClassVar[str] = "export manifest"
+
+    generation: str
+    created: str
+    by: str
+    hubstock: str
+    source_root: str
+    files: dict[str, str] = Field(default_factory=dict)
+
+
 class BuildDamage(Record):
     """What the last ``hubstock verify`` found wrong with a build: it no longer counts as
     complete for ``status``, and the next ``build`` of its env replaces it."""

@@ -94,10 +94,9 @@ def plan_lock(site: Site, env: Env, platform: str, lock_bytes: bytes) -> BuildPl
     return plan
 
 
-def ensure_build(site: Site, env: Env, progress: Progress) -> BuildResult:
-    """Make sure the build of ``env``'s fresh lock exists and is complete."""
-    platform = host_platform()
-    plan = plan_build(site, env, platform)
+def ensure_build(site: Site, env: Env, progress: Progress, plan: BuildPlan | None = None) -> BuildResult:
+    """Make sure the build of ``env``'s fresh lock (or of ``plan``: a kept lock's) exists and is complete."""
+    plan = plan or plan_build(site, env, host_platform())
     bid = plan.build_id
     check_server_packages(site, env.name, (p.name for p in plan.packages))
     root = Root(site.root)

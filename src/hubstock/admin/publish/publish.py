@@ -24,6 +24,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ...errors import DiskFullError, PublishError, is_disk_full
 from ...progress import Progress
@@ -236,51 +237,75 @@ def _publish(site: Site, progress: Progress, smoke: SmokeWorker) -> PublishResul
         kernels += _reproduced_kernels(site, root, templates, kernels, lmod)
         _check_groups(kernels, default_kernel)
         all_names = [k.name for k in kernels]
-        digest = _digest(kernels, ext, server, default_kernel)
+        digest = generation_digest(kernels, ext, server, default_kernel)
         if resolved and prev and prev.digest == digest:
             progress.step(f"nothing changed since generation {cur}: not publishing")
             return PublishResult(resolved.name, False, tuple(all_names), tuple(stale))
 
-        gen = next_generation(root)
-        final = generation(root, gen)
-        stage = staging(root, gen, uuid.uuid4().hex[:8])
-        make_dir(stage.path, ADMIN_DIR)  # nobody else may drop a kernel in while it is smoke-tested
-        try:
-            stage.kernels_dir.mkdir(parents=True)
-            for k in kernels:
-                write_kernel(stage, k)
-            server_config = render_server_config(all_names, default_kernel, str(final.lab_settings_dir))
-            write_extensions(stage.path, ext, server_config)
-            progress.step(f"smoke-testing {len(kernels)} kernel(s): {', '.join(all_names)}")
-            outcomes = smoke.run(
-                smoke_jobs(kernels, stage), stage.kernels_dir, site.settings.publish.smoke_timeout
-            )
-            raise_first_failure(kernels, outcomes)
-            stage.write_manifest(_manifest(gen, digest, kernels, builds, server, default_kernel))
-            make_read_only(stage.path)
-            for k in kernels:  # the staging folder is still the admin's alone: never open to others
-                if k.groups:
-                    close_to(stage.restricted_dir(k.name), k.groups, _where(k))
-            os.rename(stage.path, final.path)
-            fsync_dir(root.generations)
-        except BaseException as e:
-            remove_tree(stage.path, root.trash)
-            if is_disk_full(e):
-                needs = sum(len(json.dumps(k.spec)) + sum(map(len, k.resources.values())) for k in kernels)
-                raise DiskFullError.at(root.generations, f"writing generation {gen}", needs) from None
-            raise
-        switch_current(root, gen)
-        restricted = {k.name: k.groups for k in kernels if k.groups}
-        root.audit(
-            "publish",
-            generation=gen,
-            previous=cur,
-            kernels=all_names,
-            builds={e: b.build_id for e, b in builds.items()},
-            **({"restricted": restricted} if restricted else {}),
+        gen = write_generation(
+            site, root, progress, smoke, kernels, builds, server, ext, default_kernel, digest, cur
         )
     progress.step(f"published generation {gen} ({len(kernels)} kernel(s))")
     return PublishResult(gen, True, tuple(all_names), tuple(stale))
+
+
+def write_generation(
+    site: Site,
+    root: Root,
+    progress: Progress,
+    smoke: SmokeWorker,
+    kernels: list[RenderedKernel],
+    builds: dict[str, BuildRef],
+    server: BuildRef | None,
+    ext: Extensions,
+    default_kernel: str,
+    digest: str,
+    cur: str | None,
+    **audit: Any,
+) -> str:
+    """Stage ``kernels`` and the defaults as the next generation, smoke-test them, write its
+    manifest, rename it into place and make it current; its name. The root's lock is held."""
+    all_names = [k.name for k in kernels]
+    gen = next_generation(root)
+    final = generation(root, gen)
+    stage = staging(root, gen, uuid.uuid4().hex[:8])
+    make_dir(stage.path, ADMIN_DIR)  # nobody else may drop a kernel in while it is smoke-tested
+    try:
+        stage.kernels_dir.mkdir(parents=True)
+        for k in kernels:
+            write_kernel(stage, k)
+        server_config = render_server_config(all_names, default_kernel, str(final.lab_settings_dir))
+        write_extensions(stage.path, ext, server_config)
+        progress.step(f"smoke-testing {len(kernels)} kernel(s): {', '.join(all_names)}")
+        outcomes = smoke.run(
+            smoke_jobs(kernels, stage), stage.kernels_dir, site.settings.publish.smoke_timeout
+        )
+        raise_first_failure(kernels, outcomes)
+        stage.write_manifest(_manifest(gen, digest, kernels, builds, server, default_kernel))
+        make_read_only(stage.path)
+        for k in kernels:  # the staging folder is still the admin's alone: never open to others
+            if k.groups:
+                close_to(stage.restricted_dir(k.name), k.groups, _where(k))
+        os.rename(stage.path, final.path)
+        fsync_dir(root.generations)
+    except BaseException as e:
+        remove_tree(stage.path, root.trash)
+        if is_disk_full(e):
+            needs = sum(len(json.dumps(k.spec)) + sum(map(len, k.resources.values())) for k in kernels)
+            raise DiskFullError.at(root.generations, f"writing generation {gen}", needs) from None
+        raise
+    switch_current(root, gen)
+    restricted = {k.name: k.groups for k in kernels if k.groups}
+    root.audit(
+        "publish",
+        generation=gen,
+        previous=cur,
+        kernels=all_names,
+        builds={e: b.build_id for e, b in builds.items()},
+        **({"restricted": restricted} if restricted else {}),
+        **audit,
+    )
+    return gen
 
 
 def _where(k: RenderedKernel) -> str:
@@ -389,7 +414,7 @@ def _reproduced_kernels(
     return out
 
 
-def _digest(
+def generation_digest(
     kernels: list[RenderedKernel], ext: Extensions, server: BuildRef | None, default_kernel: str
 ) -> str:
     h = hashlib.sha256()
