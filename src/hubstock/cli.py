@@ -148,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("--json", action="store_true", help="machine-readable output")
 
+    mi = sub.add_parser(
+        "mirror", help="write every package of some generations as a conda channel and a simple index"
+    )
+    mi.add_argument("dest", type=Path, metavar="DIR", help="the mirror's folder (made, or added to)")
+    mi.add_argument("generations", nargs="*", metavar="GEN", help="generations (default: the current one)")
+    mi.add_argument("--json", action="store_true", help="machine-readable output")
+
     im = sub.add_parser(
         "import",
         help="check an archive of `hubstock export`, build its locks and publish its generation here",
@@ -335,6 +342,7 @@ ROOT_USE = {
     "reproduce": lambda a: True,  # the rebuild uses the root's caches, as a build does
     "export": lambda a: True,  # a build without a record gets one
     "import": lambda a: True,
+    "mirror": lambda a: False,
     "status": lambda a: False,
     "diff": lambda a: False,
     "mine": lambda a: False,  # read only: a user's builds go to their own folder
@@ -556,6 +564,29 @@ def cmd_export(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     return 0
 
 
+def cmd_mirror(site: Site, args: argparse.Namespace, progress: Progress) -> int:
+    _admin_extra("mirror")
+    from .admin.mirror import mirror
+
+    done = mirror(site, args.dest, args.generations, progress)
+    if args.json:
+        _print_json(
+            {
+                "dest": str(done.dest),
+                "generations": list(done.generations),
+                "conda": done.conda,
+                "pip": done.pip,
+                "added": done.added,
+            }
+        )
+    else:
+        print(
+            f"{done.dest}: {done.conda} conda and {done.pip} pip package file(s) of generation(s) "
+            f"{', '.join(done.generations)} ({done.added} added); list it under `mirrors` in hubstock.toml"
+        )
+    return 0
+
+
 def cmd_import(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     _admin_extra("import")
     from .admin.publish.transfer import import_archive
@@ -683,6 +714,7 @@ COMMANDS = {
     "verify": cmd_verify,
     "reproduce": cmd_reproduce,
     "export": cmd_export,
+    "mirror": cmd_mirror,
     "import": cmd_import,
     "mine": cmd_mine,
 }

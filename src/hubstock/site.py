@@ -345,6 +345,11 @@ class Settings(_Model):
     platforms: list[str] = Field(
         default_factory=lambda: ["linux-64"], description="platforms every lock covers"
     )
+    mirrors: list[Path] = Field(
+        default_factory=list,
+        description="folders `hubstock mirror` wrote (relative paths: to the site): a build takes each "
+        "package from them, by its sha256, before its locked URL; e.g. ['/mnt/stock-mirror']",
+    )
     virtual_packages: VirtualPackages = Field(default_factory=VirtualPackages)
     server: ServerSettings = Field(default_factory=ServerSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
@@ -427,6 +432,10 @@ class Site:
     @property
     def extensions_dir(self) -> Path:
         return self.dir / "extensions"
+
+    def mirror_dirs(self) -> list[Path]:
+        """``mirrors`` as absolute paths (relative ones are the site's)."""
+        return [Path(os.path.normpath(self.dir / m)) for m in self.settings.mirrors]
 
     def module_use(self) -> list[str]:
         """``[modules] use`` as absolute paths (relative ones are the site's)."""

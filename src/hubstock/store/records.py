@@ -498,6 +498,19 @@ class ExportManifest(Record):
     files: dict[str, str] = Field(default_factory=dict)
 
 
+class MirrorManifest(Record):
+    """What ``hubstock mirror`` wrote into a folder: for the generations it holds, every package
+    file (``conda/<subdir>/<file>``, ``simple/<project>/<file>``) with its sha256 and the URL its
+    lock names. A build finds a package here by that sha256 (``mirrors`` in hubstock.toml)."""
+
+    WHAT: ClassVar[str] = "mirror manifest"
+
+    generations: list[str] = Field(default_factory=list)
+    updated: str
+    files: dict[str, str] = Field(default_factory=dict)
+    urls: dict[str, str] = Field(default_factory=dict)
+
+
 class BuildDamage(Record):
     """What the last ``hubstock verify`` found wrong with a build: it no longer counts as
     complete for ``status``, and the next ``build`` of its env replaces it."""

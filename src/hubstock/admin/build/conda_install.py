@@ -45,7 +45,7 @@ def install_conda_lock(
     conda = [p for p in entries if p.manager == "conda"]
     pip = [p for p in entries if p.manager == "pip"]
     progress.step(f"[{env}] verifying {len(conda)} package archive(s) against the lock")
-    archives = [_verified_archive(root, env, p) for p in conda]
+    archives = [_verified_archive(site, root, env, p) for p in conda]
     marks = pkg_watermarks(root)
     _check_cache(root, env, conda, archives, marks, progress)
     import asyncio  # only a build that installs needs it (not an up-to-date one)
@@ -97,21 +97,31 @@ def _check_cache(
         recheck(root, env, sorted(prepared.damaged), progress)
 
 
-def _verified_archive(root: Root, env: str, p: LockedDependency) -> Path:
-    """A local copy of ``p``'s archive whose sha256 matches the lock."""
+def _verified_archive(site: Site, root: Root, env: str, p: LockedDependency) -> Path:
+    """A local copy of ``p``'s archive whose sha256 matches the lock: the channel's own file, the
+    root's download, or one of the site's ``mirrors``; downloaded if none has it."""
+    from ..mirror import mirrored
+
     u = urlparse(p.url)
     fn = p.url.rsplit("/", 1)[-1]
     if u.scheme == "file":
         path = Path(unquote(u.path))
         if not path.is_file():
-            raise BuildError(
-                f"package {p.name} {p.version} of env {env!r}: {path} no longer exists; restore "
-                "the channel or lock again with `nox -s lock`."
-            )
+            found = mirrored(site, p.url, p.hash.sha256 or "")
+            if found is None:
+                raise BuildError(
+                    f"package {p.name} {p.version} of env {env!r}: {path} no longer exists; restore "
+                    "the channel (or list a `hubstock mirror` of it in `mirrors`) or lock again with `nox -s lock`."
+                )
+            path = found
     else:
         path = root.downloads / fn
         if not (path.is_file() and cache.sha256_file(path) == p.hash.sha256):
-            _download(p.url, path, env, p.name)
+            found = mirrored(site, p.url, p.hash.sha256 or "")
+            if found is not None:
+                _copy_in(found, path)
+            else:
+                _download(p.url, path, env, p.name)
     got = cache.sha256_file(path)
     if got != p.hash.sha256:
         raise IntegrityError(
@@ -120,6 +130,20 @@ def _verified_archive(root: Root, env: str, p: LockedDependency) -> Path:
             "after locking, so restore the original or lock again with `nox -s lock`."
         )
     return path
+
+
+def _copy_in(source: Path, dest: Path) -> None:
+    """``source`` (a mirror's file) into the root's downloads, whole or not at all."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _download(url: str, dest: Path, env: str, name: str) -> None:

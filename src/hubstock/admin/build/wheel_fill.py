@@ -128,7 +128,13 @@ def link_mode(site: Site) -> str:
 
 
 def _uv_install(site: Site, env: str, pip: list[LockedDependency], staging: Path, prefix: Path) -> None:
-    reqs = "".join(f"{p.name} @ {p.url} --hash=sha256:{p.hash.sha256}\n" for p in pip)
+    from ..mirror import mirrored
+
+    def source(p: LockedDependency) -> str:  # a mirror's copy first (the hash is checked all the same)
+        found = mirrored(site, p.url, p.hash.sha256 or "")
+        return found.as_uri() if found else p.url
+
+    reqs = "".join(f"{p.name} @ {source(p)} --hash=sha256:{p.hash.sha256}\n" for p in pip)
     with tempfile.TemporaryDirectory(prefix="hubstock-pip-") as tmp:
         req_file = Path(tmp, "requirements.txt")
         req_file.write_text(reqs)
