@@ -105,3 +105,35 @@ def test_a_mirror_of_a_generation_that_is_not_there_is_one_sentence(make_site, h
     res = hubstock(site, "mirror", str(world_tmp / "m"), "0042")
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert res.returncode != 0 and len(lines) == 1 and "no generation '0042'" in lines[0], res.stderr
+
+
+@pytest.mark.hub
+def test_the_demo_sites_generation_is_built_again_from_its_mirror_with_no_network(
+    hub_site, hubstock, tmp_path
+):
+    """The hub site (the demo's envs: server and python conda envs with their pip parts, the venv
+    env on the Lmod module, the R module env) mirrored, then a second root built and published
+    from that mirror inside a network namespace with no route out: the same build ids, every
+    kernel smoke-tested."""
+    need_root("a network namespace of its own (unshare -n)")
+    root = Root(hub_site.parent / "root")
+    m = tmp_path / "mirror"
+    done = json.loads(hubstock(hub_site, "mirror", str(m), "current", "--json", check=True).stdout)
+    assert done["pip"] > 50, done  # the server's JupyterLab and its kin
+    site2, root2 = tmp_path / "site2", tmp_path / "root2"
+    shutil.copytree(hub_site, site2, symlinks=True)
+    toml = (hub_site / "hubstock.toml").read_text().replace(str(root.path), str(root2))
+    (site2 / "hubstock.toml").write_text(f'mirrors = ["{m}"]\n' + toml)  # a top-level key: before the tables
+    init_root(root2)
+    for step in ("build", "publish"):
+        res = _offline(sys.executable, "-m", "hubstock", "--site", str(site2), step)
+        assert res.returncode == 0, (step, res.stderr[-3000:])
+    first = json.loads((root.current / "manifest.json").read_text())
+    second = json.loads((Root(root2).current / "manifest.json").read_text())
+    assert {e: b["build"] for e, b in second["builds"].items()} == {
+        e: b["build"] for e, b in first["builds"].items()
+    }
+    assert second["server"]["build"] == first["server"]["build"]
+    assert sorted(k["name"] for k in second["kernels"]) == sorted(
+        k["name"] for k in first["kernels"] if not k.get("pinned_of")
+    )
