@@ -65,6 +65,8 @@ def table(results: list[dict[str, Any]]) -> str:
         if r.get("ratio_spread") and len(r["ratio_spread"]) == 3 and r.get("runs", 1) > 1:
             low, _, high = r["ratio_spread"]
             ratio += f" [{_fmt(low)}-{_fmt(high)}]"
+        if r.get("unsteady"):
+            ratio += " (capped)"
         rows.append(
             (
                 r["name"],
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and name not in args.only:
                 continue
             t0 = time.perf_counter()
-            b.failures = []
+            b.failures, b.unsteady = [], []
             say(f"{name}...")
             try:
                 entries = fn(b)
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 e["bench_seconds"] = round(time.perf_counter() - t0, 1)
                 if b.failures:
                     e["failed_runs"] = b.failures
+                if b.unsteady:
+                    e["unsteady"] = b.unsteady
             results += entries
             say(f"{name} done in {time.perf_counter() - t0:.0f} s")
     finally:

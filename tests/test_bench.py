@@ -199,3 +199,23 @@ def test_compare_names_exactly_the_figure_that_moved(tmp_path):
     files["bad"] = tmp_path / "bad.json"
     res = compare("bad", "same")
     assert res.returncode == 2 and "cannot be read as a results file" in res.stdout
+
+
+def test_runs_go_on_until_the_figure_is_steady_or_the_cap_says_how_far_it_was(tmp_path):
+    from bench.cases.common import CAP_TIMES, Bench, relative_spread
+
+    assert relative_spread([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert relative_spread([1.0, 2.0], [1.0, 1.0]) == pytest.approx(2 / 3)
+
+    b = Bench(work=tmp_path, repeat=3, say=lambda _: None)
+    figure = iter([1.0, 2.0, 1.0] + [1.0] * 50)  # one slow round among the first three, then steady
+    ours, base = b.interleaved(lambda: next(figure), lambda: 1.0, steady=(0, 1))
+    assert 3 < len(ours) == len(base) < CAP_TIMES * 3 and not b.unsteady
+    assert relative_spread(ours, base) <= 0.10
+
+    noisy = iter([1.0, 2.0] * 50)  # never steady: stops at the cap, and says so
+    ours, base = b.interleaved(lambda: next(noisy), lambda: 1.0, steady=(0, 1))
+    assert len(ours) == CAP_TIMES * 3 and "rounds: the ratios' spread is" in b.unsteady[0]
+
+    tiny = Bench(work=tmp_path, repeat=1, tiny=True, say=lambda _: None)
+    assert len(tiny.interleaved(lambda: next(noisy), lambda: 1.0, steady=(0, 1))[0]) == 1

@@ -107,7 +107,7 @@ def warm_build(b: Bench) -> list[dict[str, Any]]:
         return took
 
     files = count_files(prefix)
-    builds, links = b.interleaved(build, link)
+    builds, links = b.interleaved(build, link, steady=(0, 1))
     remove_tree(prefix, trash)
     remove_tree(shadow, trash)
     phases = build_phases(site, root, "py")
@@ -168,7 +168,7 @@ def warm_build_large(b: Bench) -> list[dict[str, Any]]:
     files = count_files(prefix)
     prov = json.loads((prefix / ".hubstock-build.json").read_text())
     managers = [p["manager"] for p in prov["packages"]]
-    builds, copies = b.interleaved(build, replace_copy)
+    builds, copies = b.interleaved(build, replace_copy, steady=(0, 1))
     move_to_trash(prefix, trash)
     remove_tree(shadow, trash)
     phases = build_phases(site, root, "server")

@@ -117,6 +117,27 @@ def timings(a: list[float], b: list[float]) -> dict[str, Any]:
 
 median = statistics.median
 
+#: a figure is steady when its rounds' ratios spread (interquartile range) within this fraction of
+#: their median; adaptive runs go on until it is, up to CAP_TIMES x repeat rounds or CAP_SECONDS
+BAND = 0.10
+CAP_TIMES = 3
+CAP_SECONDS = 300.0
+
+
+def relative_spread(a: list[float], b: list[float]) -> float:
+    """The spread of the paired ratios ``a[k] / b[k]`` relative to their median: the interquartile
+    range from four pairs on, max - min below that (0 for fewer than two pairs)."""
+    ratios = sorted(x / y for x, y in zip(a, b, strict=False) if y)
+    if len(ratios) < 2:
+        return 0.0
+    mid = statistics.median(ratios)
+    if len(ratios) >= 4:
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        width = q3 - q1
+    else:
+        width = ratios[-1] - ratios[0]
+    return width / mid if mid else 0.0
+
 
 # --------------------------------------------------------------------------- the context
 
@@ -132,23 +153,50 @@ class Bench:
     cache: dict[str, Any] = field(default_factory=dict)
     #: runs that failed and were run again (reset by the runner for each benchmark)
     failures: list[str] = field(default_factory=list)
+    #: figures whose ratio stayed outside the band at the cap (reset by the runner for each benchmark)
+    unsteady: list[str] = field(default_factory=list)
 
-    def interleaved(self, *runs: Callable[[], float], times: int | None = None) -> list[list[float]]:
+    def interleaved(
+        self,
+        *runs: Callable[[], float],
+        times: int | None = None,
+        steady: tuple[int, int] | None = None,
+    ) -> list[list[float]]:
         """Call each of ``runs`` in turn, ``times`` (default ``repeat``) times; the samples of each.
 
         A run that fails is recorded in ``failures`` and run once more (a second
         failure ends the benchmark): one flaky start must not hide a figure, nor pass unseen.
+
+        ``steady=(i, j)``: the figure is the ratio of ``runs[i]`` to ``runs[j]``, and more rounds
+        are run until it is steady: the interquartile range of the rounds' ratios within
+        :data:`BAND` of their median (max - min, under four rounds), up to :data:`CAP_TIMES` x
+        ``repeat`` rounds or :data:`CAP_SECONDS` of extra rounds; past the cap, ``unsteady``
+        says how far it was (the table marks the figure). Not with ``--tiny`` or ``times``.
         """
         samples: list[list[float]] = [[] for _ in runs]
         for _ in range(times or self.repeat):
-            for i, run in enumerate(runs):
-                try:
-                    samples[i].append(run())
-                except RuntimeError as e:
-                    self.failures.append(" ".join(str(e).split())[:400])
-                    self.say(f"a run failed, running it again: {self.failures[-1][:200]}")
-                    samples[i].append(run())
+            self._round(runs, samples)
+        if steady is None or self.tiny or times is not None:
+            return samples
+        i, j = steady
+        started = time.monotonic()
+        while (spread := relative_spread(samples[i], samples[j])) > BAND:
+            if len(samples[i]) >= CAP_TIMES * self.repeat or time.monotonic() - started > CAP_SECONDS:
+                self.unsteady.append(
+                    f"{len(samples[i])} rounds: the ratios' spread is {spread:.0%} of their median (band {BAND:.0%})"
+                )
+                break
+            self._round(runs, samples)
         return samples
+
+    def _round(self, runs: tuple[Callable[[], float], ...], samples: list[list[float]]) -> None:
+        for i, run in enumerate(runs):
+            try:
+                samples[i].append(run())
+            except RuntimeError as e:
+                self.failures.append(" ".join(str(e).split())[:400])
+                self.say(f"a run failed, running it again: {self.failures[-1][:200]}")
+                samples[i].append(run())
 
     @property
     def many_files(self) -> int:

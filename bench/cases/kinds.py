@@ -166,7 +166,9 @@ def venv_build_cold(b: Bench) -> list[dict[str, Any]]:
     # uv pip sync through the index)
     build(online_env(env))
     uv_alone(online_env(uv_env))
-    builds, alone, compiled = b.interleaved(build, uv_alone, lambda: uv_alone(uv_env, "--compile-bytecode"))
+    builds, alone, compiled = b.interleaved(
+        build, uv_alone, lambda: uv_alone(uv_env, "--compile-bytecode"), steady=(0, 1)
+    )
     empty_wheel_cache()
     phases = build_phases(site, root.path, VENV_ENV, environ=env)
     common = {
@@ -232,7 +234,7 @@ def venv_build_warm(b: Bench) -> list[dict[str, Any]]:
         return rm + cp
 
     files = count_files(prefix)
-    builds, copies = b.interleaved(build, replace_copy)
+    builds, copies = b.interleaved(build, replace_copy, steady=(0, 1))
     move_to_trash(prefix, trash)
     remove_tree(shadow, trash)
     phases = build_phases(site, root, VENV_ENV, environ=env)

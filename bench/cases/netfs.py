@@ -116,7 +116,7 @@ def _publish_1(b: Bench, mount: Path) -> dict[str, Any]:
         write_kernels(site, 1, f"netfs run {next(runs)}")  # a new display name: a new generation
         return timed(hubstock_argv(site, "publish"), timeout=300)
 
-    here, there = b.interleaved(lambda: publish(local), lambda: publish(remote))
+    here, there = b.interleaved(lambda: publish(local), lambda: publish(remote), steady=(1, 0))
     return result(
         "netfs",
         median(there),

@@ -138,7 +138,7 @@ def personal_build(b: Bench) -> list[dict[str, Any]]:
 
         uv = uv_command()[0]
         ours()  # untimed: the user's uv cache gets the packages, the site its first look
-        samples, baselines = b.interleaved(ours, by_hand)
+        samples, baselines = b.interleaved(ours, by_hand)  # its spread is the scheduler's cycle, by design
     finally:
         remove_user(user)
         rig.stop()

@@ -180,7 +180,7 @@ def _publish_n(b: Bench, site: Path, n: int) -> dict[str, Any]:
         out = run_checked([sys.executable, "-c", SMOKE_ALONE, str(site)], timeout=180)[1]
         return json.loads(out.strip().splitlines()[-1])["seconds"]
 
-    pubs, smokes = b.interleaved(publish_once, smoke_alone)
+    pubs, smokes = b.interleaved(publish_once, smoke_alone, steady=(0, 1))
     return result(
         "publish",
         median(pubs),
