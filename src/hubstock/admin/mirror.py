@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlparse
 
 from packaging.utils import canonicalize_name
 
-from ..errors import BuildError
+from ..errors import BuildError, UsageError
 from ..progress import Progress
 from ..site import Site
 from ..store.builds import read_provenance
@@ -75,7 +75,7 @@ def packages_of(root: Root, gens: list[str]) -> tuple[list[str], dict[str, Locke
     for g in gens or ["current"]:
         name = current_name(root) if g == "current" else g
         if not name or not root.generation(name).is_dir():
-            raise BuildError(
+            raise UsageError(
                 f"there is no generation {g!r} on the root {root.path}; `hubstock status` lists them."
             )
         names.append(name)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...errors import BuildError
+from ...errors import BuildError, UsageError
 from ...progress import Progress
 from ...site import Site
 from ...store.buildlock import read_lock_copy
@@ -118,7 +118,7 @@ def targets(root: Root, what: str) -> list[tuple[str, str]]:
         found.update(recorded_builds(root))
         if what in found:
             return [(found[what], what)]
-    raise BuildError(
+    raise UsageError(
         f"{what!r} is no build and no generation on the root {root.path}; give ENV/BUILD, a build id or a "
         "generation (`hubstock status` and `hubstock history` list them)."
     )
@@ -168,7 +168,7 @@ def reproduce(
     identical one (restored if it was gone) gets kernels of its own in a new generation."""
     root = Root(site.root)
     if into is not None and (restore or publish):
-        raise BuildError(
+        raise UsageError(
             "--into goes apart from --restore and --publish: those put the build back in its place."
         )
     with root.locked(on_wait=progress.warn):
@@ -192,7 +192,7 @@ def unpublish(site: Site, what: str, progress: Progress) -> list[Reproduction]:
     with root.locked(on_wait=progress.warn):
         found = [(env, bid) for env, bid in targets(root, what) if unpin(root, env, bid)]
     if not found:
-        raise BuildError(f"no build of {what!r} has kernels of its own from `hubstock reproduce --publish`.")
+        raise UsageError(f"no build of {what!r} has kernels of its own from `hubstock reproduce --publish`.")
     done = [Reproduction(env, bid, gone=False) for env, bid in found]
     _publish_now(site, progress, done)
     return done
@@ -213,7 +213,7 @@ def _one(
     prefix = root.build(env_name, bid)
     gone = not is_complete(prefix, bid)
     if restore and not gone:
-        raise BuildError(f"the build {env_name}/{bid} is on the root: there is nothing to restore.")
+        raise UsageError(f"the build {env_name}/{bid} is on the root: there is nothing to restore.")
     load_env(site, env_name)  # the env must still be in the site: its kind and settings build it
     done = Reproduction(env_name, bid, gone=gone)
     progress.step(f"[{env_name}] rebuilding {bid} from its kept lock{' (the build is gone)' if gone else ''}")

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ... import __version__
-from ...errors import PublishError
+from ...errors import PublishError, UsageError
 from ...progress import Progress
 from ...site import Site
 from ...store.fs import current_user, now_iso
@@ -74,7 +74,7 @@ def export(site: Site, gen: str, out: Path | None, progress: Progress) -> Export
     root = Root(site.root)
     name = current_name(root) if gen == "current" else gen
     if not name or not root.generation(name).is_dir():
-        raise PublishError(
+        raise UsageError(
             f"there is no generation {gen!r} on the root {root.path}; `hubstock status` lists them."
         )
     g = generation(root, name)
