@@ -152,6 +152,19 @@ def test_each_commands_help_says_what_it_does_and_what_v_and_q_do():
         assert "as above" not in text and "not with -q" in text and "not with -v" in text, text
 
 
+def test_the_command_line_is_read_before_anything_heavy_is_imported():
+    """``publish`` starts its smoke-test worker right after parsing: a parser that imported the
+    site's models (pydantic) would put their import before the worker's start, on the critical path."""
+    code = (
+        "import sys\n"
+        "from hubstock.cli import _parser\n"
+        "_parser().parse_args(['publish'])\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic' or m.startswith('hubstock.site')))"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert res.stdout.strip() == "[]", res.stdout
+
+
 @pytest.mark.parametrize("command", ["units", "doctor"])
 def test_hub_commands_without_the_hub_extra_say_what_to_install(tmp_path, command):
     (tmp_path / "hubstock.toml").write_text(f'root = "{tmp_path / "root"}"\n')

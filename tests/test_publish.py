@@ -375,6 +375,7 @@ def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing
         time.sleep(0.1)
     assert not _processes_with(f"{kernel_python} -m ipykernel_launcher")
     assert not _processes_with("hubstock.admin.publish.smoke")
+    assert not _processes_with(f"--site {site.dir} publish")  # the command, and the worker it forked
     assert os.readlink(root.current) == "generations/0001"
     assert sorted(os.listdir(root.generations)) == ["0001"]  # no staging left behind
 
@@ -388,6 +389,7 @@ def test_the_smoke_worker_ignores_the_working_directory_and_an_unchanged_publish
     res = hubstock(site, "publish", check=True, cwd=tmp_path)
     assert "unchanged" in res.stdout
     assert not _processes_with("hubstock.admin.publish.smoke")
+    assert not _processes_with(f"--site {site.dir} publish")  # a forked worker keeps the command's line
 
 
 def test_a_smoke_test_worker_that_fails_is_one_sentence(tmp_path):
@@ -408,3 +410,24 @@ def test_a_smoke_test_worker_that_fails_is_one_sentence(tmp_path):
         worker.run([SmokeJob("k", str(tmp_path), "", "python")], tmp_path, 5)
     assert "smoke-test worker failed (ModuleNotFoundError: No module named jupyter_client)" in str(e.value)
     assert "nothing was published" in str(e.value)
+
+
+def test_a_forked_smoke_worker_answers_and_leaves_no_process(tmp_path):
+    """The worker ``hubstock publish`` forks: a kernel that cannot start is its one outcome, and a
+    worker closed without a request is stopped and reaped."""
+    from hubstock.admin.publish.smoke import SmokeJob, SmokeWorker, _Forked
+
+    kdir = tmp_path / "kernels"
+    (kdir / "k").mkdir(parents=True)
+    missing = str(tmp_path / "no-such-python")
+    (kdir / "k" / "kernel.json").write_text(
+        json.dumps({"argv": [missing, "-f", "{connection_file}"], "display_name": "k", "language": "python"})
+    )
+    with SmokeWorker(_Forked.start()) as worker:
+        [outcome] = worker.run([SmokeJob("k", str(tmp_path), "", missing)], kdir, 30)
+    assert outcome is not None and "does not exist" in outcome[0], outcome
+    unused = _Forked.start()
+    SmokeWorker(unused).close()
+    assert unused.returncode is not None
+    with pytest.raises(ChildProcessError):
+        os.waitpid(unused.pid, os.WNOHANG)  # reaped: no zombie left

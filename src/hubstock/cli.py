@@ -191,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds the probe job may take (default: [doctor] timeout)",
     )
 
-    from .personal.commands import add_parser as add_mine
+    from .personal.args import add_parser as add_mine  # argparse only: nothing heavy before main's start
 
     add_mine(sub)
 

@@ -10,5 +10,5 @@ job of its user (:mod:`.build`, submitted by :mod:`.job`), into the user's own f
 - :mod:`.request`: what a user may ask for (names, requirements, the base), checked: pure;
 - :mod:`.build`: the job's work;
 - :mod:`.job`: the batch script and the submission, as the spawner submits servers;
-- :mod:`.commands`: ``hubstock mine create|list|show|remove|lock``.
+- :mod:`.commands`: ``hubstock mine create|list|show|remove|lock``, :mod:`.args` their arguments.
 """

@@ -259,9 +259,7 @@ def build_into(
         platform=plan.platform,
         lock_name=env.lock_name,
         lock=plan.lock_bytes.decode("utf-8", errors="surrogateescape"),
-        files=file_map(
-            prefix, recorded=files
-        ),  # walked again: the tree above leaves out the links of the caches
+        files=file_map(prefix, tree, recorded=files, linked=done.linked, hashes=done.hashes),
         created=provenance.created,
     )
     mark_complete(prefix, plan.build_id)  # last: from now on the build counts

@@ -111,16 +111,19 @@ class CondaFiles:
     """What the conda packages installed in a prefix declare (paths relative to it), and the
     ``.py`` files among them that need byte-code from the build: those whose package ships
     none for them (noarch python packages), and those whose prefix the installer rewrote (the
-    shipped pyc no longer matches them)."""
+    shipped pyc no longer matches them); and the sha256 they give their files (``rel -> sha256``:
+    after the installer's rewrite of the prefix where it made one)."""
 
     declared: set[str]
     sources: list[str]
+    hashes: dict[str, str]
 
 
 def conda_files(prefix: Path) -> CondaFiles:
     """:class:`CondaFiles` of ``prefix``, from its ``conda-meta``."""
     declared: set[str] = set()
     sources = []
+    hashes: dict[str, str] = {}
     for meta in sorted((prefix / "conda-meta").glob("*.json")):
         try:
             data = json.loads(meta.read_bytes())
@@ -134,13 +137,17 @@ def conda_files(prefix: Path) -> CondaFiles:
         for p in entries:
             rel = p["_path"]
             declared.add(rel)
+            if p.get("path_type", "hardlink") not in ("softlink", "directory"):
+                sha = p.get("sha256_in_prefix") or p.get("sha256")
+                if isinstance(sha, str) and sha:
+                    hashes[rel] = sha
             if (
                 rel.endswith(".py")
                 and rel.startswith("lib/python")
                 and (rel not in shipped or p.get("prefix_placeholder"))
             ):
                 sources.append(rel)
-    return CondaFiles(declared, sources)
+    return CondaFiles(declared, sources, hashes)
 
 
 def source_of(pyc: str) -> str | None:

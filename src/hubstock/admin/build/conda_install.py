@@ -72,6 +72,7 @@ def install_conda_lock(
     progress.step(f"[{env}] {compile_sources(env, prefix, conda_part.sources)}")
     done.compiled = set(conda_part.sources)
     done.declared |= conda_part.declared
+    done.hashes = conda_part.hashes
     return done
 
 
@@ -100,14 +101,12 @@ def _check_cache(
 def _verified_archive(site: Site, root: Root, env: str, p: LockedDependency) -> Path:
     """A local copy of ``p``'s archive whose sha256 matches the lock: the channel's own file, the
     root's download, or one of the site's ``mirrors``; downloaded if none has it."""
-    from ..mirror import mirrored
-
     u = urlparse(p.url)
     fn = p.url.rsplit("/", 1)[-1]
     if u.scheme == "file":
         path = Path(unquote(u.path))
         if not path.is_file():
-            found = mirrored(site, p.url, p.hash.sha256 or "")
+            found = _mirrored(site, p)
             if found is None:
                 raise BuildError(
                     f"package {p.name} {p.version} of env {env!r}: {path} no longer exists; restore "
@@ -116,12 +115,13 @@ def _verified_archive(site: Site, root: Root, env: str, p: LockedDependency) -> 
             path = found
     else:
         path = root.downloads / fn
-        if not (path.is_file() and cache.sha256_file(path) == p.hash.sha256):
-            found = mirrored(site, p.url, p.hash.sha256 or "")
-            if found is not None:
-                _copy_in(found, path)
-            else:
-                _download(p.url, path, env, p.name)
+        if path.is_file() and cache.sha256_file(path) == p.hash.sha256:
+            return path
+        found = _mirrored(site, p)
+        if found is not None:
+            _copy_in(found, path)
+        else:
+            _download(p.url, path, env, p.name)
     got = cache.sha256_file(path)
     if got != p.hash.sha256:
         raise IntegrityError(
@@ -130,6 +130,13 @@ def _verified_archive(site: Site, root: Root, env: str, p: LockedDependency) -> 
             "after locking, so restore the original or lock again with `nox -s lock`."
         )
     return path
+
+
+def _mirrored(site: Site, p: LockedDependency) -> Path | None:
+    """A site mirror's copy of ``p`` (imported here: a build whose archives are at hand needs none)."""
+    from ..mirror import mirrored
+
+    return mirrored(site, p.url, p.hash.sha256 or "")
 
 
 def _copy_in(source: Path, dest: Path) -> None:

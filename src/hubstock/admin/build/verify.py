@@ -22,7 +22,7 @@ import json
 import os
 import posixpath
 import stat
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,16 +252,26 @@ def file_map(
     prefix: Path,
     tree: Iterable[tuple[str, os.stat_result]] | None = None,
     recorded: BuildFiles | None = None,
+    linked: Mapping[str, str] | None = None,
+    hashes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """What every file of a build is: ``rel -> sha256``, ``link:<target>`` for a symbolic link;
     the build's own records left out. With ``recorded`` (a complete build's file list), a file
     it or a package of the build declares is taken at its word (the build checked them when it
-    was made); without it, every file is read and hashed (a build to compare with another)."""
+    was made); without it, every file is read and hashed (a build to compare with another).
+
+    A build being made passes what it already holds, so nothing is walked or parsed again:
+    ``tree`` (every path below it with its ``lstat``, but for ``linked``), ``linked`` (the
+    caches' checked files it hard-linked, ``prefix/rel -> sha256``) and ``hashes`` (the sha256
+    its packages' records give their files, ``rel -> sha256``, in place of reading them here)."""
     declared: dict[str, str] = {}
     if recorded is not None:
-        for rel, (_label, entry) in declared_files(prefix).items():
-            if entry.get("path_type") == "hardlink" and entry.get("sha256"):
-                declared[rel] = entry["sha256"]
+        if hashes is not None:
+            declared.update(hashes)
+        else:
+            for rel, (_label, entry) in declared_files(prefix).items():
+                if entry.get("path_type") == "hardlink" and entry.get("sha256"):
+                    declared[rel] = entry["sha256"]
         declared.update(recorded.files)
     base = os.fspath(prefix)
     cut = len(base) + 1
@@ -277,6 +287,8 @@ def file_map(
             out[rel] = declared[rel]
         else:
             regular.append(path)
+    for path, sha in (linked or {}).items():
+        out[path[cut:]] = sha
     out.update({p[cut:]: h or "" for p, h in hash_many(regular).items()})
     return out
 

@@ -73,12 +73,12 @@ def python_dir(prefix: Path) -> str:
 class PipResult:
     """What :func:`install` did: the files it linked that no ``RECORD`` declares (the byte-code,
     ``rel -> sha256``, for the build's file list), the files the packages' ``RECORD`` declare,
-    the files it linked (as ``prefix/rel``), the packages that entered the cache, and the
+    the files it linked (``prefix/rel -> sha256``), the packages that entered the cache, and the
     entries found damaged and replaced."""
 
     known: dict[str, str]
     declared: set[str]
-    linked: set[str]  # hard links of the cache's read-only files
+    linked: dict[str, str]  # hard links of the cache's read-only files (``prefix/rel -> sha256``)
     added: list[str]
     damaged: list[str]  # wheel ids (:func:`wheel_id`)
 
@@ -139,7 +139,7 @@ def install(
                 )
             seals[entry_key(p, python)] = seal
     done = PipResult(
-        known={}, declared=set(), linked=set(), added=[entry_key(p, python) for p in missing], damaged=damaged
+        known={}, declared=set(), linked={}, added=[entry_key(p, python) for p in missing], damaged=damaged
     )
     made: set[str] = set()
     for p in pip:
@@ -308,7 +308,7 @@ def _link(root: Root, seal: WheelSeal, prefix: Path, made: set[str], done: PipRe
             os.makedirs(dst + folder, exist_ok=True)
             made.add(folder)
         known.pop(rel, None)  # another package's file of that name is replaced
-        linked.discard(dst + rel)
+        linked.pop(dst + rel, None)
         if rel in scripts:
             data = Path(src + rel).read_bytes().replace(old, new)
             _write_new(dst + rel, data, os.lstat(src + rel).st_mode)
@@ -326,7 +326,7 @@ def _link(root: Root, seal: WheelSeal, prefix: Path, made: set[str], done: PipRe
             symlink(h[5:], dst + rel) if h.startswith("link:") else link(src + rel, dst + rel)
         if h.startswith("link:"):
             continue
-        linked.add(dst + rel)
+        linked[dst + rel] = h
         if rel in unrecorded:
             known[rel] = h
     declared.update(rel for rel in seal.files if rel not in unrecorded)

@@ -72,12 +72,15 @@ class BuildPlan:
 class Installed:
     """What an install put into a build, for its file list (:func:`..build.verify.build_file_list`):
     files no package declares (``rel -> sha256``), the python sources compiled, the files the
-    packages declare, and the files already read-only (hard links of the caches)."""
+    packages declare, the sha256 the packages' own records give files (``rel -> sha256``, conda's
+    ``conda-meta``), and the files already read-only (hard links of the caches' checked files,
+    ``prefix/rel -> sha256``)."""
 
     known: dict[str, str] = field(default_factory=dict)
     compiled: set[str] = field(default_factory=set)
     declared: set[str] = field(default_factory=set)
-    linked: set[str] = field(default_factory=set)
+    hashes: dict[str, str] = field(default_factory=dict)
+    linked: dict[str, str] = field(default_factory=dict)
 
 
 def module_refs(site: Site, loaded: list[Any]) -> list[ModuleRef]:

@@ -1,9 +1,10 @@
 """Smoke tests of kernels: start each from a kernels folder with jupyter_client and run its check.
 
-``hubstock publish`` runs them in a worker process (``python -m hubstock.admin.publish.smoke``) that it
-starts before it loads the site: the worker imports jupyter_client (the slowest import of a
-publish, about 0.15 s) on another core while the command loads its own modules and stages the
-generation. The worker takes one request as JSON on stdin and answers with one JSON document on
+``hubstock publish`` runs them in a worker process that it starts before it loads the site: the
+worker imports jupyter_client (the slowest import of a publish, about 0.1 s) on another core while
+the command loads its own modules and stages the generation. The worker is a fork of the command,
+which has one thread then (so no second interpreter starts: about 0.05 s), or else a new process
+(``python -m hubstock.admin.publish.smoke``). The worker takes one request as JSON on stdin and answers with one JSON document on
 stdout; standard input closed without a request means nothing is to be tested. This module
 imports only the standard library (jupyter_client only where kernels are started), so the worker
 starts without hubstock's models.
@@ -20,10 +21,15 @@ import json
 import logging
 import os
 import re
+import select
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -75,12 +81,16 @@ class SmokeWorker:
     is stopped, one that is testing is asked to shut its kernels down first.
     """
 
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes] | _Forked) -> None:
         self._proc = proc
         self._asked = False
 
     @classmethod
     def start(cls) -> SmokeWorker:
+        """A fork of this process while it has one thread (no second interpreter to start: the
+        command forks before it loads the site), else a new one (``python -m`` this module)."""
+        if threading.active_count() == 1:
+            return cls(_Forked.start())
         proc = subprocess.Popen(
             # -P: nothing in the working directory shadows a module (PYTHONPATH still counts)
             [sys.executable, "-P", "-m", __name__],
@@ -316,6 +326,122 @@ def worker_main() -> int:
         return 130
     sys.stdout.write(json.dumps({"outcomes": [list(o) if o else None for o in outcomes]}))
     return 0
+
+
+class _Forked:
+    """The worker as a fork of the command, with the calls of :class:`subprocess.Popen` that
+    :class:`SmokeWorker` makes (its standard streams are pipes to the command)."""
+
+    def __init__(self, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = os.fdopen(stdin, "wb")
+        self.stdout = os.fdopen(stdout, "rb")
+        self.stderr = os.fdopen(stderr, "rb")
+        self._pidfd = os.pidfd_open(pid)
+
+    @classmethod
+    def start(cls) -> _Forked:
+        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        pipes = [os.pipe() for _ in range(3)]  # (read, write) of its stdin, stdout, stderr
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child: it ends in os._exit)
+            _forked_main(pipes)
+        (r_in, w_in), (r_out, w_out), (r_err, w_err) = pipes
+        for fd in (r_in, w_out, w_err):
+            os.close(fd)
+        return cls(pid, w_in, r_out, r_err)
+
+    def poll(self, block: bool = False) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                os.close(self._pidfd)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.poll() is None and timeout is not None:
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._pidfd, selectors.EVENT_READ)  # readable once it has exited
+                if not sel.select(timeout):
+                    raise subprocess.TimeoutExpired(f"smoke-test worker {self.pid}", timeout)
+        code = self.poll(block=True)
+        assert code is not None
+        return code
+
+    def _signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def communicate(self, data: bytes, timeout: float) -> tuple[bytes, bytes]:
+        """Write ``data`` to its stdin and close it; everything it writes until it exits."""
+        deadline = time.monotonic() + timeout
+        got: dict[int, list[bytes]] = {self.stdout.fileno(): [], self.stderr.fileno(): []}
+        view = memoryview(data)
+        stdin = self.stdin.fileno()
+        with selectors.DefaultSelector() as sel:
+            if view:
+                sel.register(stdin, selectors.EVENT_WRITE)
+            else:
+                self.stdin.close()
+            for fd in got:
+                sel.register(fd, selectors.EVENT_READ)
+            while sel.get_map():
+                left = deadline - time.monotonic()
+                ready = sel.select(left) if left > 0 else []
+                if not ready:
+                    raise subprocess.TimeoutExpired(f"smoke-test worker {self.pid}", timeout)
+                for key, _ in ready:
+                    if key.fd == stdin:
+                        view = view[os.write(key.fd, view[: select.PIPE_BUF]) :]  # never blocks
+                        if not view:
+                            sel.unregister(key.fd)
+                            self.stdin.close()
+                        continue
+                    chunk = os.read(key.fd, 1 << 16)
+                    if chunk:
+                        got[key.fd].append(chunk)
+                    else:
+                        sel.unregister(key.fd)
+        self.wait(max(deadline - time.monotonic(), 0.0))
+        return b"".join(got[self.stdout.fileno()]), b"".join(got[self.stderr.fileno()])
+
+
+def _forked_main(pipes: list[tuple[int, int]]) -> None:  # pragma: no cover (runs in the fork)
+    """The fork's whole life: its standard streams on the pipes, then :func:`worker_main`."""
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # before anything: the command handles Ctrl-C
+        for target, fd in zip((0, 1, 2), (pipes[0][0], pipes[1][1], pipes[2][1]), strict=True):
+            os.dup2(fd, target)
+        for pair in pipes:
+            for fd in pair:
+                os.close(fd)
+        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (until os._exit)
+        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        # as the worker's own interpreter runs with -P: nothing in the working directory
+        # shadows a module it imports (``python -m hubstock`` put that directory first)
+        if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
+            del sys.path[0]
+        code = worker_main()
+    except BaseException:  # noqa: BLE001 (the fork must end here, whatever happened)
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":
