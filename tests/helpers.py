@@ -14,6 +14,20 @@ from hubstock.store.cancels import cancels_path, read_cancels
 from hubstock.store.root import Root
 
 
+def processes_with(text: str) -> list[int]:
+    """PIDs of the processes whose command line contains ``text``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry))
+    return pids
+
+
 def need_root(what: str) -> None:
     """Fail in CI (which runs as root), skip elsewhere, when not root."""
     if os.geteuid() != 0:

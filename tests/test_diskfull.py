@@ -165,3 +165,25 @@ def test_records_on_a_full_disk_are_one_sentence_and_keep_the_old_content(world_
         assert sorted(os.listdir(prefix)) == [".hubstock-build.json"]  # no temporary file left
         with pytest.raises(DiskFullError, match="writing the audit log failed"):
             Root(mnt).audit("gc", note="y" * 100_000)
+
+
+@pytest.mark.integration
+def test_a_disk_that_fills_while_the_installer_extracts_is_one_sentence(
+    make_site, hubstock, channel, world_tmp
+):
+    """The conda installer (the process ``hubstock build`` forks for it) runs out of space: its
+    error reaches the command as the one sentence of a full disk, and no build is complete."""
+    need_root("mounting a tmpfs")
+    mnt = world_tmp / "mnt"
+    settings = f'root = "{mnt / "root"}"\nchannels = ["{channel.as_uri()}"]\n'
+    site = make_site({"small": "dependencies:\n  - python\n"}, settings=settings)
+    hubstock(site, "lock", check=True)
+    with tmpfs(mnt, 4 << 20):  # the interpreter alone, extracted, is ten times that
+        hubstock(site, "init-root", check=True)
+        res = hubstock(site, "build")
+        assert res.returncode == 1, res.stdout + res.stderr
+        line = _one_line(res)
+        assert line.startswith("hubstock: installing the conda packages failed: the filesystem "), line
+        assert " is full, " in line and " left; it needs about " in line, line
+        st = json.loads(hubstock(site, "status", "--json", check=True).stdout)["envs"]["small"]
+        assert st["current"] is None and not any(b["complete"] for b in st["builds"])

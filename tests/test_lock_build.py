@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conda_lock.lockfile import parse_conda_lock_file
+from tests.helpers import processes_with
 
 from hubstock.site import load_site
 from hubstock.store.root import MARKER, Root
@@ -235,3 +236,47 @@ def test_hubstock_toml_root_and_overrides(make_site, world_tmp, monkeypatch):
     monkeypatch.setenv("HUBSTOCK_ROOT", str(world_tmp / "from-env"))
     assert load_site(site.dir).root == world_tmp / "from-env"
     assert load_site(site.dir, root=world_tmp / "flag").root == world_tmp / "flag"
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_a_build_stopped_while_the_installer_works_leaves_no_installer(make_site, hubstock, how):
+    """``hubstock build`` forks its conda installer: Ctrl-C (to the terminal's process group) or a
+    SIGKILL of the command alone stops the installer too, so nothing writes into the build after
+    the command ends, and the next build finishes."""
+    site = make_site({"demo": "dependencies:\n  - python\n  - demo-many\n  - demo-a\n"})
+    hubstock(site, "lock", check=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hubstock", "--site", str(site.dir), "-v", "build"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        for line in proc.stderr:
+            if "conda package(s) into" in line:
+                break
+        else:
+            raise AssertionError("the build ended before its install began")
+        if how == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGKILL)
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if how == signal.SIGINT:
+        assert proc.returncode == 130 and "hubstock: interrupted" in rest and "Traceback" not in rest, rest
+    # the fork gets SIGKILL the moment the command ends (an installer left running would go on
+    # for a second or more: the install had just begun)
+    deadline = time.monotonic() + 0.5
+    while processes_with(f"--site {site.dir} -v build") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not processes_with(f"--site {site.dir} -v build")
+    st = _status(hubstock, site)["envs"]["demo"]
+    assert st["current"] is None and not any(b["complete"] for b in st["builds"])
+    hubstock(site, "build", check=True)
+    assert hubstock(site, "verify").returncode == 0

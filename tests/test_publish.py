@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.helpers import kernel_script
+from tests.helpers import kernel_script, processes_with
 
 from hubstock.store.records import SessionRecord
 from hubstock.store.root import Root
@@ -322,20 +322,6 @@ def test_a_site_whose_named_server_env_does_not_exist_publishes_nothing(make_sit
     assert not Root(site.root).generations.exists() or not any(Root(site.root).generations.iterdir())
 
 
-def _processes_with(text: str) -> list[int]:
-    """PIDs of the processes whose command line contains ``text``."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path("/proc", entry, "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if text in cmdline:
-                pids.append(int(entry))
-    return pids
-
-
 def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing(kernel_site, hubstock):
     site = kernel_site
     hubstock(site, "publish", check=True)
@@ -357,7 +343,7 @@ def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing
     )
     try:
         deadline = time.monotonic() + 120
-        while len(_processes_with(f"{kernel_python} -m ipykernel_launcher")) < 2:  # both kernels started
+        while len(processes_with(f"{kernel_python} -m ipykernel_launcher")) < 2:  # both kernels started
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         time.sleep(1)  # the slow check is running
@@ -371,11 +357,11 @@ def test_ctrl_c_during_the_smoke_tests_stops_their_kernels_and_publishes_nothing
     assert err.splitlines()[-1].startswith("hubstock: interrupted"), err
     assert "Traceback" not in err
     deadline = time.monotonic() + 15  # the kernels run in sessions of their own: the worker stops them
-    while _processes_with(f"{kernel_python} -m ipykernel_launcher") and time.monotonic() < deadline:
+    while processes_with(f"{kernel_python} -m ipykernel_launcher") and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not _processes_with(f"{kernel_python} -m ipykernel_launcher")
-    assert not _processes_with("hubstock.admin.publish.smoke")
-    assert not _processes_with(f"--site {site.dir} publish")  # the command, and the worker it forked
+    assert not processes_with(f"{kernel_python} -m ipykernel_launcher")
+    assert not processes_with("hubstock.admin.publish.smoke")
+    assert not processes_with(f"--site {site.dir} publish")  # the command, and the worker it forked
     assert os.readlink(root.current) == "generations/0001"
     assert sorted(os.listdir(root.generations)) == ["0001"]  # no staging left behind
 
@@ -388,8 +374,8 @@ def test_the_smoke_worker_ignores_the_working_directory_and_an_unchanged_publish
     hubstock(site, "publish", check=True, cwd=tmp_path)
     res = hubstock(site, "publish", check=True, cwd=tmp_path)
     assert "unchanged" in res.stdout
-    assert not _processes_with("hubstock.admin.publish.smoke")
-    assert not _processes_with(f"--site {site.dir} publish")  # a forked worker keeps the command's line
+    assert not processes_with("hubstock.admin.publish.smoke")
+    assert not processes_with(f"--site {site.dir} publish")  # a forked worker keeps the command's line
 
 
 def test_a_smoke_test_worker_that_fails_is_one_sentence(tmp_path):

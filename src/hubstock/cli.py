@@ -745,6 +745,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from .admin.publish.smoke import SmokeWorker
 
                 args.smoke_worker = stack.enter_context(SmokeWorker.start())
+            elif args.command == "build":
+                # likewise the conda installer's process: it imports py-rattler meanwhile
+                from .admin.build.installer import prestart
+
+                stack.enter_context(prestart())
             from .site import load_site  # pydantic and the site's models: after the worker's start
 
             site = load_site(args.site, args.root)

@@ -12,10 +12,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
-from ...errors import BuildError, DiskFullError, IntegrityError, is_disk_full
+from ...errors import BuildError, DiskFullError, HubstockError, IntegrityError, is_disk_full
 from ...progress import Progress
 from ...site import Site
 from ...store.root import Root
@@ -24,6 +24,7 @@ from . import cache
 from .bytecode import conda_files
 from .extraction import Extracted
 from .install import compile_sources, install_pip, recheck, says_disk_full
+from .installer import PRESTARTED, Installer, InstallFailed
 from .seals import Sealer, Watermarks, pkg_watermarks
 
 if TYPE_CHECKING:
@@ -48,18 +49,24 @@ def install_conda_lock(
     archives = [_verified_archive(site, root, env, p) for p in conda]
     marks = pkg_watermarks(root)
     _check_cache(root, env, conda, archives, marks, progress)
-    import asyncio  # only a build that installs needs it (not an up-to-date one)
+    installer = PRESTARTED.get()  # the command's forked installer, if it started one
+    records = []
+    if installer is None:
+        import asyncio  # only a build that installs needs it (not an up-to-date one)
 
-    records = asyncio.run(_records(conda, archives))
+        records = asyncio.run(_records(conda, archives))
     dists = [cache.dist_of(p.url) for p in conda]
-    progress.step(f"[{env}] installing {len(records)} conda package(s) into {prefix}")
+    progress.step(f"[{env}] installing {len(conda)} conda package(s) into {prefix}")
     # each package the installer extracts is checked and sealed while it works on the others;
     # on an error, sealing stops: a package not sealed is checked again by the next build
     with Sealer(
         {d: Extracted(root, d, a, p.hash.sha256) for d, a, p in zip(dists, archives, conda, strict=True)}
     ) as sealer:
-        names = {r.name.normalized: d for r, d in zip(records, dists, strict=True)}
-        _install_conda(root, records, prefix, platform, progress, sealer, names)
+        if installer is not None:
+            _install_forked(installer, root, conda, archives, dists, prefix, platform, progress, sealer)
+        else:
+            names = {r.name.normalized: d for r, d in zip(records, dists, strict=True)}
+            _install_conda(root, records, prefix, platform, progress, sealer, names)
         _seal_extracted(sealer)
     cache.secure(root, dists)
     marks.advance(dists)  # all checked; the links of this install moved their change times
@@ -217,15 +224,62 @@ def _install_conda(
             )
         )
     except (InstallerError, LinkError, TransactionError, OSError) as e:
-        if is_disk_full(e) or says_disk_full(str(e)):
-            # extracted, roughly three times the archives
-            needs = sum(getattr(r, "size", 0) or 0 for r in records) * 3
-            raise DiskFullError.at(prefix, "installing the conda packages", needs) from None
+        raise _install_error(str(e), is_disk_full(e), prefix, records) from None
+
+
+def _install_forked(
+    installer: Installer,
+    root: Root,
+    conda: list[LockedDependency],
+    archives: list[Path],
+    dists: list[str],
+    prefix: Path,
+    platform: str,
+    progress: Progress,
+    sealer: Sealer,
+) -> None:
+    """:func:`_install_conda` by the command's forked installer (:mod:`.installer`), which reads the
+    archives' records itself; its progress reaches ``sealer`` as it happens."""
+    hear = {"extracting": sealer.extracting, "extracted": sealer.extracted, "linked": sealer.linked}
+
+    def on_event(what: str, i: int) -> None:
+        if what in hear and 0 <= i < len(dists):
+            hear[what](dists[i])
+
+    # the copy just verified is installed; the record keeps the channel of the lock's URL
+    todo = [(a, a.as_uri(), p.url.rsplit("/", 2)[0]) for a, p in zip(archives, conda, strict=True)]
+    try:
+        installer.install(todo, prefix, root.pkgs, platform, progress.bars, on_event)
+    except InstallFailed as e:
+        full = e.errno is not None and is_disk_full(OSError(e.errno, str(e)))
+        raise _install_error(str(e), full, prefix, archives) from None
+    except RuntimeError as e:
         raise BuildError(
-            f"installing the conda packages into {prefix} failed: {str(e).splitlines()[0]}; "
-            "check free space and permissions on the root.",
-            detail=str(e),
+            f"installing the conda packages into {prefix} failed: {e}; run the build again."
         ) from None
+
+
+def _install_error(said: str, disk_full: bool, prefix: Path, installed: list) -> HubstockError:
+    """The error of an install that failed saying ``said``: the disk full, or one sentence."""
+    if disk_full or says_disk_full(said):
+        # extracted, roughly three times the archives
+        needs = sum(_size(x) for x in installed) * 3
+        return DiskFullError.at(prefix, "installing the conda packages", needs)
+    return BuildError(
+        f"installing the conda packages into {prefix} failed: {said.splitlines()[0] if said else 'no reason given'}; "
+        "check free space and permissions on the root.",
+        detail=said,
+    )
+
+
+def _size(x: Any) -> int:
+    """An archive's size in bytes (a record's ``size``, or the file's)."""
+    if isinstance(x, Path):
+        try:
+            return x.stat().st_size
+        except OSError:
+            return 0
+    return getattr(x, "size", 0) or 0
 
 
 def _seal_extracted(sealer: Sealer) -> None:
