@@ -63,6 +63,7 @@ class Installer:
         self._requests = requests
         self._answers = answers
         self._closed = False
+        self._asked = False
 
     @classmethod
     def start(cls) -> Installer:
@@ -110,6 +111,7 @@ class Installer:
             "platform": platform,
             "show_progress": show_progress,
         }
+        self._asked = True
         try:
             self._requests.write(json.dumps(request).encode() + b"\n")
             self._requests.flush()
@@ -134,10 +136,15 @@ class Installer:
             self.close()
 
     def close(self) -> None:
-        """End the installer: an idle one leaves when its requests end; the command waits for it."""
+        """End the installer: one never asked is stopped at once (it may still be importing: a
+        build with nothing to install does not wait for that), one that installed leaves when its
+        requests end; the command waits for it."""
         if self._closed:
             return
         self._closed = True
+        if not self._asked:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
         for stream in (self._requests, self._answers):
             with contextlib.suppress(OSError):
                 stream.close()
