@@ -35,6 +35,8 @@ from rigs.hubsite import base_settings, build_site, py_env
 
 from hubstock.store.root import Root
 
+from ..compare import BAND
+
 #: the repository's root (``python -m bench.phases`` runs from there)
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -117,9 +119,9 @@ def timings(a: list[float], b: list[float]) -> dict[str, Any]:
 
 median = statistics.median
 
-#: a figure is steady when its rounds' ratios spread (interquartile range) within this fraction of
-#: their median; adaptive runs go on until it is, up to CAP_TIMES x repeat rounds or CAP_SECONDS
-BAND = 0.10
+# BAND (bench.compare's): a figure is steady when its rounds' ratios spread (interquartile range)
+# within this fraction of their median; adaptive runs go on until it is, up to CAP_TIMES x repeat
+# rounds or CAP_SECONDS
 CAP_TIMES = 3
 CAP_SECONDS = 300.0
 
