@@ -17,6 +17,7 @@ the command's (rattler's progress bars on a terminal).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -79,8 +80,9 @@ class Installer:
             try:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command stops it on Ctrl-C
                 _die_with(command)
-                os.close(w_req)
-                os.close(r_ans)
+                from ...proc import close_inherited_fds  # here: the command does not wait for it
+
+                close_inherited_fds(keep=(r_req, w_ans))
                 code = _serve(os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb"))
             except BaseException:  # noqa: BLE001 (the fork ends here, whatever happened)
                 pass
@@ -187,9 +189,10 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> int:  # pragma: no cover (r
         def __init__(self, index: dict[str, int]) -> None:
             self.index = index
             self.tokens: dict[int, int] = {}
+            self.count = itertools.count()  # next() is atomic: the installer's threads call in
 
         def _token(self, package_name: str) -> int:
-            token = len(self.tokens)
+            token = next(self.count)
             self.tokens[token] = self.index.get(package_name, -1)
             return token
 
@@ -213,6 +216,9 @@ def _serve(requests: BinaryIO, answers: BinaryIO) -> int:  # pragma: no cover (r
             asyncio.run(_install(request, Reporter))
         except (InstallerError, LinkError, TransactionError, OSError) as e:
             say({"error": str(e) or type(e).__name__, "errno": getattr(e, "errno", None)})
+            continue
+        except Exception as e:  # noqa: BLE001 (anything else py-rattler raises: said, not lost)
+            say({"error": f"{type(e).__name__}: {e}", "errno": None})
             continue
         say({"done": True})
     return 0

@@ -37,6 +37,7 @@ from queue import Empty
 from typing import Any
 
 from ...errors import PublishError
+from ...proc import close_inherited_fds
 
 #: a kernel's failure: (the reason, in a few words, and the end of its log); None: it passed
 Outcome = tuple[str, str] | None
@@ -412,7 +413,7 @@ class _Forked:
                         got[key.fd].append(chunk)
                     else:
                         sel.unregister(key.fd)
-        self.wait(max(deadline - time.monotonic(), 0.0))
+        self.wait(max(deadline - time.monotonic(), 10.0))  # its streams are closed: it is ending
         return b"".join(got[self.stdout.fileno()]), b"".join(got[self.stderr.fileno()])
 
 
@@ -423,9 +424,7 @@ def _forked_main(pipes: list[tuple[int, int]]) -> None:  # pragma: no cover (run
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # before anything: the command handles Ctrl-C
         for target, fd in zip((0, 1, 2), (pipes[0][0], pipes[1][1], pipes[2][1]), strict=True):
             os.dup2(fd, target)
-        for pair in pipes:
-            for fd in pair:
-                os.close(fd)
+        close_inherited_fds()  # the pipes' own descriptors too: 0, 1 and 2 are theirs now
         sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (until os._exit)
         sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
