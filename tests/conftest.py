@@ -15,8 +15,9 @@ What each fixture gives:
 - ``hubstock``: runs the real ``hubstock`` command in a subprocess
   (``hubstock(site, "build", ...)``) and returns the CompletedProcess.
 - ``as_nobody``: the argv prefix that runs a command as uid/gid 65534 (needs root).
-- ``hub_workdir`` (session): a world-readable folder for the hub and browser tests
-  (kept when ``HUBSTOCK_KEEP_TEST_DIRS`` is set, to read the hub's and jobs' logs).
+- ``hub_workdir`` (session): a world-readable folder for the hub and browser tests, under
+  ``/var/lib`` (a unit's private ``/tmp`` would hide one under ``/tmp``), kept when
+  ``HUBSTOCK_KEEP_TEST_DIRS`` is set, to read the hub's and jobs' logs.
 - ``slurm_rig`` (session): a private single-node Slurm with its PBS commands, started
   and stopped by PID (``rigs/slurm_rig.py``); needs root.
 - ``openpbs_rig`` (session): a private single-node OpenPBS in its own network namespace
@@ -35,6 +36,9 @@ What each fixture gives:
 - ``lmod_tree`` (session): ``(init, tree)``, Lmod's bash init and a real Lmod module tree with
   ``python/X.Y`` and ``R/X.Y`` modules (``rigs/lmod_rig.py``) under ``hub_workdir``; installs
   Lmod, R and IRkernel when root: skipped without them, failed in CI.
+- ``systemd_rig`` (session): systemd booted as PID 1 of private namespaces
+  (``rigs/systemd_rig.py``), to start rendered units with their sandboxes (``install``,
+  ``systemctl``); its logs are under ``hub_workdir/systemd``. Needs root.
 """
 
 from __future__ import annotations
@@ -133,7 +137,8 @@ def hubstock() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 @pytest.fixture(scope="session")
 def hub_workdir() -> Iterator[Path]:
-    d = Path(tempfile.mkdtemp(prefix="hubstock-hub-"))
+    # not under /tmp: the hub's unit has a private /tmp (tests/test_units_systemd.py starts it)
+    d = Path(tempfile.mkdtemp(prefix="hubstock-hub-", dir="/var/lib"))
     d.chmod(0o755)
     yield d
     if not os.environ.get("HUBSTOCK_KEEP_TEST_DIRS"):
@@ -238,3 +243,13 @@ def lmod_tree(hub_workdir: Path):
             pytest.fail(f"{exc} (CI must run the Lmod tests)")
         pytest.skip(str(exc))
     return init, tree
+
+
+@pytest.fixture(scope="session")
+def systemd_rig(hub_workdir: Path) -> Iterator:
+    from rigs.systemd_rig import SystemdRig
+
+    need_root("the systemd rig")
+    rig = SystemdRig(hub_workdir / "systemd").start()
+    yield rig
+    rig.stop()

@@ -103,8 +103,8 @@ def render_proxy_unit(site: Site, exe: Executables) -> str:
         "Wants=network-online.target",
         "",
         "[Service]",
+        # no Group=: the user's own primary group (Debian's nobody has none of that name: nogroup)
         f"User={hub.proxy_user}",
-        f"Group={hub.proxy_user}",
         f"LoadCredential={TOKEN_CREDENTIAL}:{state / 'proxy_auth_token'}",
     ]
     if hub.ssl_cert and hub.ssl_key:
@@ -159,15 +159,28 @@ PROXY_SANDBOX = (
     "RemoveIPC=yes",
     "SystemCallFilter=@system-service",
     "SystemCallFilter=~@privileged",
+    # a call outside the filter fails with EPERM instead of killing the proxy: node calls one at
+    # start (without this, systemd's first start of the unit ended in SIGSYS, restarted every 2 s)
+    "SystemCallErrorNumber=EPERM",
     "UMask=0077",
 )
 
 #: the hub's: what a hub that logs users in with PAM and submits their jobs as them still runs
-#: under. It stays root with its capabilities (PAM reads /etc/shadow, runuser switches to the
+#: under. It stays root (PAM reads /etc/shadow, runuser switches to the
 #: user, the records are chowned to the admin), may gain privileges (PBS's qsub authenticates
 #: through the setuid pbs_iff: no NoNewPrivileges), and sees the homes (it reads the end of a
 #: failed job's output there; pam_mkhomedir may create them).
-HUB_SANDBOX = (*SANDBOX, "ProtectSystem=full")
+HUB_SANDBOX = (
+    *SANDBOX,
+    "ProtectSystem=full",
+    # root, but only with what it uses: switching to users (runuser, PAM), reading /etc/shadow
+    # and users' files, handing records to the admin, signalling servers, PAM's audit and limits,
+    # PBS's pbs_iff binding a reserved port
+    "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE "
+    "CAP_DAC_READ_SEARCH CAP_KILL CAP_AUDIT_WRITE CAP_SYS_RESOURCE CAP_NET_BIND_SERVICE",
+    "SystemCallFilter=@system-service",
+    "SystemCallErrorNumber=EPERM",
+)
 
 
 def render_hub_unit(site: Site, exe: Executables) -> str:
