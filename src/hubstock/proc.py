@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shlex
@@ -75,14 +74,3 @@ def run(
             output=proc.stdout[-_TAIL:],
         )
     return proc
-
-
-def close_inherited_fds(keep: Sequence[int] = ()) -> None:
-    """In a forked child: close every file descriptor above stderr but ``keep``, as ``subprocess``
-    does before it runs a program (``close_fds``). A fork shares the parent's open files: a copy of
-    the root's lock kept open by a child would hold the lock after the parent let go of it."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            with contextlib.suppress(OSError):  # the listing's own descriptor, already gone
-                os.close(fd)

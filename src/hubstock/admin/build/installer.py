@@ -21,7 +21,6 @@ import itertools
 import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -68,26 +67,12 @@ class Installer:
 
     @classmethod
     def start(cls) -> Installer:
-        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
+        from ...fork import fork_child
+
         r_req, w_req = os.pipe()
         r_ans, w_ans = os.pipe()
-        command = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the fork: it ends in os._exit)
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the command stops it on Ctrl-C
-                _die_with(command)
-                from ...proc import close_inherited_fds  # here: the command does not wait for it
-
-                close_inherited_fds(keep=(r_req, w_ans))
-                code = _serve(os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb"))
-            except BaseException:  # noqa: BLE001 (the fork ends here, whatever happened)
-                pass
-            finally:
-                os._exit(code)
+        child = lambda: _serve(os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb"))  # noqa: E731
+        pid = fork_child(child, keep=(r_req, w_ans), die_with_parent=True)
         os.close(r_req)
         os.close(w_ans)
         return cls(pid, os.fdopen(w_req, "wb"), os.fdopen(r_ans, "rb"))
@@ -155,21 +140,6 @@ class Installer:
 
 
 # --- the fork's side -----------------------------------------------------------------------------
-
-#: prctl(2): the signal a process gets when its parent ends
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with(command: int) -> None:  # pragma: no cover (runs in the fork)
-    """Be killed when the command ends, however it ends (even by SIGKILL): an installer that
-    outlived it would go on writing into a build that the next command cleans up."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != command:  # it ended before the line above
-        os._exit(1)
 
 
 def _serve(requests: BinaryIO, answers: BinaryIO) -> int:  # pragma: no cover (runs in the fork)

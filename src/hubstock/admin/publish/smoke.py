@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from queue import Empty
 from typing import Any
 
 from ...errors import PublishError
-from ...proc import close_inherited_fds
+from ...fork import fork_child
 
 #: a kernel's failure: (the reason, in a few words, and the end of its log); None: it passed
 Outcome = tuple[str, str] | None
@@ -343,14 +342,9 @@ class _Forked:
 
     @classmethod
     def start(cls) -> _Forked:
-        for stream in (sys.stdout, sys.stderr):  # nothing buffered is written twice
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
         pipes = [os.pipe() for _ in range(3)]  # (read, write) of its stdin, stdout, stderr
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover (the child: it ends in os._exit)
-            _forked_main(pipes)
         (r_in, w_in), (r_out, w_out), (r_err, w_err) = pipes
+        pid = fork_child(worker_main, stdio=(r_in, w_out, w_err))
         for fd in (r_in, w_out, w_err):
             os.close(fd)
         return cls(pid, w_in, r_out, r_err)
@@ -415,32 +409,6 @@ class _Forked:
                         sel.unregister(key.fd)
         self.wait(max(deadline - time.monotonic(), 10.0))  # its streams are closed: it is ending
         return b"".join(got[self.stdout.fileno()]), b"".join(got[self.stderr.fileno()])
-
-
-def _forked_main(pipes: list[tuple[int, int]]) -> None:  # pragma: no cover (runs in the fork)
-    """The fork's whole life: its standard streams on the pipes, then :func:`worker_main`."""
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # before anything: the command handles Ctrl-C
-        for target, fd in zip((0, 1, 2), (pipes[0][0], pipes[1][1], pipes[2][1]), strict=True):
-            os.dup2(fd, target)
-        close_inherited_fds()  # the pipes' own descriptors too: 0, 1 and 2 are theirs now
-        sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (until os._exit)
-        sys.stdout = open(1, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-        sys.stderr = open(2, "w", encoding="utf-8", closefd=False)  # noqa: SIM115
-        # as the worker's own interpreter runs with -P: nothing in the working directory
-        # shadows a module it imports (``python -m hubstock`` put that directory first)
-        if not sys.flags.safe_path and sys.path and sys.path[0] in ("", os.getcwd()):
-            del sys.path[0]
-        code = worker_main()
-    except BaseException:  # noqa: BLE001 (the fork must end here, whatever happened)
-        with contextlib.suppress(Exception):
-            traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(code)
 
 
 if __name__ == "__main__":
