@@ -8,8 +8,9 @@ by more than the bench's band (:data:`BAND`, 10%: the steadiness a figure's roun
 :mod:`bench.cases.common`). Each run's noise is its own spread, so a change inside either is not
 told from noise; and two runs minutes apart differ by more than the rounds of one run do (the
 machine's state drifts: its page cache, its disk's write-back), so a change within the band is
-not told from that drift. A figure without a spread (one run) counts its single ratio as both ends. Prints one line per figure that moved, faster
-or slower, and one line per figure found in only one of the files; exit 1 if a figure moved.
+not told from that drift. A figure without a spread (one run) counts its single ratio as both
+ends. Prints one line per figure that moved, faster or slower, and one line per figure found in
+only one of the files; exit 1 if a figure moved.
 No product code knows about it: it reads the two JSON files only.
 """
 
@@ -52,9 +53,8 @@ def moved(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[str
         beyond_band = abs(med_b - med_a) > BAND * abs(med_a)
         if outside_a and outside_b and beyond_band:
             way = "slower" if med_b > med_a else "faster"
-            lines.append(
-                f"{name}: {way}: ratio {med_a:.3g} [{lo_a:.3g}-{hi_a:.3g}] -> {med_b:.3g} [{lo_b:.3g}-{hi_b:.3g}]"
-            )
+            was, now = f"{med_a:.3g} [{lo_a:.3g}-{hi_a:.3g}]", f"{med_b:.3g} [{lo_b:.3g}-{hi_b:.3g}]"
+            lines.append(f"{name}: {way}: ratio {was} -> {now}")
     return lines
 
 

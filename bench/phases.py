@@ -23,15 +23,15 @@ import tomllib
 from collections import defaultdict
 from pathlib import Path
 
-#: label -> (module of hubstock.admin, function): the steps of a conda build, timed where they are
+#: label -> (module of hubstock.admin, function or Class.method): the steps of a conda build, timed
+#: where they are (``install conda`` includes the installer's reading of the archives' records)
 STEPS = {
     "empty trash": ("build.build", "empty_trash"),
     "lock check": ("lock.lockfile", "require_fresh_lock"),
     "verify sha256": ("build.conda_install", "_verified_archive"),
-    "read records": ("build.conda_install", "_records"),
     "check cache": ("build.conda_install", "_check_cache"),
-    "install conda": ("build.conda_install", "_install_conda"),
-    "seal (wait after install)": ("build.conda_install", "_seal_extracted"),
+    "install conda": ("build.conda_install", "_install"),
+    "seal (wait after install)": ("build.seals", "Sealer.finish"),
     "install pip": ("build.conda_install", "install_pip"),
     "byte-compile": ("build.conda_install", "compile_sources"),
     "read-only": ("build.build", "make_read_only"),
@@ -106,7 +106,10 @@ def main(argv: list[str]) -> dict[str, float]:
     mods = {m: importlib.import_module(f"hubstock.admin.{m}") for g, _ in groups for m, _ in g.values()}
     for group, into in groups:
         for label, (module, attr) in group.items():
-            setattr(mods[module], attr, _timed(getattr(mods[module], attr), label, into))
+            owner, *path = [mods[module], *attr.split(".")]
+            for name in path[:-1]:
+                owner = getattr(owner, name)
+            setattr(owner, path[-1], _timed(getattr(owner, path[-1]), label, into))
     site = load_site(site_dir, root)
     spec = load_env(site, env)
     t0 = time.perf_counter()

@@ -63,8 +63,14 @@ EMPTY_TARGETS = (
     "multi-user.target",
 )
 #: masked whatever pulls them in (the journal: each unit's output goes to a file instead)
-MASKED = ("systemd-journald.service", "systemd-journald.socket", "systemd-journald-dev-log.socket",
-          "systemd-journald-audit.socket", "systemd-tmpfiles-setup.service", "systemd-remount-fs.service")  # fmt: skip
+MASKED = (
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "systemd-journald-dev-log.socket",
+    "systemd-journald-audit.socket",
+    "systemd-tmpfiles-setup.service",
+    "systemd-remount-fs.service",
+)
 
 
 class SystemdRigError(RuntimeError):
@@ -125,13 +131,10 @@ class SystemdRig:
         ]
         for h in self._hierarchies():
             lines.append(f"mount --bind {shlex.quote(str(h / self.cgroup))} {shlex.quote(str(h))}")
-        lines.append(
-            f"printf '[Unit]\\nDescription=hubstock test rig\\nDefaultDependencies=no\\n' > {control}/{TARGET}"
-        )
+        unit = "printf '[Unit]\\nDescription=%s\\nDefaultDependencies=no\\n'"
+        lines.append(f"{unit} 'hubstock test rig' > {control}/{TARGET}")
         for t in EMPTY_TARGETS:
-            lines.append(
-                f"printf '[Unit]\\nDescription=%s (empty in the rig)\\nDefaultDependencies=no\\n' {t} > {control}/{t}"
-            )
+            lines.append(f"{unit} '{t} (empty in the rig)' > {control}/{t}")
         masked = set(MASKED)
         for t in EMPTY_TARGETS:
             masked |= _pulled_in(t)

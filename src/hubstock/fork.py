@@ -60,7 +60,7 @@ def fork_child(
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if die_with_parent:
-            _die_with(parent)
+            die_with(parent)
         if stdio:
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
@@ -85,7 +85,7 @@ def fork_child(
         os._exit(code)
 
 
-def _die_with(parent: int) -> None:  # pragma: no cover (runs in a fork)
+def die_with(parent: int) -> None:  # pragma: no cover (runs in a fork)
     """Be killed when ``parent`` ends: a child that outlived it would go on with work (writing into
     a build) that the next command cleans up."""
     import ctypes

@@ -7,12 +7,12 @@ hashes (:mod:`.install`).
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from ...errors import BuildError, DiskFullError, HubstockError, IntegrityError, is_disk_full
@@ -28,8 +28,6 @@ from .installer import PRESTARTED, Installer, InstallFailed
 from .seals import Sealer, Watermarks, pkg_watermarks
 
 if TYPE_CHECKING:
-    from rattler import InstallerReporter, RepoDataRecord
-
     from ..lock.condalock import LockedDependency
 
 
@@ -49,25 +47,19 @@ def install_conda_lock(
     archives = [_verified_archive(site, root, env, p) for p in conda]
     marks = pkg_watermarks(root)
     _check_cache(root, env, conda, archives, marks, progress)
-    installer = PRESTARTED.get()  # the command's forked installer, if it started one
-    records = []
-    if installer is None:
-        import asyncio  # only a build that installs needs it (not an up-to-date one)
-
-        records = asyncio.run(_records(conda, archives))
     dists = [cache.dist_of(p.url) for p in conda]
     progress.step(f"[{env}] installing {len(conda)} conda package(s) into {prefix}")
     # each package the installer extracts is checked and sealed while it works on the others;
     # on an error, sealing stops: a package not sealed is checked again by the next build
-    with Sealer(
-        {d: Extracted(root, d, a, p.hash.sha256) for d, a, p in zip(dists, archives, conda, strict=True)}
-    ) as sealer:
-        if installer is not None:
-            _install_forked(installer, root, conda, archives, dists, prefix, platform, progress, sealer)
-        else:
-            names = {r.name.normalized: d for r, d in zip(records, dists, strict=True)}
-            _install_conda(root, records, prefix, platform, progress, sealer, names)
-        _seal_extracted(sealer)
+    prestarted = PRESTARTED.get()  # the command's, forked at its start, if it made one
+    with (
+        contextlib.nullcontext(prestarted) if prestarted else Installer.start() as installer,
+        Sealer(
+            {d: Extracted(root, d, a, p.hash.sha256) for d, a, p in zip(dists, archives, conda, strict=True)}
+        ) as sealer,
+    ):
+        _install(installer, root, conda, archives, dists, prefix, platform, progress, sealer)
+        sealer.finish()  # the seals' errors are the build's
     cache.secure(root, dists)
     marks.advance(dists)  # all checked; the links of this install moved their change times
     done = Installed()
@@ -180,54 +172,7 @@ def _download(url: str, dest: Path, env: str, name: str) -> None:
         ) from None
 
 
-async def _records(entries: list[LockedDependency], archives: list[Path]) -> list[RepoDataRecord]:
-    """Install records made from the archives themselves (they keep ``noarch``)."""
-    from rattler import RepoDataRecord
-
-    records = []
-    for p, path in zip(entries, archives, strict=True):
-        r = await RepoDataRecord.from_package_archive(path)
-        r.url = path.as_uri()  # install the copy that was just verified
-        r.channel = p.url.rsplit("/", 2)[0]
-        records.append(r)
-    return records
-
-
-def _install_conda(
-    root: Root,
-    records: list,
-    prefix: Path,
-    platform: str,
-    progress: Progress,
-    sealer: Sealer,
-    names: dict[str, str],
-) -> None:
-    """Install ``records`` into ``prefix`` from the cache under the root; the installer tells
-    ``sealer`` when it extracted and when it linked each package (``names``: the package's name
-    -> its cache folder). On a terminal it draws its progress bars instead, and everything is
-    sealed after the install."""
-    import asyncio
-
-    from rattler import Subdir, install
-    from rattler.exceptions import InstallerError, LinkError, TransactionError
-
-    try:
-        asyncio.run(
-            install(
-                records,
-                target_prefix=prefix,
-                cache_dir=root.pkgs,
-                platform=Subdir(platform),
-                show_progress=progress.bars,
-                reporter=None if progress.bars else _reporter(sealer, names),
-                execute_link_scripts=False,
-            )
-        )
-    except (InstallerError, LinkError, TransactionError, OSError) as e:
-        raise _install_error(str(e), is_disk_full(e), prefix, records) from None
-
-
-def _install_forked(
+def _install(
     installer: Installer,
     root: Root,
     conda: list[LockedDependency],
@@ -238,8 +183,10 @@ def _install_forked(
     progress: Progress,
     sealer: Sealer,
 ) -> None:
-    """:func:`_install_conda` by the command's forked installer (:mod:`.installer`), which reads the
-    archives' records itself; its progress reaches ``sealer`` as it happens."""
+    """Install the verified ``archives`` into ``prefix`` from the cache under the root, by py-rattler
+    in the installer's process (:mod:`.installer`), which reads the archives' records itself; the
+    installer tells ``sealer`` as it extracts and links each package (on a terminal it draws its
+    progress bars instead, and everything is sealed after the install)."""
     hear = {"extracting": sealer.extracting, "extracted": sealer.extracted, "linked": sealer.linked}
 
     def on_event(what: str, i: int) -> None:
@@ -259,61 +206,22 @@ def _install_forked(
         ) from None
 
 
-def _install_error(said: str, disk_full: bool, prefix: Path, installed: list) -> HubstockError:
+def _install_error(said: str, disk_full: bool, prefix: Path, archives: list[Path]) -> HubstockError:
     """The error of an install that failed saying ``said``: the disk full, or one sentence."""
     if disk_full or says_disk_full(said):
         # extracted, roughly three times the archives
-        needs = sum(_size(x) for x in installed) * 3
+        needs = sum(_size(a) for a in archives) * 3
         return DiskFullError.at(prefix, "installing the conda packages", needs)
     return BuildError(
-        f"installing the conda packages into {prefix} failed: {said.splitlines()[0] if said else 'no reason given'}; "
+        f"installing the conda packages into {prefix} failed: "
+        f"{said.splitlines()[0] if said else 'no reason given'}; "
         "check free space and permissions on the root.",
         detail=said,
     )
 
 
-def _size(x: Any) -> int:
-    """An archive's size in bytes (a record's ``size``, or the file's)."""
-    if isinstance(x, Path):
-        try:
-            return x.stat().st_size
-        except OSError:
-            return 0
-    return getattr(x, "size", 0) or 0
-
-
-def _seal_extracted(sealer: Sealer) -> None:
-    """Wait for the packages the install extracted to be sealed: the seals' errors are the build's."""
-    sealer.finish()
-
-
-def _reporter(sealer: Sealer, names: dict[str, str]) -> InstallerReporter:
-    """The installer's progress callbacks (called from its threads) passed on to ``sealer``."""
-    from rattler import InstallerReporter
-
-    tokens = itertools.count()
-
-    class Reporter(InstallerReporter):
-        def __init__(self) -> None:
-            self.dists: dict[int, str] = {}
-
-        def _token(self, package_name: str) -> int:
-            token = next(tokens)
-            self.dists[token] = names.get(package_name, "")
-            return token
-
-        def on_populate_cache_start(self, operation: int, package_name: str) -> int:
-            token = self._token(package_name)
-            sealer.extracting(self.dists[token])
-            return token
-
-        def on_populate_cache_complete(self, cache_entry: int) -> None:
-            sealer.extracted(self.dists.get(cache_entry, ""))
-
-        def on_link_start(self, operation: int, package_name: str) -> int:
-            return self._token(package_name)
-
-        def on_link_complete(self, index: int) -> None:
-            sealer.linked(self.dists.get(index, ""))
-
-    return Reporter()  # type: ignore[abstract]  # its other callbacks do nothing: not abstract
+def _size(archive: Path) -> int:
+    try:
+        return archive.stat().st_size
+    except OSError:
+        return 0

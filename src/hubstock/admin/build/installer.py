@@ -8,10 +8,12 @@ build; the installer's progress (a package extracted, a package linked) comes ba
 happens, for the :class:`~.seals.Sealer` of the command, which checks and seals each package while
 the installer works on the others.
 
-The fork imports the standard library, py-rattler and nothing of hubstock's models. A command
-that did not prestart one (or whose installer is gone) installs in its own process
-(:mod:`.conda_install`). Requests and answers are JSON lines on two pipes; the fork's stderr is
-the command's (rattler's progress bars on a terminal).
+The fork imports the standard library, py-rattler and nothing of hubstock's models. A caller
+that did not prestart one gets one for its install (:func:`Installer.start`): a fork too when it
+has one thread, else a new interpreter (``python -P -m`` this module), since forking a process
+with threads is not safe. Either way, py-rattler never runs in the caller's own process.
+Requests and answers are JSON lines on two pipes; the installer's stderr is the caller's
+(rattler's progress bars on a terminal).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import itertools
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -67,15 +70,32 @@ class Installer:
 
     @classmethod
     def start(cls) -> Installer:
-        from ...fork import fork_child
-
+        """A fork of this process when it has one thread, else a new interpreter running
+        this module; either is killed when this process ends."""
         r_req, w_req = os.pipe()
         r_ans, w_ans = os.pipe()
-        child = lambda: _serve(os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb"))  # noqa: E731
-        pid = fork_child(child, keep=(r_req, w_ans), die_with_parent=True)
-        os.close(r_req)
-        os.close(w_ans)
+        try:
+            if threading.active_count() == 1:
+                from ...fork import fork_child
+
+                child = lambda: _serve(os.fdopen(r_req, "rb"), os.fdopen(w_ans, "wb"))  # noqa: E731
+                pid = fork_child(child, keep=(r_req, w_ans), die_with_parent=True)
+            else:
+                # -P: nothing in the working directory shadows a module (PYTHONPATH still counts);
+                # the pipes become its stdin and stdout (every other descriptor closes on exec)
+                argv = [sys.executable, "-P", "-m", __name__, str(os.getpid())]
+                dup = [(os.POSIX_SPAWN_DUP2, r_req, 0), (os.POSIX_SPAWN_DUP2, w_ans, 1)]
+                pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=dup)
+        finally:
+            os.close(r_req)
+            os.close(w_ans)
         return cls(pid, os.fdopen(w_req, "wb"), os.fdopen(r_ans, "rb"))
+
+    def __enter__(self) -> Installer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def install(
         self,
@@ -213,3 +233,11 @@ async def _install(request: dict[str, Any], reporter: Any) -> None:  # pragma: n
         reporter=None if request["show_progress"] else reporter(index),
         execute_link_scripts=False,
     )
+
+
+if __name__ == "__main__":  # pragma: no cover (the installer of a caller with threads)
+    from ...fork import die_with
+
+    die_with(int(sys.argv[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it on Ctrl-C
+    raise SystemExit(_serve(sys.stdin.buffer, sys.stdout.buffer))

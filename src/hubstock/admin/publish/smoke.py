@@ -4,10 +4,10 @@
 worker imports jupyter_client (the slowest import of a publish, about 0.1 s) on another core while
 the command loads its own modules and stages the generation. The worker is a fork of the command,
 which has one thread then (so no second interpreter starts: about 0.05 s), or else a new process
-(``python -m hubstock.admin.publish.smoke``). The worker takes one request as JSON on stdin and answers with one JSON document on
-stdout; standard input closed without a request means nothing is to be tested. This module
-imports only the standard library (jupyter_client only where kernels are started), so the worker
-starts without hubstock's models.
+(``python -m hubstock.admin.publish.smoke``). The worker takes one request as JSON on stdin and
+answers with one JSON document on stdout; standard input closed without a request means
+nothing is to be tested. This module imports only the standard library (jupyter_client only
+where kernels are started), so the worker starts without hubstock's models.
 
 A kernel passes when its process runs from the build it names and its check code runs without
 error. Kernels are tested concurrently, each with its own home and IPC sockets in a private
