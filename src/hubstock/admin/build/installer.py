@@ -236,8 +236,8 @@ async def _install(request: dict[str, Any], reporter: Any) -> None:  # pragma: n
 
 
 if __name__ == "__main__":  # pragma: no cover (the installer of a caller with threads)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it on Ctrl-C
     from ...fork import die_with
 
     die_with(int(sys.argv[1]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it on Ctrl-C
     raise SystemExit(_serve(sys.stdin.buffer, sys.stdout.buffer))
