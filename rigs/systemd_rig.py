@@ -31,6 +31,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -101,8 +102,11 @@ def _pulled_in(target: str) -> set[str]:
 class SystemdRig:
     """A booted systemd in private namespaces (see the module's doc)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, launcher: Callable[[list[str]], list[str]] | None = None) -> None:
+        """``launcher``: turns the boot's command line into the one to run, e.g. another rig's
+        ``ns_argv``, so that systemd and its units share that rig's network and mounts."""
         self.workdir = Path(workdir)
+        self.launcher = launcher
         self.logs = self.workdir / "logs"
         self.cgroup = f"hubstock-rig-{os.getpid()}-{id(self) & 0xFFFF:x}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -166,6 +170,8 @@ class SystemdRig:
             f"{join} exec unshare --pid --fork --mount --propagation private --mount-proc --uts --cgroup "
             f"sh {shlex.quote(str(self.workdir / 'boot.sh'))}",
         ]
+        if self.launcher:  # it execs the command in place (nsenter without --pid does)
+            argv = self.launcher(argv)
         with open(self.logs / "systemd.log", "ab") as log:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -188,7 +194,8 @@ class SystemdRig:
 
     def _systemd_pid(self) -> int | None:
         """The PID of the namespaces' first process (unshare's child), once it is systemd: the
-        launcher's shell exec'd unshare, whose forked child runs the boot script, which execs systemd."""
+        launching shell exec'd unshare (after the launcher's nsenter, if any, exec'd the shell),
+        whose forked child runs the boot script, which execs systemd."""
         assert self.proc
         try:
             kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()

@@ -494,6 +494,49 @@ def test_the_hub_unit_waits_for_the_root_and_upgrades_its_database(tmp_path):
     assert f"ExecStart=/opt/hub/bin/jupyterhub -f {config} --upgrade-db" in lines, unit
 
 
+def test_the_hub_unit_finds_the_schedulers_commands_where_the_admin_has_them(tmp_path):
+    """A service reads no /etc/profile.d: the hub's unit puts the folders of the scheduler's
+    commands, as ``hubstock units`` found them on the hub node, before systemd's own PATH."""
+    from hubstock.hub.units import SYSTEMD_PATH, Executables, render_hub_unit, scheduler_programs
+    from hubstock.site import load_site
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "hubstock.toml").write_text(
+        'root = "/shared/root"\n[spawner]\nscheduler = "pbs"\nsubmit_cmd = "{site}/bin/qsub -f"\n'
+    )
+    site = load_site(tmp_path / "site")
+    assert scheduler_programs(site) == [f"{tmp_path}/site/bin/qsub", "qstat", "qdel"]
+    exe = Executables(
+        jupyterhub="/opt/hub/bin/jupyterhub",
+        proxy="/usr/bin/chp",
+        scheduler_dirs=("/opt/pbs/bin", "/usr/bin"),
+    )
+    lines = render_hub_unit(site, exe).splitlines()
+    assert f"Environment=PATH=/opt/pbs/bin:{':'.join(SYSTEMD_PATH)}" in lines, lines
+    plain = render_hub_unit(site, Executables(jupyterhub="/opt/hub/bin/jupyterhub", proxy="/usr/bin/chp"))
+    assert not [ln for ln in plain.splitlines() if ln.startswith("Environment=PATH=")]
+
+
+def test_units_refuses_a_site_whose_scheduler_commands_are_not_on_path(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "hubstock.toml").write_text(f'root = "{tmp_path / "root"}"\n[spawner]\nscheduler = "pbs"\n')
+    (tmp_path / "bin").mkdir()
+    for name in ("jupyterhub", "configurable-http-proxy"):
+        (tmp_path / "bin" / name).write_text("#!/bin/sh\n")
+        (tmp_path / "bin" / name).chmod(0o755)
+    res = subprocess.run(
+        [sys.executable, "-m", "hubstock", "--site", str(tmp_path), "units"],
+        capture_output=True,
+        text=True,
+        env={"PATH": str(tmp_path / "bin")},
+        timeout=60,
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "the hub runs 'qsub' for its scheduler (pbs), and it is not on PATH here" in res.stderr, res.stderr
+
+
 def _exposure(unit: Path) -> float:
     """``systemd-analyze security``'s overall exposure of a unit file (offline: no systemd needed)."""
     import re

@@ -187,11 +187,15 @@ def test_tls_hub_with_its_own_proxy_survives_a_restart(hub_workdir, hub_site, ch
         )
     )
     units = work / "units"
-    subprocess.run(
-        [sys.executable, "-m", "hubstock", "--site", str(hub_site), "units", "--out", str(units),
-         "--proxy", str(chp), "--jupyterhub", shutil.which("jupyterhub") or sys.executable],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "hubstock", "--site", str(hub_site), "units", "--out", str(units),
+            "--proxy", str(chp), "--jupyterhub", shutil.which("jupyterhub") or sys.executable]  # fmt: skip
+    subprocess.run(  # where the hub runs, with the scheduler's commands on PATH, as the admin does
+        cluster.launcher(argv) if cluster.launcher else argv,
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": cluster.hub_env().get("PATH", os.environ["PATH"])},
+    )
     verify = subprocess.run(
         ["systemd-analyze", "verify", *map(str, sorted(units.glob("*.service")))],
         capture_output=True,

@@ -2,16 +2,18 @@
 code in a server that the sandboxed hub submitted as a Slurm job.
 
 ``hubstock units`` renders ``hubstock-proxy.service`` and ``hubstock-hub.service`` for the
-published hub site; systemd (``systemd_rig``: PID 1 of private namespaces) loads them as they
-are and starts the hub, which pulls in the proxy. Through the proxy's port, a PAM user logs in,
-starts a server (a batch job of the private Slurm, submitted with ``runuser`` and ``sbatch`` from
-inside the hub's sandbox) and runs code in the stock kernel. The running processes are checked
+published hub site; systemd (``systemd_rig``: PID 1 of private namespaces; for OpenPBS, one
+booted inside that rig's namespaces) loads them as they are and starts the hub, which pulls in
+the proxy. Through the proxy's port, a PAM user logs in, starts a server (a batch job of the
+private Slurm or OpenPBS, submitted with ``runuser`` and ``sbatch``, or ``qsub`` and its setuid
+``pbs_iff``, from inside the hub's sandbox) and runs code in the stock kernel. The running processes are checked
 for what the sandboxes promise, and ``systemd-analyze security`` of the loaded units is printed
 (``-s`` shows it) and held to the bounds of the offline check in ``test_hub_config.py``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from rigs.clusters import SlurmCluster
+from rigs.clusters import Cluster, PBSCluster, SlurmCluster
 from rigs.hub_rig import Hub, ensure_chp, run_code
 from rigs.hubsite import KERNEL_NAME, free_port, hub_settings
 from rigs.hubsite import test_cache as rigs_cache
@@ -65,40 +67,67 @@ def _exposure(rig, unit: str) -> tuple[float, str]:
 
 
 @pytest.fixture(scope="module")
-def units(hub_workdir, hub_site, channel, slurm_rig):
-    """The hub site set for the Slurm rig with the proxy as its own unit (as the ``nobody`` user,
+def user(hub_workdir):
+    create_user(USER, PASSWORD, hub_workdir / "homes")
+    yield USER
+    remove_user(USER)
+
+
+@pytest.fixture(params=["slurm", pytest.param("pbs", marks=pytest.mark.pbs)])
+def cluster(request, hub_workdir):
+    """(the scheduler, the systemd that starts the units): for OpenPBS, a systemd booted inside the
+    rig's network and mount namespaces, where the hub, its proxy, the jobs and the client meet."""
+    if request.param == "pbs":
+        from rigs.systemd_rig import SystemdRig
+
+        rig = request.getfixturevalue("openpbs_rig")
+        c: Cluster = PBSCluster(rig)
+        systemd = SystemdRig(hub_workdir / "systemd-pbs", launcher=rig.ns_argv).start()
+    else:
+        c = SlurmCluster(request.getfixturevalue("slurm_rig"))
+        systemd = request.getfixturevalue("systemd_rig")
+    yield c, systemd
+    if request.param == "pbs":
+        systemd.stop()
+    c.cancel_all()
+    c.close()
+
+
+@pytest.fixture
+def units(hub_workdir, hub_site, channel, cluster):
+    """The hub site set for the scheduler with the proxy as its own unit (as the ``nobody`` user,
     from a copy of the tests' proxy: the unit's ProtectHome= hides the test cache), its units
-    rendered with this interpreter's jupyterhub, a PAM user; (work folder, ports)."""
+    rendered with this interpreter's jupyterhub and the scheduler's commands on PATH, as an admin
+    runs ``hubstock units`` on the hub node; (work folder, ports)."""
     if any(Path(sys.prefix).is_relative_to(t) for t in ("/tmp", "/var/tmp")):
         pytest.fail(f"the hub's unit runs {sys.prefix}/bin/jupyterhub, which its private /tmp hides")
-    work = hub_workdir / "units-systemd"
+    c, _ = cluster
+    work = hub_workdir / f"units-systemd-{c.name}"
     work.mkdir(mode=0o755, exist_ok=True)
     chp_cached = ensure_chp(rigs_cache())
     chp_dir = chp_cached.parents[2]  # <cache>/chp-X.Y.Z/node_modules/.bin/configurable-http-proxy
     shutil.copytree(chp_dir, work / chp_dir.name, symlinks=True, dirs_exist_ok=True)
     chp = work / chp_cached.relative_to(chp_dir.parent)
     ports = [free_port(), free_port(), free_port()]
-    cluster = SlurmCluster(slurm_rig)
-    toml = hub_settings(hub_workdir / "root", channel, work / "state", ports=ports, **cluster.settings(),
+    toml = hub_settings(hub_workdir / "root", channel, work / "state", ports=ports, **c.settings(),
                         extra_hub=["proxy_external = true", 'proxy_user = "nobody"'])  # fmt: skip
     (hub_site / "hubstock.toml").write_text(toml.replace(str(chp_cached), str(chp)))
-    res = subprocess.run(
-        [sys.executable, "-m", "hubstock", "--site", str(hub_site), "units", "--out", str(work / "units"),
-         "--jupyterhub", str(Path(sys.prefix) / "bin" / "jupyterhub")],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    argv = [sys.executable, "-m", "hubstock", "--site", str(hub_site), "units", "--out", str(work / "units"),
+            "--jupyterhub", str(Path(sys.prefix) / "bin" / "jupyterhub")]  # fmt: skip
+    res = subprocess.run(  # where the hub runs (the OpenPBS rig's namespaces), as the admin does
+        c.launcher(argv) if c.launcher else argv,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": c.hub_env().get("PATH", os.environ["PATH"])},
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    create_user(USER, PASSWORD, hub_workdir / "homes")
-    yield work, ports, cluster
-    cluster.cancel_all()
-    remove_user(USER)
+    return work, ports
 
 
-def test_the_units_run_under_systemd_sandboxed_and_a_user_runs_code_in_a_job(systemd_rig, hub_site, units):
-    work, ports, cluster = units
-    rig = systemd_rig
+def test_the_units_run_under_systemd_sandboxed_and_a_user_runs_code_in_a_job(cluster, hub_site, units, user):
+    (c, rig), (work, ports) = cluster, units
     logs = {name: rig.install(name, (work / "units" / name).read_text()) for name in (PROXY_UNIT, HUB_UNIT)}
-    hub = Hub(hub_site, ports[0], env={}, log_path=logs[HUB_UNIT])
+    hub = Hub(hub_site, ports[0], env={}, log_path=logs[HUB_UNIT], netns=c.netns)
 
     def tails() -> str:
         state = rig.systemctl("status", HUB_UNIT, PROXY_UNIT, check=False).stdout
@@ -125,7 +154,7 @@ def test_the_units_run_under_systemd_sandboxed_and_a_user_runs_code_in_a_job(sys
         status, body = hub.request("POST", f"/hub/api/users/{USER}/server", token=token, body={})
         assert status in (201, 202), (status, body, tails())
         hub.wait_for_server(USER, token)
-        (job,) = cluster.jobs(active_only=True)  # runuser and sbatch ran in the sandbox
+        (job,) = c.jobs(active_only=True)  # runuser and sbatch (or qsub) ran in the sandbox
         assert run_code(hub, USER, token, KERNEL_NAME, "print(6 * 7)").strip() == "42"
 
         proxy, hub_state = _status(rig, PROXY_UNIT), _status(rig, HUB_UNIT)
@@ -154,6 +183,6 @@ def test_the_units_run_under_systemd_sandboxed_and_a_user_runs_code_in_a_job(sys
         status, _ = hub.request("DELETE", f"/hub/api/users/{USER}/server", token=token)
         assert status in (202, 204)
         hub.wait_stopped(USER, token)
-        cluster.wait_no_jobs(timeout=60)
+        c.wait_no_jobs(timeout=60)
     finally:
         rig.systemctl("stop", HUB_UNIT, PROXY_UNIT, check=False)

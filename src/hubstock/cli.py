@@ -470,7 +470,7 @@ def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
     _hub_extra("units")
     from .errors import SiteError
     from .hub.config import ensure_secret_file, ensure_state_dir
-    from .hub.units import Executables, render_units
+    from .hub.units import Executables, render_units, scheduler_programs
     from .store.fs import atomic_write
 
     def find(given: str | None, name: str, what: str) -> str:
@@ -484,10 +484,18 @@ def cmd_units(site: Site, args: argparse.Namespace, progress: Progress) -> int:
             )
         return path
 
-    exe = Executables(
-        jupyterhub=find(args.jupyterhub, "jupyterhub", "--jupyterhub"),
-        proxy=find(args.proxy, site.settings.hub.proxy_command[0], "--proxy"),
-    )
+    jupyterhub = find(args.jupyterhub, "jupyterhub", "--jupyterhub")
+    proxy = find(args.proxy, site.settings.hub.proxy_command[0], "--proxy")
+    scheduler_dirs = []
+    for program in scheduler_programs(site):
+        path = shutil.which(program)
+        if not path:
+            raise SiteError(
+                f"the hub runs {program!r} for its scheduler ({site.settings.spawner.scheduler}), and it is "
+                "not on PATH here: run `hubstock units` on the hub node, with the scheduler's commands on PATH."
+            )
+        scheduler_dirs.append(os.path.dirname(os.path.abspath(path)))
+    exe = Executables(jupyterhub=jupyterhub, proxy=proxy, scheduler_dirs=tuple(scheduler_dirs))
     units = render_units(site, exe)
     if args.out and site.settings.hub.proxy_external:
         # the proxy's unit reads the token the hub uses: make it now (mode 0600), so the

@@ -33,13 +33,39 @@ TOKEN_CREDENTIAL = "proxy-auth-token"
 KEY_CREDENTIAL = "tls-key"
 
 
+#: the PATH systemd gives a service that sets none
+SYSTEMD_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
 @dataclass(frozen=True)
 class Executables:
-    """Absolute paths of what the units run (systemd wants absolute paths)."""
+    """Absolute paths of what the units run (systemd wants absolute paths); ``scheduler_dirs``: the
+    folders of the scheduler's commands on the hub node (e.g. /opt/pbs/bin), which the hub's
+    unit puts first on its PATH (a service reads no /etc/profile.d)."""
 
     jupyterhub: str
     proxy: str
     sh: str = "/bin/sh"
+    scheduler_dirs: tuple[str, ...] = ()
+
+
+def scheduler_programs(site: Site) -> list[str]:
+    """The programs the hub runs for its scheduler (submit, status, cancel): each command's first
+    word, the site's ``submit_cmd`` instead of the default one; none for the local spawners."""
+    from .schedulers import PBS_FLAVOURS, SLURM_COMMANDS
+
+    sp = site.settings.spawner
+    if sp.scheduler not in ("slurm", "pbs", "torque"):
+        return []
+    cmds = dict(
+        SLURM_COMMANDS
+        if sp.scheduler == "slurm"
+        else PBS_FLAVOURS["pro" if sp.scheduler == "pbs" else "torque"]
+    )
+    if sp.submit_cmd:
+        cmds["batch_submit_cmd"] = sp.submit_cmd.replace("{site}", str(site.dir))
+    programs = [shlex.split(v)[0] for k, v in cmds.items() if k.endswith("_cmd") and v.strip()]
+    return list(dict.fromkeys(programs))
 
 
 def state_dir(site: Site) -> Path:
@@ -201,6 +227,9 @@ def render_hub_unit(site: Site, exe: Executables) -> str:
     # is unmounted), never on an empty mount point
     lines.append(f"RequiresMountsFor={_unit_path(site.root)} {_unit_path(site.dir)}")
     lines += ["", "[Service]", "User=root", f"WorkingDirectory={site.dir}"]
+    extra = [d for d in dict.fromkeys(exe.scheduler_dirs) if d not in SYSTEMD_PATH]
+    if extra:  # the scheduler's status and cancel commands run with the hub's own PATH
+        env = {"PATH": ":".join((*extra, *SYSTEMD_PATH)), **env}
     lines += [f"Environment={shlex.quote(f'{k}={v}')}" for k, v in env.items()]
     lines += [
         # --upgrade-db: a new JupyterHub upgrades its database on start (a SQLite one is backed up first)
