@@ -76,7 +76,9 @@ def site(tmp_path_factory) -> Path:
     (site / "envs" / "py").mkdir(parents=True)
     (site / "envs" / "py" / "env.toml").write_text('kind = "venv"\n\n[python]\npath = "/usr/bin/python3"\n')
     (site / "envs" / "py" / "requirements.in").write_text("six\n")
-    (site / "hubstock.toml").write_text(f'root = "{site / "root"}"\n')
+    # the hub's state here, not the default /var/lib/hubstock-hub: doctor loads the hub's config,
+    # which makes that folder (and the proxy's token)
+    (site / "hubstock.toml").write_text(f'root = "{site / "root"}"\n\n[hub]\nstate_dir = "{site / "state"}"\n')
     init_root(site / "root")  # as `hubstock init-root` makes it
     return site
 
