@@ -50,22 +50,16 @@ class Executables:
 
 
 def scheduler_programs(site: Site) -> list[str]:
-    """The programs the hub runs for its scheduler (submit, status, cancel): each command's first
-    word, the site's ``submit_cmd`` instead of the default one; none for the local spawners."""
-    from .schedulers import PBS_FLAVOURS, SLURM_COMMANDS
+    """The programs the hub runs for its scheduler (submit, query, cancel), as the site's settings
+    over the spawners' defaults give them (:func:`hubstock.batchjob.job_commands`): each command's
+    first word; none for the local spawners."""
+    from ..batchjob import job_commands
 
-    sp = site.settings.spawner
-    if sp.scheduler not in ("slurm", "pbs", "torque"):
+    if site.settings.spawner.scheduler not in ("slurm", "pbs", "torque"):
         return []
-    cmds = dict(
-        SLURM_COMMANDS
-        if sp.scheduler == "slurm"
-        else PBS_FLAVOURS["pro" if sp.scheduler == "pbs" else "torque"]
-    )
-    if sp.submit_cmd:
-        cmds["batch_submit_cmd"] = sp.submit_cmd.replace("{site}", str(site.dir))
-    programs = [shlex.split(v)[0] for k, v in cmds.items() if k.endswith("_cmd") and v.strip()]
-    return list(dict.fromkeys(programs))
+    c = job_commands(site)
+    commands = (c.submit, c.query, c.cancel, c.force_cancel)
+    return list(dict.fromkeys(shlex.split(cmd)[0] for cmd in commands if cmd.strip()))
 
 
 def state_dir(site: Site) -> Path:
